@@ -1,0 +1,1 @@
+"""fluxdigits: image classification with JAX and Flax, fast, reproducible and resumable."""

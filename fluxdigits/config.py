@@ -1,0 +1,226 @@
+"""Experiment configs: the defaults, loading an experiment file, command-line overrides, validation.
+
+An experiment file in `experiments/` defines `get_config()`, which starts from `defaults()` and
+changes what the experiment needs. Every key a run understands exists in `defaults()`, so a typo
+on the command line is caught instead of silently ignored.
+"""
+
+import ast
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from fluxdigits.errors import UserError
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "idx")
+MODELS = ("mlp", "cnn", "cnn_dropout", "cnn_deep", "resnet")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
+AUGMENTATIONS = ("none", "digits", "cifar")
+RESNET_DEPTHS = (18, 20)
+
+
+def defaults() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_epochs = 5
+  c.batch_size = 32
+  c.eval_batch_size = 1000
+  c.validation_fraction = 0.1
+  # Training steps fused into one compiled call (a lax.scan): removes per-step dispatch cost.
+  c.steps_per_call = 200
+  # Stop after this many epochs without a better validation accuracy; 0 never stops early.
+  c.patience = 0
+  c.label_smoothing = 0.0
+  # bf16 activations and matmuls, f32 parameters and optimizer state (for GPU and TPU).
+  c.mixed_precision = False
+  # Write WORKDIR/report/ at the end of the run.
+  c.report = True
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "mnist"
+  # Where tfds finds prepared datasets; '' means $TFDS_DATA_DIR, else tfds' default.
+  # For dataset.name='idx': the folder holding the four MNIST-format IDX files.
+  c.dataset.data_dir = ""
+  # Keep decoded arrays under ~/.cache/fluxdigits: decoding MNIST's PNGs takes ~10 s a run.
+  c.dataset.cache = True
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.name = "none"
+  c.augment.max_shift = 2  # pixels, for 'digits'
+  c.augment.max_rotation = 10.0  # degrees, for 'digits'
+  c.augment.crop_padding = 4  # pixels, for 'cifar'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "cnn"
+  c.model.dropout_rate = 0.25  # cnn_dropout and cnn_deep; mlp and cnn have no dropout
+  c.model.depth = 20  # resnet only: 20 (CIFAR ResNet-20) or 18 (ResNet-18)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.momentum = 0.9  # momentum only
+  c.optimizer.nesterov = False
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.rms_decay = 0.9  # rmsprop only
+  c.optimizer.eps = 1e-7  # Keras' default, so recipes carried over from notebooks match
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "constant"
+  c.schedule.warmup_epochs = 0.0
+  c.schedule.one_cycle_pct_start = 0.25
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_epochs = 1
+  c.checkpoint.keep = 3
+  return c
+
+
+def load(path: str) -> ml_collections.ConfigDict:
+  """Runs an experiment file's `get_config()`."""
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise UserError(f"experiment file {path!r} not found; pass a path such as experiments/mnist_cnn.py")
+  spec = importlib.util.spec_from_file_location(f"fluxdigits_experiment_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:
+    raise UserError(f"experiment file {path!r} failed to load: {type(e).__name__}: {e}") from e
+  if not callable(getattr(module, "get_config", None)):
+    raise UserError(f"experiment file {path!r} has no get_config() function returning a ConfigDict")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"{path}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}")
+  return config
+
+
+def _parse_value(text: str, current):
+  if isinstance(current, bool):
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ValueError(f"expected true or false, got {text!r}")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise ValueError(f"expected a {type(current).__name__}, got {text!r}") from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if type(value) is not type(current):
+    raise ValueError(f"expected a {type(current).__name__}, got {text!r}")
+  return value
+
+
+def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_collections.ConfigDict:
+  """Applies `key.path=value` assignments, typed by the value the key already holds."""
+  config = ml_collections.ConfigDict(config)
+  for assignment in assignments:
+    key, sep, text = assignment.partition("=")
+    if not sep:
+      raise UserError(f"override {assignment!r} has no '='; write --config.{assignment}=VALUE")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
+      raise UserError(f"unknown config key {key!r}; known keys: {', '.join(_flat_keys(config))}")
+    try:
+      node[leaf] = _parse_value(text, node[leaf])
+    except ValueError as e:
+      raise UserError(f"bad value for config key {key!r}: {e}") from None
+  return config
+
+
+def _flat_keys(config, prefix=""):
+  keys = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += _flat_keys(value, f"{prefix}{key}.")
+    else:
+      keys.append(f"{prefix}{key}")
+  return keys
+
+
+def flatten(config: ml_collections.ConfigDict) -> dict:
+  """{'model.name': 'cnn', ...}: how configs are compared and shown."""
+  return {key: _get(config, key) for key in _flat_keys(config)}
+
+
+def from_flat(flat: dict) -> ml_collections.ConfigDict:
+  """The inverse of flatten(): a validated config from a run's config.json."""
+  config = ml_collections.ConfigDict()
+  for key, value in flat.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    node[leaf] = value
+  return validate(config)
+
+
+def _get(config, key):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise UserError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys, types and ranges against `defaults()`; returns the config, locked."""
+  reference = flatten(defaults())
+  given = flatten(config)
+  unknown = sorted(set(given) - set(reference))
+  if unknown:
+    raise UserError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(reference)}")
+  for key, value in given.items():
+    expected = type(reference[key])
+    ok = isinstance(value, expected) and (expected is not int or not isinstance(value, bool))
+    ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+    _require(ok, f"config key {key!r} must be a {expected.__name__}, got {value!r}")
+  # Start from defaults() so experiment files written against an older set of keys still run.
+  config = defaults()
+  for key, value in given.items():
+    *parents, leaf = key.split(".")
+    node = _get(config, ".".join(parents)) if parents else config
+    node[leaf] = float(value) if isinstance(reference[key], float) else value
+  c = config
+
+  def one_of(key, choices):
+    _require(_get(c, key) in choices, f"unknown {key} {_get(c, key)!r}; choose one of: {', '.join(map(str, choices))}")
+
+  one_of("dataset.name", DATASETS)
+  one_of("model.name", MODELS)
+  one_of("optimizer.name", OPTIMIZERS)
+  one_of("schedule.name", SCHEDULES)
+  one_of("augment.name", AUGMENTATIONS)
+  one_of("model.depth", RESNET_DEPTHS)
+  for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
+    _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
+  _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
+  _require(c.patience >= 0, f"patience must be >= 0 (0 turns early stopping off), got {c.patience}")
+  _require(0.0 <= c.model.dropout_rate < 1.0, f"model.dropout_rate must be in [0, 1), got {c.model.dropout_rate}")
+  _require(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
+  _require(c.optimizer.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {c.optimizer.learning_rate}")
+  _require(c.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {c.optimizer.weight_decay}")
+  _require(0.0 <= c.schedule.one_cycle_pct_start < 1.0, "schedule.one_cycle_pct_start must be in [0, 1)")
+  _require(0.0 <= c.schedule.warmup_epochs < c.num_epochs, "schedule.warmup_epochs must be in [0, num_epochs)")
+  _require(c.augment.max_shift >= 0 and c.augment.crop_padding >= 0, "augment.max_shift and augment.crop_padding must be >= 0")
+  _require(c.patience == 0 or c.validation_fraction > 0, "patience > 0 needs a validation split: set validation_fraction > 0")
+  if c.dataset.name == "idx":
+    _require(bool(c.dataset.data_dir), "dataset.name='idx' needs dataset.data_dir: the folder with the four MNIST IDX files")
+  config.lock()
+  return config

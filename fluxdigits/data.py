@@ -1,0 +1,194 @@
+"""Datasets as numpy arrays, and the index batches that walk them.
+
+A split is small enough to live whole in device memory (MNIST is 47 MB of uint8), so the trainer
+copies it to the devices once and every batch is a gather by index there: the host only makes the
+index arrays below, which are pure functions of (seed, epoch).
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import pathlib
+
+import numpy as np
+
+from fluxdigits.errors import UserError
+
+CLASS_NAMES = {
+    "mnist": tuple("0123456789"),
+    "idx": tuple("0123456789"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "idx": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+# Per-channel (mean, std) of pixels scaled to [0, 1]. Digits keep plain [0, 1] scaling, as the
+# Keras notebooks do; CIFAR's ResNets train better standardised.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # uint8, (N, H, W, C)
+  labels: np.ndarray  # int32, (N,)
+
+  def __len__(self):
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  validation: Split
+  test: Split
+  class_names: tuple
+  mean: tuple
+  std: tuple
+
+
+def load(config) -> Dataset:
+  """The dataset a config names, its training split divided into train and validation."""
+  name = config.dataset.name
+  if name == "idx":
+    train, test = (read_idx_split(config.dataset.data_dir, split) for split in ("train", "test"))
+  else:
+    data_dir = config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or None
+    train, test = (read_tfds_split(name, split, data_dir, config.dataset.cache) for split in ("train", "test"))
+  train, validation = hold_out(train, config.validation_fraction)
+  channels = train.images.shape[-1]
+  mean, std = NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
+  return Dataset(name, train, validation, test, CLASS_NAMES[name], mean, std)
+
+
+def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
+  """The last `fraction` of the examples become validation, as Keras' validation_split does."""
+  n_validation = int(round(len(split) * fraction))
+  cut = len(split) - n_validation
+  return (Split(split.images[:cut], split.labels[:cut]), Split(split.images[cut:], split.labels[cut:]))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The training order of an epoch: a function of (seed, epoch) alone, so a resumed run repeats it."""
+  return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
+def train_batches(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
+  """(steps, batch_size) example indices; the last partial batch is left out, a new one each epoch."""
+  steps = n // batch_size
+  return epoch_order(seed, epoch, n)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(indices, mask), both (batches, batch_size): every example once, the last batch padded and masked."""
+  batches = -(-n // batch_size)
+  positions = np.arange(batches * batch_size)
+  mask = positions < n
+  return np.where(mask, positions, 0).astype(np.int32).reshape(batches, batch_size), mask.reshape(batches, batch_size)
+
+
+# --- tfds ----------------------------------------------------------------------------------------
+
+
+def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool) -> Split:
+  import tensorflow_datasets as tfds
+
+  source = _tfds_source(tfds, name, split, data_dir)
+  cache_file = _cache_file(tfds, name, split, data_dir) if use_cache else None
+  if cache_file and cache_file.exists():
+    with np.load(cache_file) as cached:
+      if len(cached["labels"]) == len(source):
+        return Split(cached["images"], cached["labels"])
+  # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
+  examples = [source[i] for i in range(len(source))]
+  result = Split(np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32))
+  if cache_file:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(".partial.npz")
+    np.savez(partial, images=result.images, labels=result.labels)
+    partial.replace(cache_file)  # atomic: a killed run never leaves a half-written cache behind
+  return result
+
+
+def _tfds_source(tfds, name, split, data_dir):
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except (NotImplementedError, FileNotFoundError, AssertionError, ValueError) as not_prepared:
+    where = data_dir or "tfds' default data dir (~/tensorflow_datasets)"
+    try:
+      import tensorflow  # noqa: F401  (preparing a tfds dataset needs it)
+    except ImportError:
+      raise UserError(
+          f"dataset {name!r} is not prepared in {where}; set TFDS_DATA_DIR (or --config.dataset.data_dir) to a folder "
+          f"holding {name}/, or install TensorFlow to download it: pip install -e '.[prepare]'"
+      ) from not_prepared
+    try:
+      tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
+      return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:
+      raise UserError(f"dataset {name!r} could not be downloaded and prepared into {where} ({type(e).__name__}: {e}); "
+                      f"check the network, or copy a prepared {name}/ folder there") from e
+
+
+def _cache_file(tfds, name, split, data_dir):
+  # Keyed by the prepared files' location, so another copy of the data gets its own cache.
+  builder = tfds.builder(name, data_dir=data_dir)
+  key = hashlib.sha256(str(pathlib.Path(builder.data_dir).resolve()).encode()).hexdigest()[:12]
+  root = pathlib.Path(os.environ.get("FLUXDIGITS_CACHE_DIR", pathlib.Path.home() / ".cache" / "fluxdigits"))
+  return root / f"{name}-{builder.version}-{key}" / f"{split}.npz"
+
+
+# --- IDX files (the original MNIST format, as Kaggle copies ship it) ------------------------------
+
+
+def read_idx(path) -> np.ndarray:
+  """One IDX file, gzipped or raw, as a uint8 array of the shape its header gives."""
+  path = pathlib.Path(path)
+  opener = gzip.open if path.suffix == ".gz" else open
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise UserError(f"IDX file {path} cannot be read ({e}); download it again") from e
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise UserError(f"IDX file {path} has a wrong magic number {raw[:4].hex()!r} (expected 000008xx, unsigned bytes); "
+                    "it is not an MNIST-format IDX file")
+  ndim = raw[3]
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise UserError(f"IDX file {path} is truncated inside its header; download it again")
+  shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  expected = int(np.prod(shape))
+  if len(raw) - header != expected:
+    raise UserError(f"IDX file {path} holds {len(raw) - header} bytes of data but its header announces {shape} "
+                    f"= {expected}; the file is truncated or corrupt, download it again")
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(folder: pathlib.Path, stem: str) -> pathlib.Path:
+  for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    if (folder / candidate).is_file():
+      return folder / candidate
+  raise UserError(f"IDX folder {folder} has no {stem}[.gz]; it needs the four MNIST files "
+                  f"({', '.join(f for pair in IDX_FILES.values() for f in pair)}), gzipped or raw")
+
+
+def read_idx_split(folder, split: str) -> Split:
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise UserError(f"IDX folder {folder} does not exist; set --config.dataset.data_dir to the folder with the MNIST IDX files")
+  images_file, labels_file = (_find_idx(folder, stem) for stem in IDX_FILES[split])
+  images, labels = read_idx(images_file), read_idx(labels_file)
+  if images.ndim != 3 or labels.ndim != 1:
+    raise UserError(f"IDX files {images_file.name} and {labels_file.name} should hold (N, rows, cols) images and (N,) "
+                    f"labels, got shapes {images.shape} and {labels.shape}")
+  if len(images) != len(labels):
+    raise UserError(f"IDX files {images_file.name} ({len(images)} images) and {labels_file.name} ({len(labels)} labels) "
+                    "do not match; one of them is from another set or damaged")
+  return Split(images[..., None].copy(), labels.astype(np.int32))

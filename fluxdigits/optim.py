@@ -1,0 +1,61 @@
+"""Optimizers and learning-rate schedules from a config.
+
+The peak learning rate and the weight decay are hyperparameters held in the optimizer state
+(`optax.inject_hyperparams`), not constants baked into the compiled step: a sweep can change or
+`jax.vmap` them without recompiling. The schedule is a relative shape in [0, 1] that multiplies
+the peak rate.
+"""
+
+import jax
+import optax
+
+
+def schedule(config, steps_per_epoch: int):
+  """step -> multiplier of the peak learning rate."""
+  s = config.schedule
+  total = max(config.num_epochs * steps_per_epoch, 1)
+  if s.name == "constant":
+    return optax.constant_schedule(1.0)
+  if s.name == "cosine":
+    return optax.cosine_decay_schedule(1.0, total)
+  if s.name == "warmup_cosine":
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total)
+  if s.name == "one_cycle":
+    return optax.cosine_onecycle_schedule(total, 1.0, pct_start=s.one_cycle_pct_start)
+  raise ValueError(s.name)  # config.validate() admits only the names above
+
+
+def _direction(o) -> optax.GradientTransformation:
+  """The update direction before scaling by the learning rate."""
+  if o.name == "sgd":
+    return optax.identity()
+  if o.name == "momentum":
+    return optax.trace(decay=o.momentum, nesterov=o.nesterov)
+  if o.name in ("adam", "adamw"):
+    return optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps)
+  if o.name == "rmsprop":
+    return optax.scale_by_rms(decay=o.rms_decay, eps=o.eps)
+  raise ValueError(o.name)
+
+
+def _is_kernel(params):
+  # Biases and BatchNorm scales are not decayed.
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  o = config.optimizer
+  relative_rate = schedule(config, steps_per_epoch)
+
+  def optimizer(learning_rate, weight_decay):
+    decay = optax.add_decayed_weights(weight_decay, mask=_is_kernel)
+    # adamw decays weights after the Adam rescaling (decoupled); the others add an L2 gradient.
+    steps = [_direction(o), decay] if o.name == "adamw" else [decay, _direction(o)]
+    return optax.chain(*steps, optax.scale_by_schedule(relative_rate), optax.scale(-learning_rate))
+
+  return optax.inject_hyperparams(optimizer)(learning_rate=o.learning_rate, weight_decay=o.weight_decay)
+
+
+def current_learning_rate(opt_state, relative_rate, step) -> float:
+  return float(opt_state.hyperparams["learning_rate"] * relative_rate(step))

@@ -1,0 +1,53 @@
+"""The command line: python -m fluxdigits.run experiments/X.py [--workdir DIR] [--restart] [--config.key=value ...]"""
+
+import argparse
+import pathlib
+import sys
+
+from fluxdigits import config as configs
+from fluxdigits.errors import UserError
+
+USAGE = "python -m fluxdigits.run EXPERIMENT.py [--workdir DIR] [--restart] [--config.KEY=VALUE ...]"
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog="python -m fluxdigits.run", usage=USAGE, description=__doc__)
+  parser.add_argument("experiment", help="an experiment file, e.g. experiments/mnist_cnn.py")
+  parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")
+  parser.add_argument("--restart", action="store_true", help="start over; the previous run in WORKDIR is moved aside")
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for arg in rest:
+    if not arg.startswith("--config."):
+      raise UserError(f"unknown argument {arg!r}; usage: {USAGE}")
+    overrides.append(arg[len("--config."):])
+  return args, overrides
+
+
+def main(argv=None) -> int:
+  try:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    config = configs.validate(configs.override(configs.load(args.experiment), overrides))
+    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
+    # Imported here so that a bad command line fails in a blink, before JAX starts.
+    from fluxdigits import checkpoint, train
+    workdir = checkpoint.prepare_workdir(workdir, config, args.restart)
+    summary = train.train_and_evaluate(config, workdir)
+    print(f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
+          f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) "
+          f"-> {workdir / 'summary.json'}")
+    if config.report:
+      from fluxdigits import report
+      report.write_run_report(workdir)
+      print(f"report -> {workdir / 'report' / 'index.html'}")
+    return 0
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return e.exit_code
+  except KeyboardInterrupt:
+    print("interrupted; the last finished epoch's checkpoint is kept: re-run the same command to resume", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,264 @@
+"""The train state, the compiled train and predict steps, and the epoch loop.
+
+Steps are pure functions of (state, batch) -> state. Many of them run inside one compiled call
+(a lax.scan over `steps_per_call` batches gathered from the dataset already on the devices), so
+the host only starts a call per chunk and reads back its per-step losses.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, optim
+from fluxdigits.errors import TrainingDiverged, UserError
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any  # BatchNorm running statistics; {} for models without BatchNorm
+  # The run's key as raw key data (plain uint32, so checkpoints store it like any array); each step
+  # folds in its step number for its dropout and augmentation keys.
+  rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """How uint8 images become model inputs on the device."""
+  mean: tuple
+  std: tuple
+  dtype: Any
+
+  def __call__(self, images_uint8, rng=None, augment_fn=None):
+    x = images_uint8.astype(jnp.float32) / 255.0
+    if augment_fn is not None:
+      x = augment_fn(rng, x)
+    return augment.standardize(x, self.mean, self.std, self.dtype)
+
+
+def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
+  init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
+  run_rng = jax.random.key_data(run_rng)
+  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=optim.create(config, steps_per_epoch),
+      rng=run_rng,
+  )
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, images, labels, *, preprocess, augment_fn, label_smoothing):
+  augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+  x = preprocess(images, augment_rng, augment_fn)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    return cross_entropy(logits, labels, label_smoothing).mean(), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+  correct = (logits.argmax(-1) == labels).sum()
+  return state, (loss, correct)
+
+
+def make_train_chunk(preprocess, augment_fn, label_smoothing):
+  """state, images, labels, (steps, batch) indices -> state, per-step (loss, correct)."""
+  step = functools.partial(train_step, preprocess=preprocess, augment_fn=augment_fn, label_smoothing=label_smoothing)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_chunk(state, images, labels, batch_indices):
+    return jax.lax.scan(lambda s, idx: step(s, images[idx], labels[idx]), state, batch_indices)
+
+  return train_chunk
+
+
+def make_predict(apply_fn, preprocess):
+  """Logits for one batch, with BatchNorm's running statistics and without dropout."""
+
+  @jax.jit
+  def predict(params, batch_stats, images, idx):
+    x = preprocess(images[idx])
+    return apply_fn({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
+
+  return predict
+
+
+def predict_split(predict_fn, variables, images_on_device, n, batch_size, mesh) -> np.ndarray:
+  """(n, classes) logits: every example exactly once, the last batch padded and its padding dropped."""
+  indices, mask = data.eval_batches(n, batch_size)
+  logits = [predict_fn(*variables, images_on_device, meshes.shard_batches(idx, mesh)) for idx in indices]
+  return np.concatenate([np.asarray(l) for l in logits])[mask.reshape(-1)]
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+  logits = logits.astype(np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  return {"loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+          "accuracy": float((logits.argmax(-1) == labels).mean()),
+          "count": int(len(labels))}
+
+
+def train_and_evaluate(config, workdir, log=print) -> dict:
+  """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary."""
+  workdir = pathlib.Path(workdir)
+  dataset = data.load(config)
+  mesh = meshes.data_mesh()
+  meshes.check_divisible(config.batch_size, "batch_size", mesh)
+  meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
+  steps_per_epoch = len(dataset.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
+
+  model = models.create(config)
+  state = create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
+  num_params = count_params(state.params)
+  relative_rate = optim.schedule(config, steps_per_epoch)
+  preprocess = Preprocess(dataset.mean, dataset.std, jnp.bfloat16 if config.mixed_precision else jnp.float32)
+  train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
+  predict = make_predict(model.apply, preprocess)
+
+  manager = checkpoint.manager(workdir, config)
+  progress = checkpoint.Progress()
+  restored = checkpoint.restore_latest(manager, state, log)
+  if restored is not None:
+    state, progress = restored
+    log(f"resuming from epoch {progress.epoch} (step {int(state.step)}) in {workdir}")
+  state = meshes.replicate(state, mesh)
+  train_images, train_labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
+  val_images = meshes.replicate(dataset.validation.images, mesh)
+
+  chunk = min(config.steps_per_call, steps_per_epoch)
+  chunk_starts = list(range(0, steps_per_epoch, chunk))
+  compile_start = time.perf_counter()
+  compiled = {}
+  for length in {min(chunk, steps_per_epoch - s) for s in chunk_starts}:
+    idx = meshes.shard_batches(np.zeros((length, config.batch_size), np.int32), mesh)
+    compiled[length] = train_chunk.lower(state, train_images, train_labels, idx).compile()
+  compile_seconds = time.perf_counter() - compile_start
+
+  metrics_file = workdir / "metrics.jsonl"
+  checkpoint.write_history(metrics_file, progress.history)
+  train_seconds = sum(row["epoch_seconds"] for row in progress.history)
+  best_variables = None
+  if progress.epoch:
+    best = checkpoint.restore_state(manager, progress.best_epoch, state)
+    best_variables = meshes.replicate((best.params, best.batch_stats), mesh)
+  stop_reason = None
+  try:
+    for epoch in range(progress.epoch + 1, config.num_epochs + 1):
+      if progress.epochs_without_improvement >= config.patience > 0:
+        stop_reason = f"early stop: no better validation accuracy for {config.patience} epochs"
+        break
+      epoch_start = time.perf_counter()
+      batches = data.train_batches(config.seed, epoch, len(dataset.train), config.batch_size)
+      loss_sum, correct_sum = 0.0, 0
+      bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
+                 dynamic_ncols=True, mininterval=0.5)
+      for start in chunk_starts:
+        idx = batches[start:start + chunk]
+        state, (losses, corrects) = compiled[len(idx)](state, train_images, train_labels, meshes.shard_batches(idx, mesh))
+        losses = np.asarray(losses)
+        if not np.isfinite(losses).all():
+          bad_step = int(state.step) - len(idx) + int(np.argmin(np.isfinite(losses))) + 1
+          raise TrainingDiverged(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad_step} (epoch {epoch}); "
+                              f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g}); "
+                              f"the last good checkpoint, epoch {progress.epoch}, is kept in {workdir / 'checkpoints'}")
+        loss_sum += float(losses.sum())
+        correct_sum += int(np.asarray(corrects).sum())
+        done = start + len(idx)
+        bar.update(len(idx))
+        bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
+      bar.close()
+      seen = steps_per_epoch * config.batch_size
+      row = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "train_accuracy": correct_sum / seen,
+             "val_loss": None, "val_accuracy": None,
+             "learning_rate": optim.current_learning_rate(state.opt_state, relative_rate, state.step)}
+      if len(dataset.validation):
+        val = classification_metrics(
+            predict_split(predict, (state.params, state.batch_stats), val_images, len(dataset.validation),
+                          config.eval_batch_size, mesh), dataset.validation.labels)
+        row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+      row["epoch_seconds"] = time.perf_counter() - epoch_start
+      train_seconds += row["epoch_seconds"]
+      improved = row["val_accuracy"] is None or row["val_accuracy"] > progress.best_val_accuracy
+      if improved:
+        best_variables = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
+      progress = progress.after_epoch(row, improved)
+      with open(metrics_file, "a") as f:
+        f.write(json.dumps(row) + "\n")
+      log(_epoch_line(row, config.num_epochs))
+      if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs:
+        checkpoint.save(manager, state, progress)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+  if stop_reason:
+    log(stop_reason)
+
+  test_images = meshes.replicate(dataset.test.images, mesh)
+  test = classification_metrics(
+      predict_split(predict, best_variables, test_images, len(dataset.test), config.eval_batch_size, mesh),
+      dataset.test.labels)
+  summary = {
+      "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_examples": test["count"],
+      "best_val_accuracy": progress.best_val_accuracy if len(dataset.validation) else None,
+      "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+      "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+      "num_params": num_params, "dataset": config.dataset.name, "model": config.model.name,
+      "device": meshes.describe(),
+  }
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def _epoch_line(row, num_epochs):
+  val = "" if row["val_accuracy"] is None else f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+  return (f"epoch {row['epoch']:>3}/{num_epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}{val}"
+          f"  lr {row['learning_rate']:.2e}  {row['epoch_seconds']:.1f}s")
+
+
+
+def load_run(workdir, which: str = "best"):
+  """(config, state, Progress) of a finished or interrupted run, for evaluation, reporting and prediction.
+
+  `which` is 'best' (best validation accuracy) or 'latest'. The state is restored against an
+  abstract state built from the run's own config.json, so optax's state keeps its types.
+  """
+  workdir = pathlib.Path(workdir)
+  config_file = workdir / "config.json"
+  if not config_file.is_file():
+    raise UserError(f"{workdir} is not a fluxdigits run (no config.json); pass the --workdir of a training run")
+  try:
+    config = configs.from_flat(json.loads(config_file.read_text()))
+  except (json.JSONDecodeError, UserError) as e:
+    raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
+  mngr = checkpoint.manager(workdir, config, create=False)
+  restored = checkpoint.restore_latest(mngr, create_state(config, models.create(config), data.IMAGE_SHAPES[config.dataset.name], 1))
+  if restored is None:
+    raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")
+  state, progress = restored
+  if which == "best" and progress.best_epoch != progress.epoch:
+    state = checkpoint.restore_state(mngr, progress.best_epoch, state)
+  mngr.close()
+  return config, state, progress
