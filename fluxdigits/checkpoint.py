@@ -17,8 +17,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 from fluxdigits import config as configs
 from fluxdigits.errors import UserError
 
-# Changing these does not change what a run computes up to its last checkpoint.
-RESUMABLE_CHANGES = ("num_epochs", "report")
+# Keys a resumed run may change: they do not alter what was computed up to the last checkpoint.
+# The learning rate and weight decay live in the optimizer state and are set anew on resume, so
+# a run that diverged can continue from its last good epoch with a lower rate.
+RESUMABLE_CHANGES = ("num_epochs", "report", "optimizer.learning_rate", "optimizer.weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)

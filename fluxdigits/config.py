@@ -45,6 +45,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.data_dir = ""
   # Keep decoded arrays under ~/.cache/fluxdigits: decoding MNIST's PNGs takes ~10 s a run.
   c.dataset.cache = True
+  # Train on the first N training examples only (0: all of them): quick trials and tests.
+  c.dataset.max_train_examples = 0
 
   c.augment = ml_collections.ConfigDict()
   c.augment.name = "none"
@@ -211,6 +213,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
     _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
   _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
+  _require(c.dataset.max_train_examples >= 0, "dataset.max_train_examples must be >= 0 (0 uses every example)")
   _require(c.patience >= 0, f"patience must be >= 0 (0 turns early stopping off), got {c.patience}")
   _require(0.0 <= c.model.dropout_rate < 1.0, f"model.dropout_rate must be in [0, 1), got {c.model.dropout_rate}")
   _require(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")

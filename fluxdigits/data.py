@@ -62,6 +62,8 @@ def load(config) -> Dataset:
     data_dir = config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or None
     train, test = (read_tfds_split(name, split, data_dir, config.dataset.cache) for split in ("train", "test"))
   train, validation = hold_out(train, config.validation_fraction)
+  if config.dataset.max_train_examples:
+    train = Split(train.images[: config.dataset.max_train_examples], train.labels[: config.dataset.max_train_examples])
   channels = train.images.shape[-1]
   mean, std = NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
   return Dataset(name, train, validation, test, CLASS_NAMES[name], mean, std)

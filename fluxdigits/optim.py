@@ -7,6 +7,7 @@ the peak rate.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -55,6 +56,14 @@ def create(config, steps_per_epoch: int) -> optax.GradientTransformation:
     return optax.chain(*steps, optax.scale_by_schedule(relative_rate), optax.scale(-learning_rate))
 
   return optax.inject_hyperparams(optimizer)(learning_rate=o.learning_rate, weight_decay=o.weight_decay)
+
+
+def with_config_hyperparams(opt_state, config):
+  """The optimizer state with the config's learning rate and weight decay, e.g. a lower rate on resume."""
+  hyperparams = dict(opt_state.hyperparams)
+  for name in ("learning_rate", "weight_decay"):
+    hyperparams[name] = jnp.asarray(config.optimizer[name], hyperparams[name].dtype)
+  return opt_state._replace(hyperparams=hyperparams)
 
 
 def current_learning_rate(opt_state, relative_rate, step) -> float:

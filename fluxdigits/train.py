@@ -143,6 +143,7 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
   restored = checkpoint.restore_latest(manager, state, log)
   if restored is not None:
     state, progress = restored
+    state = state.replace(opt_state=optim.with_config_hyperparams(state.opt_state, config))
     log(f"resuming from epoch {progress.epoch} (step {int(state.step)}) in {workdir}")
   state = meshes.replicate(state, mesh)
   train_images, train_labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
