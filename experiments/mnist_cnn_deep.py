@@ -1,0 +1,18 @@
+"""Two conv blocks (32-32-pool, 64-64-pool), dropout, digit augmentation and a one-cycle Adam schedule."""
+
+from fluxdigits.config import defaults
+
+
+def get_config():
+  config = defaults()
+  config.dataset.name = "mnist"
+  config.model.name = "cnn_deep"
+  config.model.dropout_rate = 0.25
+  config.augment.name = "digits"
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 3e-3
+  config.schedule.name = "one_cycle"
+  config.batch_size = 128
+  config.num_epochs = 12
+  config.patience = 4
+  return config
