@@ -122,10 +122,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
 def train_and_evaluate(config, workdir, log=print) -> dict:
   """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary."""
   workdir = pathlib.Path(workdir)
-  dataset = data.load(config)
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
+  dataset = data.load(config)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
