@@ -1,0 +1,32 @@
+"""Shared test setup: where the real MNIST lies, and running the command line as a user does."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+os.environ.setdefault("TFDS_DATA_DIR", str(SHARED / "tfds"))
+IDX_DIR = pathlib.Path(os.environ.get("FLUXDIGITS_IDX_DIR", SHARED / "data" / "mnist-idx"))
+EXPERIMENTS = REPO / "experiments"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_mnist_present():
+  if not (pathlib.Path(os.environ["TFDS_DATA_DIR"]) / "mnist").is_dir():
+    pytest.exit(f"real MNIST for tfds not found in TFDS_DATA_DIR={os.environ['TFDS_DATA_DIR']}; "
+                "set TFDS_DATA_DIR to the folder holding mnist/ (../shared/tfds in a checkout)", returncode=4)
+
+
+def run_cli(*args, env=None, timeout=900, **popen):
+  """`python -m fluxdigits.run ...` in a fresh process, as a user types it."""
+  return subprocess.run([sys.executable, "-m", "fluxdigits.run", *map(str, args)], capture_output=True, text=True,
+                        timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, **popen)
+
+
+def read_summary(workdir) -> dict:
+  return json.loads((pathlib.Path(workdir) / "summary.json").read_text())

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from fluxdigits import config as configs, run
+from fluxdigits.errors import UserError
+
+from conftest import EXPERIMENTS, run_cli
+
+CNN = str(EXPERIMENTS / "mnist_cnn.py")
+
+
+def test_every_experiment_file_loads_and_validates():
+  files = sorted(EXPERIMENTS.glob("*.py"))
+  assert {f.stem for f in files} >= {"mnist_mlp", "mnist_cnn", "mnist_cnn_dropout", "mnist_cnn_deep", "mnist_resnet",
+                                     "fashion_mnist_cnn", "cifar10_resnet"}
+  for file in files:
+    configs.validate(configs.load(str(file)))
+
+
+def test_seed_004_recipe():
+  c = configs.validate(configs.load(CNN))
+  assert (c.model.name, c.optimizer.name, c.optimizer.learning_rate, c.batch_size, c.num_epochs, c.validation_fraction) == (
+      "cnn", "adam", 1e-3, 32, 5, 0.1)
+
+
+def test_overrides_are_typed_by_the_default_value():
+  c = configs.override(configs.load(CNN), ["num_epochs=3", "optimizer.learning_rate=2", "mixed_precision=true",
+                                           "model.name=mlp", "optimizer.eps=1e-8"])
+  c = configs.validate(c)
+  assert c.num_epochs == 3 and c.optimizer.learning_rate == 2.0 and isinstance(c.optimizer.learning_rate, float)
+  assert c.mixed_precision is True and c.model.name == "mlp" and c.optimizer.eps == 1e-8
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("num_epoch=3", "unknown config key 'num_epoch'"),
+    ("model.nme=cnn", "unknown config key 'model.nme'"),
+    ("num_epochs=three", "bad value for config key 'num_epochs'"),
+    ("num_epochs=2.5", "bad value for config key 'num_epochs'"),
+    ("mixed_precision=maybe", "bad value for config key 'mixed_precision'"),
+    ("model.name=vgg", "unknown model.name 'vgg'"),
+    ("dataset.name=imagenet", "unknown dataset.name 'imagenet'"),
+    ("optimizer.name=lamb", "unknown optimizer.name 'lamb'"),
+    ("schedule.name=step", "unknown schedule.name 'step'"),
+    ("batch_size=0", "'batch_size' must be at least 1"),
+    ("validation_fraction=1.5", "validation_fraction must be in [0, 1)"),
+    ("optimizer.learning_rate=-1", "optimizer.learning_rate must be > 0"),
+])
+def test_bad_overrides_give_one_line_and_exit_code_2(assignment, message, capsys, tmp_path):
+  assert run.main([CNN, "--workdir", str(tmp_path / "run"), f"--config.{assignment}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and message in err and "\n" not in err
+  assert not (tmp_path / "run").exists()
+
+
+def test_experiment_file_errors(tmp_path, capsys):
+  assert run.main([str(tmp_path / "missing.py")]) == 2
+  assert "not found" in capsys.readouterr().err
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config():\n  return {'model': 'cnn'}\n")
+  assert run.main([str(broken)]) == 2
+  assert "must return an ml_collections.ConfigDict" in capsys.readouterr().err
+  typo = tmp_path / "typo.py"
+  typo.write_text("from fluxdigits.config import defaults\ndef get_config():\n  c = defaults()\n  c.modell = 1\n  return c\n")
+  assert run.main([str(typo)]) == 2
+  assert "unknown config key 'modell'" in capsys.readouterr().err
+
+
+def test_unknown_argument(capsys):
+  assert run.main([CNN, "--epochs=3"]) == 2
+  assert "unknown argument '--epochs=3'" in capsys.readouterr().err
+
+
+def test_command_line_error_has_no_traceback_and_exits_2(tmp_path):
+  result = run_cli(CNN, "--workdir", tmp_path / "run", "--config.optimizer.name=adamax")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: unknown optimizer.name 'adamax'; choose one of: sgd, momentum, adam, adamw, rmsprop"]
+
+
+def test_config_round_trips_through_its_json_form():
+  c = configs.validate(configs.load(str(EXPERIMENTS / "cifar10_resnet.py")))
+  flat = json.loads(json.dumps(configs.flatten(c)))
+  assert configs.flatten(configs.from_flat(flat)) == configs.flatten(c)
+
+
+def test_from_flat_rejects_unknown_keys():
+  with pytest.raises(UserError, match="unknown config key 'model.width'"):
+    configs.from_flat({**configs.flatten(configs.defaults()), "model.width": 3})

@@ -1,0 +1,124 @@
+import gzip
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from fluxdigits import config as configs, data
+from fluxdigits.errors import UserError
+
+from conftest import IDX_DIR
+
+
+def canonical_order(split):
+  """Examples sorted by their bytes: tfds stores MNIST shuffled, the IDX files in the original order."""
+  rows = np.concatenate([split.images.reshape(len(split), -1), split.labels[:, None].astype(np.uint8)], axis=1)
+  return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_idx_source_gives_the_same_dataset_as_tfds():
+  for split, size in (("train", 60_000), ("test", 10_000)):
+    from_idx = data.read_idx_split(IDX_DIR, split)
+    from_tfds = data.read_tfds_split("mnist", split, None, use_cache=False)
+    assert len(from_idx) == len(from_tfds) == size
+    assert from_idx.images.shape == from_tfds.images.shape and from_idx.images.dtype == from_tfds.images.dtype
+    np.testing.assert_array_equal(canonical_order(from_idx), canonical_order(from_tfds))
+
+
+def test_idx_config_loads_raw_and_gzipped_files(tmp_path):
+  for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):  # raw copies
+    with gzip.open(IDX_DIR / f"{name}.gz") as f:
+      (tmp_path / name).write_bytes(f.read())
+  for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    shutil.copy(IDX_DIR / name, tmp_path / name)
+  c = configs.defaults()
+  c.dataset.name, c.dataset.data_dir = "idx", str(tmp_path)
+  dataset = data.load(configs.validate(c))
+  assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (54_000, 6_000, 10_000)
+  assert dataset.train.images.shape[1:] == (28, 28, 1) and dataset.train.images.dtype == np.uint8
+  assert dataset.class_names == tuple("0123456789")
+
+
+def write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def small_idx(tmp_path):
+  rng = np.random.default_rng(0)
+  for split, (images, labels) in data.IDX_FILES.items():
+    write_idx(tmp_path / images, rng.integers(0, 256, (6, 28, 28)))
+    write_idx(tmp_path / labels, rng.integers(0, 10, (6,)))
+  return tmp_path
+
+
+def test_idx_reader_on_small_good_files(small_idx):
+  split = data.read_idx_split(small_idx, "train")
+  assert split.images.shape == (6, 28, 28, 1) and split.labels.shape == (6,)
+
+
+def test_idx_wrong_magic_number(small_idx):
+  path = small_idx / "train-images-idx3-ubyte"
+  path.write_bytes(b"\x00\x00\x0d\x03" + path.read_bytes()[4:])
+  with pytest.raises(UserError, match="wrong magic number"):
+    data.read_idx_split(small_idx, "train")
+
+
+def test_idx_truncated_file(small_idx):
+  path = small_idx / "train-images-idx3-ubyte"
+  path.write_bytes(path.read_bytes()[:-100])
+  with pytest.raises(UserError, match="truncated or corrupt"):
+    data.read_idx_split(small_idx, "train")
+
+
+def test_idx_truncated_gzip(tmp_path):
+  blob = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 50]) + bytes(50))
+  (tmp_path / "labels.gz").write_bytes(blob[: len(blob) // 2])
+  with pytest.raises(UserError, match="cannot be read"):
+    data.read_idx(tmp_path / "labels.gz")
+
+
+def test_idx_mismatched_counts(small_idx):
+  write_idx(small_idx / "train-labels-idx1-ubyte", np.zeros(5))
+  with pytest.raises(UserError, match=r"\(6 images\).*\(5 labels\) do not match"):
+    data.read_idx_split(small_idx, "train")
+
+
+def test_idx_missing_file_and_folder(small_idx, tmp_path):
+  (small_idx / "t10k-labels-idx1-ubyte").unlink()
+  with pytest.raises(UserError, match="has no t10k-labels-idx1-ubyte"):
+    data.read_idx_split(small_idx, "test")
+  with pytest.raises(UserError, match="does not exist"):
+    data.read_idx_split(tmp_path / "nowhere", "test")
+
+
+def test_unprepared_dataset_without_tensorflow_says_what_to_install(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow", None)  # as on a machine without the [prepare] extra
+  with pytest.raises(UserError, match=r"'fashion_mnist' is not prepared in .*pip install -e '.\[prepare\]'"):
+    data.read_tfds_split("fashion_mnist", "train", str(tmp_path), use_cache=False)
+
+
+def test_validation_is_held_out_from_the_end_of_training():
+  split = data.Split(np.zeros((100, 2, 2, 1), np.uint8), np.arange(100, dtype=np.int32))
+  train, validation = data.hold_out(split, 0.1)
+  np.testing.assert_array_equal(train.labels, np.arange(90))
+  np.testing.assert_array_equal(validation.labels, np.arange(90, 100))
+  assert len(data.hold_out(split, 0.0)[1]) == 0
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+  a = data.epoch_order(seed=3, epoch=1, n=1000)
+  np.testing.assert_array_equal(a, data.epoch_order(seed=3, epoch=1, n=1000))
+  assert not np.array_equal(a, data.epoch_order(seed=3, epoch=2, n=1000))
+  assert not np.array_equal(a, data.epoch_order(seed=4, epoch=1, n=1000))
+  np.testing.assert_array_equal(np.sort(a), np.arange(1000))
+  batches = data.train_batches(seed=3, epoch=1, n=1000, batch_size=32)
+  assert batches.shape == (31, 32) and len(np.unique(batches)) == 31 * 32
+
+
+def test_eval_batches_cover_every_example_once():
+  indices, mask = data.eval_batches(n=10_000, batch_size=384)
+  assert indices.shape == mask.shape == (27, 384)
+  np.testing.assert_array_equal(np.sort(indices[mask]), np.arange(10_000))

@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+
+from fluxdigits import config as configs, models, train
+
+
+def conv(k, cin, cout, bias=True):
+  return k * k * cin * cout + (cout if bias else 0)
+
+
+def dense(n_in, n_out):
+  return n_in * n_out + n_out
+
+
+BN = 2  # scale and bias per channel
+
+EXPECTED_PARAMS = {
+    "mlp": dense(784, 128) + dense(128, 64) + dense(64, 10),
+    "cnn": conv(3, 1, 32) + dense(13 * 13 * 32, 64) + dense(64, 10),
+    "cnn_dropout": conv(3, 1, 32) + dense(13 * 13 * 32, 64) + dense(64, 10),
+    "cnn_deep": conv(3, 1, 32) + conv(3, 32, 32) + conv(3, 32, 64) + conv(3, 64, 64) + dense(4 * 4 * 64, 128) + dense(128, 10),
+}
+
+
+def make(name, **overrides):
+  config = configs.defaults()
+  config.model.name = name
+  for key, value in overrides.items():
+    config.model[key] = value
+  return models.create(configs.validate(config))
+
+
+def init(model, shape):
+  return model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_digit_models_shapes_and_parameter_counts(name):
+  model = make(name)
+  variables = init(model, (28, 28, 1))
+  assert train.count_params(variables["params"]) == EXPECTED_PARAMS[name]
+  logits = model.apply(variables, jnp.ones((5, 28, 28, 1)), train=False)
+  assert logits.shape == (5, 10)
+
+
+@pytest.mark.parametrize("depth, expected", [(20, 272_474), (18, 11_173_962)])
+def test_resnet_parameter_counts_match_the_published_cifar_models(depth, expected):
+  model = make("resnet", depth=depth)
+  variables = init(model, (32, 32, 3))
+  assert train.count_params(variables["params"]) == expected
+  assert model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False).shape == (3, 10)
+
+
+def test_resnet_batchnorm_uses_batch_statistics_in_training_and_running_averages_in_eval():
+  model = make("resnet", depth=20)
+  variables = init(model, (28, 28, 1))
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1)) * 3 + 1
+  train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  eval_logits = model.apply(variables, x, train=False)
+  assert not np.allclose(train_logits, eval_logits, atol=1e-3)
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updates["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_dropout_is_active_only_in_training():
+  model = make("cnn_dropout", dropout_rate=0.5)
+  variables = init(model, (28, 28, 1))
+  x = jnp.ones((4, 28, 28, 1))
+  eval_a = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(eval_a, model.apply(variables, x, train=False))
+  train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+  train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+  assert not np.allclose(train_a, train_b)
+
+
+def test_max_pool_matches_flax_max_pool():
+  x = jax.random.normal(jax.random.key(0), (3, 13, 26, 5))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
+
+
+def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_parameters():
+  config = configs.defaults()
+  config.mixed_precision = True
+  model = models.create(configs.validate(config))
+  variables = init(model, (28, 28, 1))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  hidden = model.apply(variables, jnp.ones((2, 28, 28, 1), jnp.bfloat16), train=False)
+  assert hidden.dtype == jnp.bfloat16
