@@ -1,0 +1,149 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from fluxdigits import augment, config as configs, data, mesh as meshes, models, optim, run, train
+
+from conftest import EXPERIMENTS, read_summary, run_cli
+
+CNN = str(EXPERIMENTS / "mnist_cnn.py")
+
+
+def mnist_config(**overrides):
+  config = configs.load(CNN)
+  return configs.validate(configs.override(config, [f"{k}={v}" for k, v in overrides.items()]))
+
+
+@pytest.fixture(scope="module")
+def mnist():
+  return data.load(mnist_config())
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
+  config = mnist_config()
+  model = models.create(config)
+  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
+  preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
+  step = jax.jit(lambda s, x, y: train.train_step(s, x, y, preprocess=preprocess, augment_fn=None, label_smoothing=0.0))
+  images, labels = mnist.train.images[:64], mnist.train.labels[:64]
+  losses = []
+  for _ in range(30):
+    state, (loss, correct) = step(state, images, labels)
+    losses.append(float(loss))
+  assert losses[-1] < 0.2 * losses[0]
+  assert int(correct) > 0.9 * 64 and int(state.step) == 30
+
+
+def test_eval_counts_every_example_exactly_once(mnist):
+  config = mnist_config()
+  model = models.create(config)
+  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
+  preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
+  mesh = meshes.data_mesh()
+  images = mnist.test.images[:1003]
+  logits = train.predict_split(train.make_predict(model.apply, preprocess), (state.params, state.batch_stats),
+                               meshes.replicate(images, mesh), len(images), 100, mesh)
+  assert logits.shape == (1003, 10)
+  expected = model.apply({"params": state.params}, preprocess(jnp.asarray(images)), train=False)
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+  metrics = train.classification_metrics(logits, mnist.test.labels[:1003])
+  assert metrics["count"] == 1003
+
+
+def test_classification_metrics():
+  logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]]))
+  m = train.classification_metrics(logits, np.array([0, 2, 1]))
+  assert m["accuracy"] == pytest.approx(2 / 3)
+  assert m["loss"] == pytest.approx(-(np.log(0.7) + np.log(0.8) + np.log(0.25)) / 3)
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "warmup_cosine", "one_cycle"])
+def test_schedules_peak_at_one(name):
+  config = mnist_config(**{"schedule.name": name, "schedule.warmup_epochs": 1.0, "num_epochs": 4})
+  relative = optim.schedule(config, steps_per_epoch=100)
+  values = np.array([relative(s) for s in range(0, 401, 10)])
+  assert values.max() == pytest.approx(1.0, abs=0.02) and values.min() >= 0
+  if name != "constant":
+    assert values[-1] < 0.05
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_keeps_its_hyperparameters_in_the_state(name):
+  config = mnist_config(**{"optimizer.name": name, "optimizer.weight_decay": 1e-4})
+  tx = optim.create(config, steps_per_epoch=10)
+  params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}
+  opt_state = tx.init(params)
+  assert float(opt_state.hyperparams["learning_rate"]) == pytest.approx(1e-3)
+  updates, _ = tx.update({"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}, opt_state, params)
+  assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
+
+
+def test_learning_rate_in_the_state_changes_the_step_without_recompiling():
+  config = mnist_config(**{"optimizer.name": "sgd"})
+  tx = optim.create(config, steps_per_epoch=10)
+  params = {"w": jnp.ones(2)}
+  update = jax.jit(lambda s: tx.update({"w": jnp.ones(2)}, s, params)[0]["w"])
+  state = tx.init(params)
+  small = update(state)
+  large = update(optim.with_config_hyperparams(state, mnist_config(**{"optimizer.learning_rate": 0.1})))
+  np.testing.assert_allclose(large, 100 * small, rtol=1e-6)
+  assert update._cache_size() == 1
+
+
+def test_augmentations_keep_shapes_and_change_images():
+  images = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  shifted = augment.shift_rotate(jax.random.key(1), images, max_shift=2, max_rotation=10.0)
+  assert shifted.shape == images.shape and not np.allclose(shifted, images)
+  identity = augment.shift_rotate(jax.random.key(1), images, max_shift=0, max_rotation=0.0)
+  np.testing.assert_allclose(identity, images, atol=1e-5)
+  rgb = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
+  cropped = augment.pad_crop_flip(jax.random.key(2), rgb, padding=4)
+  assert cropped.shape == rgb.shape and not np.allclose(cropped, rgb)
+
+
+def test_short_real_mnist_training_reaches_97_percent(tmp_path, capsys):
+  workdir = tmp_path / "cnn"
+  assert run.main([CNN, "--workdir", str(workdir), "--config.num_epochs=1", "--config.report=false"]) == 0
+  summary = read_summary(workdir)
+  assert summary["test_examples"] == 10_000
+  assert summary["test_accuracy"] >= 0.97, summary
+  assert summary["epochs_run"] == 1 and summary["num_params"] == 347_146
+  assert {"train_seconds", "best_val_accuracy", "dataset", "model"} <= set(summary)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert len(rows) == 1
+  assert set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"}
+  assert rows[0]["val_accuracy"] >= 0.96 and rows[0]["learning_rate"] == pytest.approx(1e-3)
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["num_epochs"] == 1 and saved["model.name"] == "cnn"
+  assert "epoch   1/1" in capsys.readouterr().out
+
+
+def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
+  config = configs.override(configs.load(str(EXPERIMENTS / "cifar10_resnet.py")),
+                            ["num_epochs=1", "schedule.warmup_epochs=0.5", "batch_size=8", "eval_batch_size=8", "dataset.cache=false",
+                             "dataset.max_train_examples=24", "report=false"])
+  config = configs.validate(config)
+  with tfds.testing.mock_data(num_examples=24):
+    summary = train.train_and_evaluate(config, tmp_path)
+  assert summary["test_examples"] == 24 and np.isfinite(summary["test_loss"])
+  assert summary["num_params"] == 11_173_962 and summary["dataset"] == "cifar10"
+
+
+def test_four_devices_match_one_device(tmp_path):
+  args = ["--config.num_epochs=1", "--config.dataset.max_train_examples=6400", "--config.report=false"]
+  one = run_cli(CNN, "--workdir", tmp_path / "one", *args)
+  four = run_cli(CNN, "--workdir", tmp_path / "four", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
+  a, b = read_summary(tmp_path / "one"), read_summary(tmp_path / "four")
+  assert a["device"].startswith("1x") and b["device"].startswith("4x")
+  assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-3)
+  assert abs(b["test_accuracy"] - a["test_accuracy"]) <= 0.0005  # at most 5 of 10,000 predictions flip
+  bad = run_cli(CNN, "--workdir", tmp_path / "bad", "--config.batch_size=30",
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines() == [
+      "error: batch_size=30 is not divisible by the 4 devices; use a multiple of 4, e.g. --config.batch_size=28"]
