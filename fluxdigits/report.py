@@ -134,7 +134,9 @@ def rank_mistakes(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 def mistake_title(true_name: str, predicted_name: str, confidence: float, two_lines: bool = False) -> str:
   """'7 → 2 (97.3%)'; `two_lines` puts the confidence on a line of its own, for long class names."""
-  return f"{true_name} → {predicted_name}{chr(10) if two_lines else ' '}({confidence:.1%})"
+  # A mistake is never 100% confident; rounding must not make it look so.
+  shown = ">99.9%" if confidence >= 0.9995 else f"{confidence:.1%}"
+  return f"{true_name} → {predicted_name}{chr(10) if two_lines else ' '}({shown})"
 
 
 def has_long_names(class_names) -> bool:
@@ -251,10 +253,22 @@ class Heading:
   text: str
   level: int = 2
 
+  def markdown(self):
+    return f"{'#' * self.level} {self.text}"
+
+  def html(self):
+    return f"<h{self.level}>{html.escape(self.text)}</h{self.level}>"
+
 
 @dataclasses.dataclass(frozen=True)
 class Paragraph:
   text: str
+
+  def markdown(self):
+    return self.text
+
+  def html(self):
+    return f"<p>{html.escape(self.text)}</p>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,56 +276,45 @@ class Image:
   file: str  # relative to the document
   caption: str
 
+  def markdown(self):
+    return f"![{self.caption}]({self.file})"
+
+  def html(self):
+    caption = html.escape(self.caption)
+    return f'<figure><img src="{html.escape(self.file)}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+
 
 @dataclasses.dataclass(frozen=True)
 class Table:
   header: tuple
   rows: tuple
 
+  def markdown(self):
+    lines = [self.header, ["---"] * len(self.header), *self.rows]
+    return "\n".join("| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+  def html(self):
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in self.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in self.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
 
 def to_markdown(blocks) -> str:
-  parts = []
-  for block in blocks:
-    match block:
-      case Heading(text, level):
-        parts.append(f"{'#' * level} {text}")
-      case Paragraph(text):
-        parts.append(text)
-      case Image(file, caption):
-        parts.append(f"![{caption}]({file})")
-      case Table(header, rows):
-        lines = [header, ["---"] * len(header), *rows]
-        parts.append("\n".join("| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |"
-                               for line in lines))
-  return "\n\n".join(parts) + "\n"
+  return "\n\n".join(block.markdown() for block in blocks) + "\n"
 
 
 def to_html(title: str, blocks) -> str:
-  parts = []
-  for block in blocks:
-    match block:
-      case Heading(text, level):
-        parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-      case Paragraph(text):
-        parts.append(f"<p>{html.escape(text)}</p>")
-      case Image(file, caption):
-        parts.append(f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-      case Table(header, rows):
-        head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
   style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
            "img{max-width:100%}table{border-collapse:collapse;margin:1rem 0}"
            "th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}th{background:#f3f3f3}"
            "figcaption{color:#555;font-size:.9rem}")
   return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-          f"<style>{style}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n")
+          f"<style>{style}</style></head>\n<body>\n" + "\n".join(block.html() for block in blocks) + "\n</body></html>\n")
 
 
-def write_csv(path: pathlib.Path, header, rows) -> pathlib.Path:
+def write_csv(path: pathlib.Path, table: Table) -> pathlib.Path:
   with open(path, "w", newline="") as f:
-    csv.writer(f).writerows([header, *rows])
+    csv.writer(f).writerows([table.header, *table.rows])
   return path
 
 
@@ -334,6 +337,42 @@ def summary_table(run: Run, errors: int) -> Table:
   ))
 
 
+def per_class_table(names, metrics) -> Table:
+  return Table(("class", "precision", "recall", "f1", "support"), tuple(
+      (name, f"{metrics['precision'][c]:.4f}", f"{metrics['recall'][c]:.4f}", f"{metrics['f1'][c]:.4f}",
+       int(metrics["support"][c])) for c, name in enumerate(names)))
+
+
+def confused_pairs_table(names, confusion) -> Table:
+  support = confusion.sum(axis=1)
+  return Table(("true", "predicted", "count", "share_of_true_class"), tuple(
+      (names[t], names[p], count, f"{count / support[t]:.4f}")
+      for t, p, count in most_confused_pairs(confusion, TOP_CONFUSED_PAIRS)))
+
+
+def run_report_blocks(title: str, run: Run, per_class: Table, pairs: Table, errors: int) -> tuple:
+  return (
+      Heading(title, 1),
+      summary_table(run, errors),
+      Heading("Training curves"),
+      Image("curves.png", "Loss and accuracy per epoch, train and validation"),
+      Heading("Confusion matrix"),
+      Image("confusion_matrix.png", "Test confusion matrix: counts, coloured by the fraction of the true class"),
+      Paragraph("Counts: confusion_matrix.csv."),
+      Heading("Per-class metrics"),
+      per_class,
+      Paragraph("Also in per_class.csv."),
+      Heading("Most-confused pairs"),
+      pairs,
+      Paragraph(f"The {TOP_CONFUSED_PAIRS} largest off-diagonal cells of the confusion matrix; also in confused_pairs.csv."),
+      Heading("Misclassified test images"),
+      Image("misclassified.png", "Misclassified test images: true → predicted (confidence), most confident first"),
+      Paragraph(f"All {errors} mistakes, ranked the same way: misclassified.csv."),
+      Heading("Config"),
+      Table(("key", "value"), tuple(sorted(run.config.items()))),
+  )
+
+
 # --- the two reports ------------------------------------------------------------------------------
 
 
@@ -354,41 +393,17 @@ def write_run_report(workdir) -> pathlib.Path:
   plot_curves(run.history, run.summary["best_epoch"], out / "curves.png")
   plot_misclassified(dataset.test.images, labels, probabilities, names, out / "misclassified.png")
   plot_confusion(confusion, names, out / "confusion_matrix.png")
-  per_class = Table(("class", "precision", "recall", "f1", "support"), tuple(
-      (name, f"{metrics['precision'][c]:.4f}", f"{metrics['recall'][c]:.4f}", f"{metrics['f1'][c]:.4f}",
-       int(metrics["support"][c])) for c, name in enumerate(names)))
-  pairs = Table(("true", "predicted", "count", "share_of_true_class"), tuple(
-      (names[t], names[p], count, f"{count / metrics['support'][t]:.4f}")
-      for t, p, count in most_confused_pairs(confusion, TOP_CONFUSED_PAIRS)))
-  write_csv(out / "per_class.csv", per_class.header, per_class.rows)
-  write_csv(out / "confused_pairs.csv", pairs.header, pairs.rows)
-  write_csv(out / "confusion_matrix.csv", ("true \\ predicted", *names),
-            [(name, *row) for name, row in zip(names, confusion.tolist())])
-  write_csv(out / "misclassified.csv", ("test_index", "true", "predicted", "confidence"),
-            [(int(i), names[labels[i]], names[probabilities[i].argmax()], f"{probabilities[i].max():.4f}")
-             for i in mistakes])
+  per_class = per_class_table(names, metrics)
+  pairs = confused_pairs_table(names, confusion)
+  write_csv(out / "per_class.csv", per_class)
+  write_csv(out / "confused_pairs.csv", pairs)
+  write_csv(out / "confusion_matrix.csv", Table(("true \\ predicted", *names),
+                                                tuple((name, *row) for name, row in zip(names, confusion.tolist()))))
+  write_csv(out / "misclassified.csv", Table(("test_index", "true", "predicted", "confidence"), tuple(
+      (int(i), names[labels[i]], names[probabilities[i].argmax()], f"{probabilities[i].max():.4f}") for i in mistakes)))
 
   title = f"Report: {run.workdir.resolve().name}"
-  blocks = (
-      Heading(title, 1),
-      summary_table(run, len(mistakes)),
-      Heading("Training curves"),
-      Image("curves.png", "Loss and accuracy per epoch, train and validation"),
-      Heading("Confusion matrix"),
-      Image("confusion_matrix.png", "Test confusion matrix: counts, coloured by the fraction of the true class"),
-      Paragraph("Counts: confusion_matrix.csv."),
-      Heading("Per-class metrics"),
-      per_class,
-      Paragraph("Also in per_class.csv."),
-      Heading("Most-confused pairs"),
-      pairs,
-      Paragraph(f"The {TOP_CONFUSED_PAIRS} largest off-diagonal cells of the confusion matrix; also in confused_pairs.csv."),
-      Heading("Misclassified test images"),
-      Image("misclassified.png", "Misclassified test images: true → predicted (confidence), most confident first"),
-      Paragraph(f"All {len(mistakes)} mistakes, ranked the same way: misclassified.csv."),
-      Heading("Config"),
-      Table(("key", "value"), tuple(sorted(run.config.items()))),
-  )
+  blocks = run_report_blocks(title, run, per_class, pairs, len(mistakes))
   (out / "report.md").write_text(to_markdown(blocks))
   (out / "index.html").write_text(to_html(title, blocks))
   return out
