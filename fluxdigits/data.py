@@ -121,7 +121,7 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
 def _tfds_source(tfds, name, split, data_dir):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except (NotImplementedError, FileNotFoundError, AssertionError, ValueError) as not_prepared:
+  except (NotImplementedError, FileNotFoundError, AssertionError, ValueError, KeyError) as not_prepared:
     where = data_dir or "tfds' default data dir (~/tensorflow_datasets)"
     try:
       import tensorflow  # noqa: F401  (preparing a tfds dataset needs it)

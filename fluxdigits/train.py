@@ -174,23 +174,22 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
       epoch_start = time.perf_counter()
       batches = data.train_batches(config.seed, epoch, len(dataset.train), config.batch_size)
       loss_sum, correct_sum = 0.0, 0
-      bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
-                 dynamic_ncols=True, mininterval=0.5)
-      for start in chunk_starts:
-        idx = batches[start:start + chunk]
-        state, (losses, corrects) = compiled[len(idx)](state, train_images, train_labels, meshes.shard_batches(idx, mesh))
-        losses = np.asarray(losses)
-        if not np.isfinite(losses).all():
-          bad_step = int(state.step) - len(idx) + int(np.argmin(np.isfinite(losses))) + 1
-          raise TrainingDiverged(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad_step} (epoch {epoch}); "
-                              f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g}); "
-                              f"the last good checkpoint, epoch {progress.epoch}, is kept in {workdir / 'checkpoints'}")
-        loss_sum += float(losses.sum())
-        correct_sum += int(np.asarray(corrects).sum())
-        done = start + len(idx)
-        bar.update(len(idx))
-        bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
-      bar.close()
+      with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
+                dynamic_ncols=True, mininterval=0.5) as bar:
+        for start in chunk_starts:
+          idx = batches[start:start + chunk]
+          state, (losses, corrects) = compiled[len(idx)](state, train_images, train_labels, meshes.shard_batches(idx, mesh))
+          losses = np.asarray(losses)
+          if not np.isfinite(losses).all():
+            bad_step = int(state.step) - len(idx) + int(np.argmin(np.isfinite(losses))) + 1
+            raise TrainingDiverged(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad_step} (epoch {epoch}); "
+                                   f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g}); "
+                                   f"the last good checkpoint, epoch {progress.epoch}, is kept in {workdir / 'checkpoints'}")
+          loss_sum += float(losses.sum())
+          correct_sum += int(np.asarray(corrects).sum())
+          done = start + len(idx)
+          bar.update(len(idx))
+          bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
       seen = steps_per_epoch * config.batch_size
       row = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "train_accuracy": correct_sum / seen,
              "val_loss": None, "val_accuracy": None,
