@@ -1,5 +1,6 @@
 import json
-import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,12 +47,18 @@ def test_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(tmp_pa
   assert metrics_epochs(workdir) == [1, 2]
 
 
-@pytest.fixture
-def two_epoch_run(tmp_path):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_two_epochs(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trained") / "run"
   result = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", *QUICK)
   assert result.returncode == 0, result.stderr
   return workdir
+
+
+@pytest.fixture
+def two_epoch_run(trained_two_epochs, tmp_path):
+  """A private copy of a finished 2-epoch run, for a test to damage or change."""
+  return pathlib.Path(shutil.copytree(trained_two_epochs, tmp_path / "run"))
 
 
 def largest_file(folder):
