@@ -1,0 +1,52 @@
+"""The CPU-fast layers compute what flax's own layers compute, and their gradients match."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fluxdigits import models
+
+
+@pytest.mark.parametrize("channels, features", [(1, 32), (3, 8), (32, 64)])
+def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features):
+  x = jax.random.normal(jax.random.key(0), (2, 11, 9, channels))
+  fast = models.Conv3x3(features, models.KERAS_INIT)
+  reference = nn.Conv(features, (3, 3), padding="VALID", kernel_init=models.KERAS_INIT)
+  params = fast.init(jax.random.key(1), x)
+  reference_params = reference.init(jax.random.key(1), x)
+  # Same parameter shapes and the same initial values for the same key: checkpoints and seeds carry over.
+  jax.tree.map(np.testing.assert_array_equal, params, reference_params)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+
+  def loss(module, params, x):
+    return jnp.sum(jnp.sin(module.apply(params, x)))
+
+  np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+  grads = jax.grad(loss, argnums=(1, 2))(fast, params, x)
+  reference_grads = jax.grad(loss, argnums=(1, 2))(reference, params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, reference_grads)
+
+
+def test_conv3x3_computes_in_its_dtype_and_keeps_float32_parameters():
+  module = models.Conv3x3(4, dtype=jnp.bfloat16)
+  params = module.init(jax.random.key(0), jnp.ones((1, 5, 5, 2)))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  assert module.apply(params, jnp.ones((1, 5, 5, 2))).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(3, 13, 26, 5), (2, 27, 9, 4)])
+def test_max_pool_values_and_gradient_match_flax_max_pool(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
+  weights = jax.random.normal(jax.random.key(1), models.max_pool_2x2(x).shape)
+  grad = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * weights))(x)
+  reference = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2), padding="VALID") * weights))(x)
+  np.testing.assert_array_equal(grad, reference)
+
+
+def test_max_pool_gives_a_tied_window_s_whole_gradient_to_its_first_maximum():
+  x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
+  grad = jax.grad(lambda x: models.max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[1.0, 0.0], [0.0, 0.0]])
