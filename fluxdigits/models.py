@@ -60,28 +60,41 @@ def max_pool_2x2(x):
 
 
 class Conv3x3(nn.Module):
-  """3x3 VALID convolution with bias: the function and parameters of nn.Conv(features, (3, 3), padding='VALID').
+  """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias).
 
-  Computed as one matmul of the 3x3 patches (im2col) with a column of ones appended, so that the
-  bias is a row of the same matmul. On CPU, at these sizes, XLA's convolution is slower than the
-  matmul, its kernel gradient several times slower, and the bias gradient (a reduction over all
-  positions) as slow as the rest of the step together; here both gradients are the one matmul
-  patches^T @ grad.
+  Computed as one matmul of the 3x3 patches (im2col), with a column of ones appended when there
+  is a bias, so that the bias is a row of the same matmul. On CPU, at these sizes, XLA's
+  convolution is slower than the matmul, its kernel gradient several times slower, and a bias
+  gradient (a reduction over all positions) as slow as the rest of the step together; here both
+  gradients are the one matmul patches^T @ grad.
   """
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  strides: int = 1
+  padding: str = "VALID"  # or "SAME", as lax pads: the odd pixel of padding goes after
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
     n, h, w, channels = x.shape
     kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    weights = [kernel.reshape(9 * channels, self.features)]
     x = x.astype(self.dtype)
-    patches = [x[:, i:i + h - 2, j:j + w - 2] for i in range(3) for j in range(3)]
-    patches = jnp.concatenate(patches + [jnp.ones((n, h - 2, w - 2, 1), self.dtype)], axis=-1)
-    weights = jnp.concatenate([kernel.reshape(9 * channels, self.features), bias[None]]).astype(self.dtype)
-    return (patches.reshape(-1, 9 * channels + 1) @ weights).reshape(n, h - 2, w - 2, self.features)
+    s = self.strides
+    if self.padding == "SAME":
+      out_h, out_w = -(-h // s), -(-w // s)
+      pad_h, pad_w = max((out_h - 1) * s + 3 - h, 0), max((out_w - 1) * s + 3 - w, 0)
+      x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    else:
+      out_h, out_w = (h - 3) // s + 1, (w - 3) // s + 1
+    patches = [x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s] for i in range(3) for j in range(3)]
+    if self.use_bias:
+      patches.append(jnp.ones((n, out_h, out_w, 1), self.dtype))
+      weights.append(self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)[None])
+    patches = jnp.concatenate(patches, axis=-1)
+    weights = jnp.concatenate(weights).astype(self.dtype)
+    return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(n, out_h, out_w, self.features)
 
 
 class MLP(nn.Module):
@@ -137,7 +150,7 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    conv = lambda strides: nn.Conv(self.features, (3, 3), (strides, strides), padding="SAME", use_bias=False, dtype=self.dtype)
+    conv = lambda strides: Conv3x3(self.features, nn.initializers.lecun_normal(), self.dtype, strides, "SAME", use_bias=False)
     y = nn.relu(norm()(conv(self.strides)(x)))
     y = norm()(conv(1)(y))
     if x.shape != y.shape:  # projection shortcut where the stage changes width or resolution
@@ -158,7 +171,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     widths, blocks = {20: ((16, 32, 64), 3), 18: ((64, 128, 256, 512), 2)}[self.depth]
-    x = nn.Conv(widths[0], (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+    x = Conv3x3(widths[0], nn.initializers.lecun_normal(), self.dtype, padding="SAME", use_bias=False)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x))
     for stage, features in enumerate(widths):
       for block in range(blocks):

@@ -9,11 +9,13 @@ import pytest
 from fluxdigits import models
 
 
-@pytest.mark.parametrize("channels, features", [(1, 32), (3, 8), (32, 64)])
-def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features):
-  x = jax.random.normal(jax.random.key(0), (2, 11, 9, channels))
-  fast = models.Conv3x3(features, models.KERAS_INIT)
-  reference = nn.Conv(features, (3, 3), padding="VALID", kernel_init=models.KERAS_INIT)
+@pytest.mark.parametrize("channels, features, strides, padding, use_bias", [
+    (1, 32, 1, "VALID", True), (3, 8, 1, "VALID", True), (32, 64, 1, "VALID", True),
+    (3, 16, 1, "SAME", False), (16, 32, 2, "SAME", False), (4, 8, 2, "VALID", True)])
+def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, strides, padding, use_bias):
+  x = jax.random.normal(jax.random.key(0), (2, 11, 8, channels))
+  fast = models.Conv3x3(features, models.KERAS_INIT, strides=strides, padding=padding, use_bias=use_bias)
+  reference = nn.Conv(features, (3, 3), (strides, strides), padding=padding, use_bias=use_bias, kernel_init=models.KERAS_INIT)
   params = fast.init(jax.random.key(1), x)
   reference_params = reference.init(jax.random.key(1), x)
   # Same parameter shapes and the same initial values for the same key: checkpoints and seeds carry over.
