@@ -15,6 +15,6 @@ def get_config():
   config.optimizer.weight_decay = 5e-4
   config.schedule.name = "one_cycle"
   config.batch_size = 128
-  config.num_epochs = 6
+  config.num_epochs = 4
   config.label_smoothing = 0.1
   return config
