@@ -1,0 +1,90 @@
+"""What the input pipeline costs: an epoch of fluxdigits' training loop against the same steps on one batch already on the device.
+
+The loop as train_and_evaluate runs it: per call, the host slices the epoch's index array, puts it
+on the devices, runs `steps_per_call` steps (each gathers its batch from the dataset held on the
+devices) and reads the losses back. The reference runs the same step function, in the same
+chunks, on the same batches gathered beforehand and already on the devices (scanned over, so
+that XLA cannot hoist any per-batch work out of the loop). The difference is the pipeline's cost.
+
+  python benchmarks/input_pipeline.py [--batch-sizes 32,128]
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fluxdigits import augment, config as configs, data, mesh as meshes, models, train
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from step_throughput import ROOT  # noqa: E402
+
+
+def epoch_seconds(batch_size):
+  config = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")),
+                                             [f"batch_size={batch_size}"]))
+  dataset = data.load(config)
+  mesh = meshes.data_mesh()
+  steps = len(dataset.train) // batch_size
+  model = models.create(config)
+  preprocess = train.Preprocess(dataset.mean, dataset.std, jnp.float32)
+  state = meshes.replicate(train.create_state(config, model, dataset.train.images.shape[1:], steps), mesh)
+  images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
+  chunk = min(config.steps_per_call, steps)
+  chunk_starts = range(0, steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
+
+  gathered = train.make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
+  gathered = gathered.lower(state, images, labels, meshes.shard_batches(np.zeros((chunk, batch_size), np.int32), mesh)).compile()
+  step = functools.partial(train.train_step, preprocess=preprocess, augment_fn=None, label_smoothing=config.label_smoothing)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def on_device_chunk(state, chunk_images, chunk_labels):
+    return jax.lax.scan(lambda s, batch: step(s, *batch), state, (chunk_images, chunk_labels))
+
+  batches = data.train_batches(config.seed, 1, len(dataset.train), batch_size)
+  batch_sharding = NamedSharding(mesh, P(None, "data"))
+  on_device_batches = [jax.device_put((dataset.train.images[batches[start:start + chunk]],
+                                       dataset.train.labels[batches[start:start + chunk]]), batch_sharding)
+                       for start in chunk_starts]
+  on_device = on_device_chunk.lower(state, *on_device_batches[0]).compile()
+
+  def pipeline_epoch(state):
+    for start in chunk_starts:
+      state, (losses, corrects) = gathered(state, images, labels, meshes.shard_batches(batches[start:start + chunk], mesh))
+      float(np.asarray(losses).sum()), int(np.asarray(corrects).sum())
+    return state
+
+  def on_device_epoch(state):
+    for chunk_images, chunk_labels in on_device_batches:
+      state, (losses, corrects) = on_device(state, chunk_images, chunk_labels)
+      float(np.asarray(losses).sum()), int(np.asarray(corrects).sum())
+    return state
+
+  timings = {}
+  for name, run in (("pipeline", pipeline_epoch), ("on_device", on_device_epoch)) * 2:  # the second round counts
+    start = time.perf_counter()
+    state = jax.block_until_ready(run(state))
+    timings[name] = time.perf_counter() - start
+  return len(chunk_starts) * chunk, timings
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--batch-sizes", default="32,128")
+  args = parser.parse_args()
+  for batch_size in map(int, args.batch_sizes.split(",")):
+    steps, t = epoch_seconds(batch_size)
+    share = (t["pipeline"] - t["on_device"]) / t["pipeline"]
+    print(json.dumps({"batch_size": batch_size, "steps": steps, "pipeline_s": round(t["pipeline"], 3),
+                      "on_device_s": round(t["on_device"], 3), "pipeline_share": round(share, 4)}))
+
+
+if __name__ == "__main__":
+  main()
