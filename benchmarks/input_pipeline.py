@@ -17,7 +17,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -34,7 +33,7 @@ def epoch_seconds(batch_size):
   mesh = meshes.data_mesh()
   steps = len(dataset.train) // batch_size
   model = models.create(config)
-  preprocess = train.Preprocess(dataset.mean, dataset.std, jnp.float32)
+  preprocess = train.preprocess_for(config, dataset)
   state = meshes.replicate(train.create_state(config, model, dataset.train.images.shape[1:], steps), mesh)
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
   chunk = min(config.steps_per_call, steps)

@@ -41,6 +41,9 @@ class Split:
   def __len__(self):
     return len(self.labels)
 
+  def __getitem__(self, index) -> "Split":
+    return Split(self.images[index], self.labels[index])
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -63,7 +66,7 @@ def load(config) -> Dataset:
     train, test = (read_tfds_split(name, split, data_dir, config.dataset.cache) for split in ("train", "test"))
   train, validation = hold_out(train, config.validation_fraction)
   if config.dataset.max_train_examples:
-    train = Split(train.images[: config.dataset.max_train_examples], train.labels[: config.dataset.max_train_examples])
+    train = train[: config.dataset.max_train_examples]
   channels = train.images.shape[-1]
   mean, std = NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
   return Dataset(name, train, validation, test, CLASS_NAMES[name], mean, std)
@@ -73,7 +76,7 @@ def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
   """The last `fraction` of the examples become validation, as Keras' validation_split does."""
   n_validation = int(round(len(split) * fraction))
   cut = len(split) - n_validation
-  return (Split(split.images[:cut], split.labels[:cut]), Split(split.images[cut:], split.labels[cut:]))
+  return split[:cut], split[cut:]
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -179,8 +179,13 @@ class ResNet(nn.Module):
     return nn.Dense(NUM_CLASSES, dtype=self.dtype)(x.mean(axis=(1, 2)))
 
 
+def compute_dtype(config):
+  """The dtype of activations and matmuls; parameters stay float32 either way."""
+  return jnp.bfloat16 if config.mixed_precision else jnp.float32
+
+
 def create(config) -> nn.Module:
-  dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+  dtype = compute_dtype(config)
   m = config.model
   return {
       "mlp": lambda: MLP(dtype=dtype),

@@ -19,7 +19,6 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
@@ -88,8 +87,7 @@ def test_logits(config, state, dataset: data.Dataset) -> np.ndarray:
   """(n_test, classes) logits, computed by the same predict functions that training evaluates with."""
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
-  preprocess = train.Preprocess(dataset.mean, dataset.std, jnp.bfloat16 if config.mixed_precision else jnp.float32)
-  predict = train.make_predict(state.apply_fn, preprocess)
+  predict = train.make_predict(state.apply_fn, train.preprocess_for(config, dataset))
   variables = meshes.replicate((state.params, state.batch_stats), mesh)
   images = meshes.replicate(dataset.test.images, mesh)
   return train.predict_split(predict, variables, images, len(dataset.test), config.eval_batch_size, mesh)

@@ -44,6 +44,10 @@ class Preprocess:
     return augment.standardize(x, self.mean, self.std, self.dtype)
 
 
+def preprocess_for(config, dataset: data.Dataset) -> Preprocess:
+  return Preprocess(dataset.mean, dataset.std, models.compute_dtype(config))
+
+
 def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
   tx = optim.create(config, steps_per_epoch)
 
@@ -140,7 +144,7 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
   state = create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
   num_params = count_params(state.params)
   relative_rate = optim.schedule(config, steps_per_epoch)
-  preprocess = Preprocess(dataset.mean, dataset.std, jnp.bfloat16 if config.mixed_precision else jnp.float32)
+  preprocess = preprocess_for(config, dataset)
   train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
   predict = make_predict(model.apply, preprocess)
 
