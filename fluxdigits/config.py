@@ -33,6 +33,10 @@ def defaults() -> ml_collections.ConfigDict:
   # Stop after this many epochs without a better validation accuracy; 0 never stops early.
   c.patience = 0
   c.label_smoothing = 0.0
+  # Evaluate an exponential moving average of the weights (val, best checkpoint, test, report);
+  # 0 evaluates the raw weights, as Keras and PyTorch do. Chosen on validation accuracy:
+  # benchmarks/NOTES.md ("Weight averaging").
+  c.ema_decay = 0.999
   # bf16 activations and matmuls, f32 parameters and optimizer state (for GPU and TPU).
   c.mixed_precision = False
   # Write WORKDIR/report/ at the end of the run.
@@ -216,6 +220,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(c.dataset.max_train_examples >= 0, "dataset.max_train_examples must be >= 0 (0 uses every example)")
   _require(c.patience >= 0, f"patience must be >= 0 (0 turns early stopping off), got {c.patience}")
   _require(0.0 <= c.model.dropout_rate < 1.0, f"model.dropout_rate must be in [0, 1), got {c.model.dropout_rate}")
+  _require(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {c.ema_decay}")
   _require(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
   _require(c.optimizer.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {c.optimizer.learning_rate}")
   _require(c.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {c.optimizer.weight_decay}")

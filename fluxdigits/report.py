@@ -88,7 +88,7 @@ def test_logits(config, state, dataset: data.Dataset) -> np.ndarray:
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   predict = train.make_predict(state.apply_fn, train.preprocess_for(config, dataset))
-  variables = meshes.replicate((state.params, state.batch_stats), mesh)
+  variables = meshes.replicate(state.evaluated_variables(), mesh)
   images = meshes.replicate(dataset.test.images, mesh)
   return train.predict_split(predict, variables, images, len(dataset.test), config.eval_batch_size, mesh)
 

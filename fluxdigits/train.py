@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from tqdm.auto import tqdm
 
@@ -28,6 +29,27 @@ class TrainState(train_state.TrainState):
   # The run's key as raw key data (plain uint32, so checkpoints store it like any array); each step
   # folds in its step number for its dropout and augmentation keys.
   rng: jax.Array
+  # Exponential moving average of {'params', 'batch_stats'}: the weights evaluated, selected as best
+  # and reported. Averaging the last ~1/(1 - decay) steps' weights smooths out the optimizer's noise.
+  # {} when ema_decay is 0: the raw weights are evaluated, as Keras and PyTorch do.
+  ema: Any
+  ema_decay: float = struct.field(pytree_node=False)
+
+  def apply_gradients(self, *, grads, **kwargs):
+    state = super().apply_gradients(grads=grads, **kwargs)
+    if not self.ema_decay:
+      return state
+    # Warmed up as in TF's ExponentialMovingAverage(num_updates), so the first epochs' averages
+    # do not hold on to the random initialisation.
+    decay = jnp.minimum(self.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    current = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.replace(ema=jax.tree.map(lambda a, v: decay * a + (1.0 - decay) * v, state.ema, current))
+
+  def evaluated_variables(self):
+    """(params, batch_stats) that evaluation uses."""
+    if self.ema_decay:
+      return self.ema["params"], self.ema["batch_stats"]
+    return self.params, self.batch_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +78,15 @@ def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
   def init(key):
     init_rng, run_rng = jax.random.split(key)
     variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return TrainState.create(
         apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        params=params,
+        batch_stats=batch_stats,
         tx=tx,
         rng=jax.random.key_data(run_rng),
+        ema={"params": params, "batch_stats": batch_stats} if config.ema_decay else {},
+        ema_decay=config.ema_decay,
     )
 
   return init(jax.random.key(config.seed))
@@ -174,7 +199,7 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
   best_variables = None
   if progress.epoch:
     best = checkpoint.restore_state(manager, progress.best_epoch, state)
-    best_variables = meshes.replicate((best.params, best.batch_stats), mesh)
+    best_variables = meshes.replicate(best.evaluated_variables(), mesh)
   stop_reason = None
   try:
     for epoch in range(progress.epoch + 1, config.num_epochs + 1):
@@ -206,14 +231,14 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
              "learning_rate": optim.current_learning_rate(state.opt_state, relative_rate, state.step)}
       if len(dataset.validation):
         val = classification_metrics(
-            predict_split(predict, (state.params, state.batch_stats), val_images, len(dataset.validation),
+            predict_split(predict, state.evaluated_variables(), val_images, len(dataset.validation),
                           config.eval_batch_size, mesh), dataset.validation.labels)
         row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
       row["epoch_seconds"] = time.perf_counter() - epoch_start
       train_seconds += row["epoch_seconds"]
       improved = row["val_accuracy"] is None or row["val_accuracy"] > progress.best_val_accuracy
       if improved:
-        best_variables = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
+        best_variables = jax.tree.map(jnp.copy, state.evaluated_variables())
       progress = progress.after_epoch(row, improved)
       with open(metrics_file, "a") as f:
         f.write(json.dumps(row) + "\n")

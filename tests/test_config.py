@@ -44,6 +44,7 @@ def test_overrides_are_typed_by_the_default_value():
     ("schedule.name=step", "unknown schedule.name 'step'"),
     ("batch_size=0", "'batch_size' must be at least 1"),
     ("validation_fraction=1.5", "validation_fraction must be in [0, 1)"),
+    ("ema_decay=1.0", "ema_decay must be in [0, 1) (0 turns weight averaging off)"),
     ("optimizer.learning_rate=-1", "optimizer.learning_rate must be > 0"),
 ])
 def test_bad_overrides_give_one_line_and_exit_code_2(assignment, message, capsys, tmp_path):
