@@ -117,7 +117,7 @@ def prepare_workdir(workdir, config, restart: bool, log=print) -> pathlib.Path:
     log(f"--restart: moved the previous run to {aside}")
   elif saved_file.exists():
     try:
-      saved = json.loads(saved_file.read_text())
+      saved = {**configs.VALUES_BEFORE_KEY_EXISTED, **json.loads(saved_file.read_text())}
     except json.JSONDecodeError as e:
       raise UserError(f"{saved_file} is not valid JSON ({e}); fix it, or use --restart or another --workdir") from e
     new = configs.flatten(config)

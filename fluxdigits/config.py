@@ -19,6 +19,9 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 AUGMENTATIONS = ("none", "digits", "cifar")
 RESNET_DEPTHS = (18, 20)
+# The value a key had in effect before it existed: a config.json written by an older fluxdigits
+# lacks the key, and that run's checkpoints were made that way.
+VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0}
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -163,7 +166,7 @@ def flatten(config: ml_collections.ConfigDict) -> dict:
 def from_flat(flat: dict) -> ml_collections.ConfigDict:
   """The inverse of flatten(): a validated config from a run's config.json."""
   config = ml_collections.ConfigDict()
-  for key, value in flat.items():
+  for key, value in {**VALUES_BEFORE_KEY_EXISTED, **flat}.items():
     *parents, leaf = key.split(".")
     node = config
     for part in parents:

@@ -136,3 +136,17 @@ def test_finished_run_rerun_gives_the_same_summary(two_epoch_run):
 def test_load_run_errors(tmp_path):
   with pytest.raises(UserError, match="not a fluxdigits run"):
     train.load_run(tmp_path)
+
+
+def test_a_run_from_before_weight_averaging_still_loads_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  assert run_cli(CNN, "--workdir", workdir, "--config.num_epochs=1", "--config.ema_decay=0", *QUICK).returncode == 0
+  config_file = workdir / "config.json"
+  config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items() if k != "ema_decay"}))
+
+  config, state, _ = train.load_run(workdir)
+  assert config.ema_decay == 0.0 and state.ema == {}
+  refused = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", *QUICK)
+  assert refused.returncode == 2 and "ema_decay (0.0 -> 0.999)" in refused.stderr
+  resumed = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", "--config.ema_decay=0", *QUICK)
+  assert resumed.returncode == 0 and "resuming from epoch 1" in resumed.stdout
