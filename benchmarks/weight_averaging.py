@@ -2,7 +2,7 @@
 
 Trains an experiment (default seed 004's recipe, `experiments/mnist_cnn.py`) once per seed with the
 raw weights evaluated (ema_decay=0) while it carries one moving average per candidate decay in the
-same compiled scan (warmed up as `TrainState.apply_gradients` does), then scores the final epoch's
+same compiled scan (`train.update_average`, as training does), then scores the final epoch's
 raw weights and every average on the validation and test splits. The decay is chosen on mean
 validation accuracy; the test column only reports what that choice gives. The warm-up caps the
 decay at (1 + step) / (10 + step), which passes 0.999 only after 8,991 steps: in runs as short as
@@ -44,9 +44,8 @@ def final_accuracies(config, dataset, mesh):
     def body(carry, idx):
       state, averages = carry
       state, _ = step(state, images[idx], labels[idx])
-      warm = (1.0 + state.step) / (10.0 + state.step)
-      averages = tuple(jax.tree.map(lambda a, v: jnp.minimum(d, warm) * a + (1 - jnp.minimum(d, warm)) * v, avg,
-                                    state.evaluated_variables()) for d, avg in zip(DECAYS, averages))
+      averages = tuple(train.update_average(average, state.evaluated_variables(), state.step, decay)
+                       for decay, average in zip(DECAYS, averages))
       return (state, averages), None
     return jax.lax.scan(body, (state, averages), batch_indices)[0]
 

@@ -39,17 +39,24 @@ class TrainState(train_state.TrainState):
     state = super().apply_gradients(grads=grads, **kwargs)
     if not self.ema_decay:
       return state
-    # Warmed up as in TF's ExponentialMovingAverage(num_updates), so the first epochs' averages
-    # do not hold on to the random initialisation.
-    decay = jnp.minimum(self.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     current = {"params": state.params, "batch_stats": state.batch_stats}
-    return state.replace(ema=jax.tree.map(lambda a, v: decay * a + (1.0 - decay) * v, state.ema, current))
+    return state.replace(ema=update_average(state.ema, current, state.step, self.ema_decay))
 
   def evaluated_variables(self):
     """(params, batch_stats) that evaluation uses."""
     if self.ema_decay:
       return self.ema["params"], self.ema["batch_stats"]
     return self.params, self.batch_stats
+
+
+def update_average(average, current, step, decay):
+  """The moving average after `step` steps: decay capped at (1 + step) / (10 + step).
+
+  The cap is the warm-up of TF's ExponentialMovingAverage(num_updates): without it the first
+  epochs' averages would hold on to the random initialisation.
+  """
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda a, v: decay * a + (1.0 - decay) * v, average, current)
 
 
 @dataclasses.dataclass(frozen=True)
