@@ -58,13 +58,14 @@ def final_accuracies(config, dataset, mesh):
       state, averages = train_chunk(state, averages, images, labels, idx)
 
   predict = train.make_predict(model.apply, preprocess)
-  def accuracy(variables, split):
-    logits = train.predict_split(predict, variables, meshes.replicate(split.images, mesh), len(split),
-                                 config.eval_batch_size, mesh)
-    return train.classification_metrics(logits, split.labels)["accuracy"]
   candidates = (state.evaluated_variables(), *averages)
-  return {name: [accuracy(v, split) for v in candidates]
-          for name, split in (("val", dataset.validation), ("test", dataset.test))}
+  accuracies = {}
+  for name, split in (("val", dataset.validation), ("test", dataset.test)):
+    split_images = meshes.replicate(split.images, mesh)
+    accuracies[name] = [train.classification_metrics(
+        train.predict_split(predict, v, split_images, len(split), config.eval_batch_size, mesh), split.labels)["accuracy"]
+        for v in candidates]
+  return accuracies
 
 
 def main():
