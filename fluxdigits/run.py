@@ -24,22 +24,28 @@ def parse_args(argv):
   return args, overrides
 
 
+def train_run(config, workdir, restart=False, log=print, on_epoch=None) -> dict:
+  """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial."""
+  # Imported here so that a bad command line fails in a blink, before JAX starts.
+  from fluxdigits import checkpoint, train
+  workdir = checkpoint.prepare_workdir(workdir, config, restart, log)
+  summary = train.train_and_evaluate(config, workdir, log, on_epoch)
+  log(f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
+      f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) "
+      f"-> {workdir / 'summary.json'}")
+  if config.report:
+    from fluxdigits import report
+    report.write_run_report(workdir)
+    log(f"report -> {workdir / 'report' / 'index.html'}")
+  return summary
+
+
 def main(argv=None) -> int:
   try:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = configs.validate(configs.override(configs.load(args.experiment), overrides))
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
-    # Imported here so that a bad command line fails in a blink, before JAX starts.
-    from fluxdigits import checkpoint, train
-    workdir = checkpoint.prepare_workdir(workdir, config, args.restart)
-    summary = train.train_and_evaluate(config, workdir)
-    print(f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
-          f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) "
-          f"-> {workdir / 'summary.json'}")
-    if config.report:
-      from fluxdigits import report
-      report.write_run_report(workdir)
-      print(f"report -> {workdir / 'report' / 'index.html'}")
+    train_run(config, workdir, args.restart)
     return 0
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

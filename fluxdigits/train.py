@@ -161,9 +161,24 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
           "count": int(len(labels))}
 
 
-def train_and_evaluate(config, workdir, log=print) -> dict:
-  """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary."""
-  workdir = pathlib.Path(workdir)
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a config fixes before the first step: the data on the devices, the model and its compiled calls."""
+  config: Any
+  dataset: data.Dataset
+  mesh: Any
+  model: Any
+  steps_per_epoch: int
+  steps_per_call: int
+  train_chunks: dict  # steps per call -> the compiled lax.scan of train steps (the last call of an epoch may be shorter)
+  relative_rate: Any  # step -> multiplier of the peak learning rate
+  predict: Any
+  device_images: dict  # split name -> its images on the devices ('train' with its labels)
+  compile_seconds: float
+
+
+def build(config) -> tuple[Trainer, TrainState]:
+  """Loads the data, places it on the devices and compiles the train calls; returns them with a fresh state."""
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
@@ -171,103 +186,132 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
-
   model = models.create(config)
-  state = create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
-  num_params = count_params(state.params)
-  relative_rate = optim.schedule(config, steps_per_epoch)
+  state = meshes.replicate(create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch), mesh)
   preprocess = preprocess_for(config, dataset)
+  device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
+                   "validation": meshes.replicate(dataset.validation.images, mesh),
+                   "test": meshes.replicate(dataset.test.images, mesh)}
+
   train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
-  predict = make_predict(model.apply, preprocess)
-
-  manager = checkpoint.manager(workdir, config)
-  progress = checkpoint.Progress()
-  restored = checkpoint.restore_latest(manager, state, log)
-  if restored is not None:
-    state, progress = restored
-    state = state.replace(opt_state=optim.with_config_hyperparams(state.opt_state, config))
-    log(f"resuming from epoch {progress.epoch} (step {int(state.step)}) in {workdir}")
-  state = meshes.replicate(state, mesh)
-  train_images, train_labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
-  val_images = meshes.replicate(dataset.validation.images, mesh)
-
   chunk = min(config.steps_per_call, steps_per_epoch)
-  chunk_starts = list(range(0, steps_per_epoch, chunk))
   compile_start = time.perf_counter()
-  compiled = {}
-  for length in {min(chunk, steps_per_epoch - s) for s in chunk_starts}:
+  train_chunks = {}
+  for length in {chunk, steps_per_epoch % chunk} - {0}:
     idx = meshes.shard_batches(np.zeros((length, config.batch_size), np.int32), mesh)
-    compiled[length] = train_chunk.lower(state, train_images, train_labels, idx).compile()
-  compile_seconds = time.perf_counter() - compile_start
+    train_chunks[length] = train_chunk.lower(state, *device_images["train"], idx).compile()
+  trainer = Trainer(config, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
+                    optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess), device_images,
+                    time.perf_counter() - compile_start)
+  return trainer, state
 
-  metrics_file = workdir / "metrics.jsonl"
+
+def train_epoch(trainer: Trainer, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
+  """One epoch of training steps in the (seed, epoch) order; the running loss and accuracy in a progress bar."""
+  config = trainer.config
+  batches = data.train_batches(config.seed, epoch, len(trainer.dataset.train), config.batch_size)
+  loss_sum, correct_sum = 0.0, 0
+  with tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
+            dynamic_ncols=True, mininterval=0.5) as bar:
+    for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
+      idx = batches[start:start + trainer.steps_per_call]
+      state, (losses, corrects) = trainer.train_chunks[len(idx)](
+          state, *trainer.device_images["train"], meshes.shard_batches(idx, trainer.mesh))
+      losses = np.asarray(losses)
+      if not np.isfinite(losses).all():
+        bad_step = int(state.step) - len(idx) + int(np.argmin(np.isfinite(losses))) + 1
+        raise TrainingDiverged(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad_step} (epoch {epoch}); "
+                               f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g})")
+      loss_sum += float(losses.sum())
+      correct_sum += int(np.asarray(corrects).sum())
+      done = start + len(idx)
+      bar.update(len(idx))
+      bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
+  return state, {"train_loss": loss_sum / trainer.steps_per_epoch,
+                 "train_accuracy": correct_sum / (trainer.steps_per_epoch * config.batch_size)}
+
+
+def evaluate(trainer: Trainer, variables, split: str) -> dict:
+  """Loss, accuracy and count of `variables` (params, batch_stats) over every example of a split."""
+  labels = getattr(trainer.dataset, split).labels
+  logits = predict_split(trainer.predict, variables, trainer.device_images[split], len(labels),
+                         trainer.config.eval_batch_size, trainer.mesh)
+  return classification_metrics(logits, labels)
+
+
+def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, manager, workdir, log=print, on_epoch=None):
+  """Trains from `progress.epoch` to the config's last epoch or an early stop, checkpointing and logging each epoch.
+
+  Returns (state, progress, the best epoch's evaluated variables). `on_epoch(row)` runs after each
+  epoch's checkpoint is started; it may raise to stop training (a tuner's pruning), the run staying resumable.
+  """
+  config = trainer.config
+  metrics_file = pathlib.Path(workdir) / "metrics.jsonl"
   checkpoint.write_history(metrics_file, progress.history)
-  train_seconds = sum(row["epoch_seconds"] for row in progress.history)
   best_variables = None
   if progress.epoch:
     best = checkpoint.restore_state(manager, progress.best_epoch, state)
-    best_variables = meshes.replicate(best.evaluated_variables(), mesh)
-  stop_reason = None
+    best_variables = meshes.replicate(best.evaluated_variables(), trainer.mesh)
+  for epoch in range(progress.epoch + 1, config.num_epochs + 1):
+    if progress.epochs_without_improvement >= config.patience > 0:
+      log(f"early stop: no better validation accuracy for {config.patience} epochs")
+      break
+    epoch_start = time.perf_counter()
+    try:
+      state, row = train_epoch(trainer, state, epoch)
+    except TrainingDiverged as e:
+      raise TrainingDiverged(f"{e}; the last good checkpoint, epoch {progress.epoch}, is kept in "
+                             f"{pathlib.Path(workdir) / 'checkpoints'}") from None
+    row = {"epoch": epoch, **row, "val_loss": None, "val_accuracy": None,
+           "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate, state.step)}
+    if len(trainer.dataset.validation):
+      val = evaluate(trainer, state.evaluated_variables(), "validation")
+      row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    row["epoch_seconds"] = time.perf_counter() - epoch_start
+    improved = row["val_accuracy"] is None or row["val_accuracy"] > progress.best_val_accuracy
+    if improved:
+      best_variables = jax.tree.map(jnp.copy, state.evaluated_variables())
+    progress = progress.after_epoch(row, improved)
+    with open(metrics_file, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    log(_epoch_line(row, config.num_epochs))
+    if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs:
+      checkpoint.save(manager, state, progress)
+    if on_epoch is not None:
+      on_epoch(row)
+  return state, progress, best_variables
+
+
+def resume(trainer: Trainer, state: TrainState, manager, workdir, log=print):
+  """(state, Progress): the newest readable checkpoint's, with the config's learning rate and weight decay, or a fresh start."""
+  restored = checkpoint.restore_latest(manager, state, log)
+  if restored is None:
+    return state, checkpoint.Progress()
+  state, progress = restored
+  state = state.replace(opt_state=optim.with_config_hyperparams(state.opt_state, trainer.config))
+  log(f"resuming from epoch {progress.epoch} (step {int(state.step)}) in {workdir}")
+  return meshes.replicate(state, trainer.mesh), progress
+
+
+def train_and_evaluate(config, workdir, log=print, on_epoch=None) -> dict:
+  """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary."""
+  workdir = pathlib.Path(workdir)
+  trainer, state = build(config)
+  manager = checkpoint.manager(workdir, config)
   try:
-    for epoch in range(progress.epoch + 1, config.num_epochs + 1):
-      if progress.epochs_without_improvement >= config.patience > 0:
-        stop_reason = f"early stop: no better validation accuracy for {config.patience} epochs"
-        break
-      epoch_start = time.perf_counter()
-      batches = data.train_batches(config.seed, epoch, len(dataset.train), config.batch_size)
-      loss_sum, correct_sum = 0.0, 0
-      with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
-                dynamic_ncols=True, mininterval=0.5) as bar:
-        for start in chunk_starts:
-          idx = batches[start:start + chunk]
-          state, (losses, corrects) = compiled[len(idx)](state, train_images, train_labels, meshes.shard_batches(idx, mesh))
-          losses = np.asarray(losses)
-          if not np.isfinite(losses).all():
-            bad_step = int(state.step) - len(idx) + int(np.argmin(np.isfinite(losses))) + 1
-            raise TrainingDiverged(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad_step} (epoch {epoch}); "
-                                   f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g}); "
-                                   f"the last good checkpoint, epoch {progress.epoch}, is kept in {workdir / 'checkpoints'}")
-          loss_sum += float(losses.sum())
-          correct_sum += int(np.asarray(corrects).sum())
-          done = start + len(idx)
-          bar.update(len(idx))
-          bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
-      seen = steps_per_epoch * config.batch_size
-      row = {"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "train_accuracy": correct_sum / seen,
-             "val_loss": None, "val_accuracy": None,
-             "learning_rate": optim.current_learning_rate(state.opt_state, relative_rate, state.step)}
-      if len(dataset.validation):
-        val = classification_metrics(
-            predict_split(predict, state.evaluated_variables(), val_images, len(dataset.validation),
-                          config.eval_batch_size, mesh), dataset.validation.labels)
-        row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-      row["epoch_seconds"] = time.perf_counter() - epoch_start
-      train_seconds += row["epoch_seconds"]
-      improved = row["val_accuracy"] is None or row["val_accuracy"] > progress.best_val_accuracy
-      if improved:
-        best_variables = jax.tree.map(jnp.copy, state.evaluated_variables())
-      progress = progress.after_epoch(row, improved)
-      with open(metrics_file, "a") as f:
-        f.write(json.dumps(row) + "\n")
-      log(_epoch_line(row, config.num_epochs))
-      if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs:
-        checkpoint.save(manager, state, progress)
+    state, progress = resume(trainer, state, manager, workdir, log)
+    state, progress, best_variables = fit(trainer, state, progress, manager, workdir, log, on_epoch)
   finally:
     manager.wait_until_finished()
     manager.close()
-  if stop_reason:
-    log(stop_reason)
-
-  test_images = meshes.replicate(dataset.test.images, mesh)
-  test = classification_metrics(
-      predict_split(predict, best_variables, test_images, len(dataset.test), config.eval_batch_size, mesh),
-      dataset.test.labels)
+  test = evaluate(trainer, best_variables, "test")
   summary = {
       "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_examples": test["count"],
-      "best_val_accuracy": progress.best_val_accuracy if len(dataset.validation) else None,
+      "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
       "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
-      "train_seconds": train_seconds, "compile_seconds": compile_seconds,
-      "num_params": num_params, "dataset": config.dataset.name, "model": config.model.name,
+      "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
+      "compile_seconds": trainer.compile_seconds,
+      "num_params": count_params(state.params), "dataset": config.dataset.name, "model": config.model.name,
       "device": meshes.describe(),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
