@@ -4,24 +4,23 @@ A checkpoint holds the whole TrainState and the run's `Progress` (epoch, early-s
 metrics history), so a resumed run continues exactly where the killed one left off.
 """
 
+import contextlib
 import dataclasses
+import errno
 import json
+import math
 import pathlib
 import shutil
-import time
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from fluxdigits import config as configs
-from fluxdigits.errors import UserError
+from fluxdigits import config as configs, signals, workdir as workdirs
+from fluxdigits.errors import UserError, warn
 
-# Keys a resumed run may change: they do not alter what was computed up to the last checkpoint.
-# The learning rate and weight decay live in the optimizer state and are set anew on resume, so
-# a run that diverged can continue from its last good epoch with a lower rate.
-RESUMABLE_CHANGES = ("num_epochs", "report", "optimizer.learning_rate", "optimizer.weight_decay")
-
+# Errors of a full or unwritable disk: a one-line error, never orbax's traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
@@ -59,16 +58,62 @@ def manager(workdir, config, create: bool = True) -> ocp.CheckpointManager:
       enable_async_checkpointing=True,
       create=create,
   )
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"),
+  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"),
                                options=options)
+  signals.finish_saves_before_exit(mngr)
+  return mngr
 
 
-def save(mngr: ocp.CheckpointManager, state, progress: Progress):
-  """Starts an asynchronous save of epoch `progress.epoch`; orbax commits it atomically when written."""
-  mngr.save(progress.epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    progress=ocp.args.JsonSave(dataclasses.asdict(progress))),
-            metrics={"best_epoch": progress.best_epoch})
+def _disk_error(e: BaseException) -> OSError | None:
+  """The OSError of a full or unwritable disk behind `e` (orbax wraps it in its own exceptions), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+      return e
+    if "No space left on device" in str(e):
+      return OSError(errno.ENOSPC, "No space left on device")
+    e = e.__cause__ or e.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _disk_errors_as_user_errors(mngr: ocp.CheckpointManager, state):
+  try:
+    yield
+  except Exception as e:
+    disk = _disk_error(e)
+    if disk is None:
+      raise
+    needed = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)) / 2**20
+    free = shutil.disk_usage(mngr.directory).free / 2**20
+    kept = [step for step in mngr.all_steps() if (mngr.directory / str(step)).is_dir()]
+    raise UserError(f"cannot write a checkpoint in {mngr.directory} ({disk.strerror}): it needs about {needed:.0f} MB, "
+                    f"{free:.0f} MB are free; the checkpoints kept are {kept or 'none'}: free some space (or fix the "
+                    "permissions), then re-run the same command to resume") from None
+
+
+def save(mngr: ocp.CheckpointManager, state, progress: Progress, config):
+  """Starts an asynchronous save of epoch `progress.epoch`; orbax commits it atomically when written.
+
+  The progress carries the config, so checkpoints never resume under another one, config.json or not.
+  A failed earlier save surfaces here, before more epochs are trained on top of it.
+  """
+  with _disk_errors_as_user_errors(mngr, state), signals.deferred():
+    mngr.wait_until_finished()
+    mngr.save(progress.epoch,
+              args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(
+                  {**dataclasses.asdict(progress), "config": configs.flatten(config)})),
+              metrics={"best_epoch": progress.best_epoch})
+
+
+def close(mngr: ocp.CheckpointManager, state):
+  """Waits for the last save to be committed, then closes the manager."""
+  with _disk_errors_as_user_errors(mngr, state):
+    try:
+      mngr.wait_until_finished()
+    finally:
+      mngr.close()
 
 
 def _restore(mngr, step, template):
@@ -77,56 +122,54 @@ def _restore(mngr, step, template):
                                                     progress=ocp.args.JsonRestore()))
 
 
-def restore_latest(mngr: ocp.CheckpointManager, template, log=print):
+def _progress(saved: dict, step: int) -> tuple[Progress, dict | None]:
+  """The Progress a checkpoint holds and the flat config it was made with (None before checkpoints held one)."""
+  saved = dict(saved)
+  config = saved.pop("config", None)
+  progress = Progress(**{**saved, "history": tuple(saved["history"])})
+  if progress.epoch != step or len(progress.history) != step:
+    raise ValueError(f"its progress says epoch {progress.epoch} with {len(progress.history)} epochs of history")
+  return progress, config
+
+
+def restore_latest(mngr: ocp.CheckpointManager, template, config=None):
   """(state, Progress) from the newest readable checkpoint, or None when there is none.
 
   `template` is a state of the same structure: restoring against it keeps optax's state types.
+  With `config`, a checkpoint made with another config is refused.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
     try:
       restored = _restore(mngr, step, template)
+      progress, saved_config = _progress(restored.progress, step)
     except Exception as e:  # orbax raises many types for damaged files; any of them means "skip this one"
-      log(f"warning: checkpoint of epoch {step} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-          "trying the one before")
+      warn(f"checkpoint of epoch {step} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+           "trying the one before")
       continue
-    p = restored.progress
-    return restored.state, Progress(**{**p, "history": tuple(p["history"])})
+    if config is not None and saved_config is not None:
+      workdirs.check_same_run(saved_config, config, mngr.directory)
+    return restored.state, progress
   if steps:
     raise UserError(f"none of the checkpoints {steps} in {mngr.directory} is readable; nothing was deleted: "
                     "move that folder aside, or start over with --restart (which keeps the old run)")
   return None
 
 
-def restore_state(mngr: ocp.CheckpointManager, step: int, template):
-  return _restore(mngr, step, template).state
+def restore_best(mngr: ocp.CheckpointManager, state, progress: Progress):
+  """(state of the best epoch, Progress); if that checkpoint is damaged, the latest `state` becomes the best, with a warning."""
+  if progress.best_epoch == progress.epoch:
+    return state, progress
+  try:
+    return _restore(mngr, progress.best_epoch, state).state, progress
+  except Exception as e:  # damaged files: see restore_latest
+    warn(f"the best checkpoint, epoch {progress.best_epoch}, is unreadable ({type(e).__name__}); the latest, epoch "
+         f"{progress.epoch}, stands in for it as the best")
+  latest = progress.history[-1]
+  return state, dataclasses.replace(progress, best_epoch=progress.epoch, best_val_accuracy=(
+      -1.0 if latest["val_accuracy"] is None else latest["val_accuracy"]), epochs_without_improvement=0)
 
 
 def write_history(path: pathlib.Path, history):
   """metrics.jsonl as the checkpoint knows it: drops lines of an epoch that was killed before its checkpoint."""
   path.write_text("".join(json.dumps(row) + "\n" for row in history))
-
-
-def prepare_workdir(workdir, config, restart: bool, log=print) -> pathlib.Path:
-  """Creates WORKDIR (or moves an old one aside with `restart`) and checks it holds this config's run."""
-  workdir = pathlib.Path(workdir)
-  saved_file = workdir / "config.json"
-  if restart and workdir.exists():
-    aside = workdir.with_name(f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(str(workdir), str(aside))
-    log(f"--restart: moved the previous run to {aside}")
-  elif saved_file.exists():
-    try:
-      saved = {**configs.VALUES_BEFORE_KEY_EXISTED, **json.loads(saved_file.read_text())}
-    except json.JSONDecodeError as e:
-      raise UserError(f"{saved_file} is not valid JSON ({e}); fix it, or use --restart or another --workdir") from e
-    new = configs.flatten(config)
-    differing = sorted(k for k in set(saved) | set(new)
-                       if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != new.get(k, "<absent>"))
-    if differing:
-      shown = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})" for k in differing[:6])
-      raise UserError(f"{workdir} holds a run with another config: {shown}; resume with the same config, "
-                      "or pass --restart (the old run is moved aside) or another --workdir")
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(json.dumps(configs.flatten(config), indent=2) + "\n")
-  return workdir

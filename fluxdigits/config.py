@@ -7,6 +7,7 @@ on the command line is caught instead of silently ignored.
 
 import ast
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
@@ -97,11 +98,15 @@ def load(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-  except Exception as e:
-    raise UserError(f"experiment file {path!r} failed to load: {type(e).__name__}: {e}") from e
+  except (Exception, SystemExit) as e:  # an experiment file calling sys.exit() must not end the command with 0
+    raise UserError(f"experiment file {path!r} failed to load: {type(e).__name__}: {e}") from None
   if not callable(getattr(module, "get_config", None)):
     raise UserError(f"experiment file {path!r} has no get_config() function returning a ConfigDict")
-  config = module.get_config()
+  try:
+    config = module.get_config()
+  except (Exception, SystemExit) as e:
+    raise UserError(f"{path}: get_config() failed ({type(e).__name__}: {e}); it must take no arguments and return "
+                    "fluxdigits.config.defaults() with the experiment's changes") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f"{path}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}")
   return config
@@ -117,15 +122,24 @@ def _parse_value(text: str, current):
     raise ValueError(f"expected true or false, got {text!r}")
   if isinstance(current, str):
     return text
+  expected = TYPE_NAMES.get(type(current), type(current).__name__)
+  if isinstance(current, float):
+    try:
+      return float(text)  # also 'nan' and 'inf', so that validate() refuses them for what they are
+    except ValueError:
+      raise ValueError(f"expected {expected}, got {text!r}") from None
   try:
     value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    raise ValueError(f"expected a {type(current).__name__}, got {text!r}") from None
+  except (ValueError, SyntaxError, MemoryError, RecursionError):
+    raise ValueError(f"expected {expected}, got {text!r}") from None
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if type(value) is not type(current):
-    raise ValueError(f"expected a {type(current).__name__}, got {text!r}")
+    raise ValueError(f"expected {expected}, got {text!r}")
   return value
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_collections.ConfigDict:
@@ -199,7 +213,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     expected = type(reference[key])
     ok = isinstance(value, expected) and (expected is not int or not isinstance(value, bool))
     ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
-    _require(ok, f"config key {key!r} must be a {expected.__name__}, got {value!r}")
+    _require(ok, f"config key {key!r} must be {TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")
+    _require(not isinstance(value, float) or math.isfinite(value), f"config key {key!r} must be a finite number, got {value!r}")
   # Start from defaults() so experiment files written against an older set of keys still run.
   config = defaults()
   for key, value in given.items():
@@ -217,6 +232,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   one_of("schedule.name", SCHEDULES)
   one_of("augment.name", AUGMENTATIONS)
   one_of("model.depth", RESNET_DEPTHS)
+  # jax.random.key and numpy's generators take the seed as an unsigned 32-bit number.
+  _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32), got {c.seed}")
   for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
     _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
   _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
@@ -227,8 +244,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
   _require(c.optimizer.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {c.optimizer.learning_rate}")
   _require(c.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {c.optimizer.weight_decay}")
-  _require(0.0 <= c.schedule.one_cycle_pct_start < 1.0, "schedule.one_cycle_pct_start must be in [0, 1)")
-  _require(0.0 <= c.schedule.warmup_epochs < c.num_epochs, "schedule.warmup_epochs must be in [0, num_epochs)")
+  _require(0.0 <= c.schedule.one_cycle_pct_start < 1.0,
+           f"schedule.one_cycle_pct_start must be in [0, 1), got {c.schedule.one_cycle_pct_start}")
+  _require(0.0 <= c.schedule.warmup_epochs < c.num_epochs,
+           f"schedule.warmup_epochs must be in [0, num_epochs={c.num_epochs}), got {c.schedule.warmup_epochs}")
   _require(c.augment.max_shift >= 0 and c.augment.crop_padding >= 0, "augment.max_shift and augment.crop_padding must be >= 0")
   _require(c.patience == 0 or c.validation_fraction > 0, "patience > 0 needs a validation split: set validation_fraction > 0")
   if c.dataset.name == "idx":

@@ -5,15 +5,18 @@ copies it to the devices once and every batch is a gather by index there: the ho
 index arrays below, which are pure functions of (seed, epoch).
 """
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import os
 import pathlib
+import zipfile
+import zlib
 
 import numpy as np
 
-from fluxdigits.errors import UserError
+from fluxdigits.errors import UserError, warn
 
 CLASS_NAMES = {
     "mnist": tuple("0123456789"),
@@ -56,20 +59,49 @@ class Dataset:
   std: tuple
 
 
-def load(config) -> Dataset:
+def resolved_data_dir(config) -> str:
+  """Where the config's data really comes from, as an absolute path: what a run records in its config.json."""
+  if config.dataset.data_dir:
+    return str(pathlib.Path(config.dataset.data_dir).expanduser().absolute())
+  if os.environ.get("TFDS_DATA_DIR"):
+    return str(pathlib.Path(os.environ["TFDS_DATA_DIR"]).expanduser().absolute())
+  import tensorflow_datasets as tfds
+  return str(tfds.core.constants.DATA_DIR)
+
+
+def load(config, log=print) -> Dataset:
   """The dataset a config names, its training split divided into train and validation."""
   name = config.dataset.name
+  data_dir = resolved_data_dir(config)
   if name == "idx":
-    train, test = (read_idx_split(config.dataset.data_dir, split) for split in ("train", "test"))
+    log(f"loading IDX files from {data_dir}")
+    train, test = (read_idx_split(data_dir, split) for split in ("train", "test"))
   else:
-    data_dir = config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or None
-    train, test = (read_tfds_split(name, split, data_dir, config.dataset.cache) for split in ("train", "test"))
+    train, test = (read_tfds_split(name, split, data_dir, config.dataset.cache, log) for split in ("train", "test"))
+  check_splits(name, train, test)
   train, validation = hold_out(train, config.validation_fraction)
   if config.dataset.max_train_examples:
     train = train[: config.dataset.max_train_examples]
   channels = train.images.shape[-1]
   mean, std = NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
   return Dataset(name, train, validation, test, CLASS_NAMES[name], mean, std)
+
+
+def check_splits(name: str, train: Split, test: Split) -> None:
+  """Shapes, counts and labels a model of this dataset can use: bad files fail here, not after training."""
+  where = "the IDX files in dataset.data_dir" if name == "idx" else f"the prepared {name} dataset"
+  classes = len(CLASS_NAMES[name])
+  for split_name, split in (("train", train), ("test", test)):
+    if len(split) == 0:
+      raise UserError(f"the {split_name} split of {where} holds no examples; replace the files")
+    if split.images.shape[1:] != IMAGE_SHAPES[name]:
+      raise UserError(f"the {split_name} images of {where} are {split.images.shape[1:]}, but {name} models take "
+                      f"{IMAGE_SHAPES[name]}; replace the files")
+    bad = (split.labels < 0) | (split.labels >= classes)
+    if bad.any():
+      raise UserError(f"the {split_name} labels of {where} hold {int(bad.sum())} values outside 0-{classes - 1} "
+                      f"(e.g. {int(split.labels[bad][0])} at index {int(np.argmax(bad))}); the file is damaged or "
+                      "from another dataset")
 
 
 def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
@@ -101,24 +133,51 @@ def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 # --- tfds ----------------------------------------------------------------------------------------
 
 
-def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool) -> Split:
+def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool, log=print) -> Split:
   import tensorflow_datasets as tfds
 
   source = _tfds_source(tfds, name, split, data_dir)
   cache_file = _cache_file(tfds, name, split, data_dir) if use_cache else None
-  if cache_file and cache_file.exists():
-    with np.load(cache_file) as cached:
-      if len(cached["labels"]) == len(source):
-        return Split(cached["images"], cached["labels"])
+  cached = _read_cache(cache_file, len(source)) if cache_file and cache_file.exists() else None
+  if cached is not None:
+    log(f"loading {name} {split}: {len(cached)} examples from the decoded-array cache {cache_file}")
+    return cached
+  log(f"loading {name} {split}: decoding {len(source)} examples from {data_dir}"
+      f"{' (cached for later runs)' if cache_file else ''}")
   # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
   examples = [source[i] for i in range(len(source))]
   result = Split(np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32))
   if cache_file:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(".partial.npz")
-    np.savez(partial, images=result.images, labels=result.labels)
-    partial.replace(cache_file)  # atomic: a killed run never leaves a half-written cache behind
+    _write_cache(cache_file, result)
   return result
+
+
+def _read_cache(cache_file: pathlib.Path, expected: int) -> Split | None:
+  """The cached split, or None (with a warning when the file is damaged: it is then rebuilt)."""
+  try:
+    with np.load(cache_file) as cached:
+      images, labels = cached["images"], cached["labels"]
+  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    warn(f"the decoded-array cache {cache_file} is damaged ({type(e).__name__}: {e}); decoding again to rebuild it")
+    return None
+  if len(labels) != expected or len(images) != expected or images.dtype != np.uint8:
+    warn(f"the decoded-array cache {cache_file} does not match the dataset ({len(labels)} examples, expected "
+         f"{expected}); decoding again to rebuild it")
+    return None
+  return Split(images, labels)
+
+
+def _write_cache(cache_file: pathlib.Path, split: Split) -> None:
+  partial = cache_file.with_suffix(".partial.npz")
+  try:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(partial, images=split.images, labels=split.labels)
+    partial.replace(cache_file)  # atomic: a killed run never leaves a half-written cache behind
+  except OSError as e:
+    warn(f"cannot write the decoded-array cache {cache_file} ({e.strerror or e}); carrying on without it "
+         "(set FLUXDIGITS_CACHE_DIR to a writable folder, or --config.dataset.cache=false)")
+    with contextlib.suppress(OSError):
+      partial.unlink()
 
 
 def _tfds_source(tfds, name, split, data_dir):
@@ -159,8 +218,8 @@ def read_idx(path) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError) as e:
-    raise UserError(f"IDX file {path} cannot be read ({e}); download it again") from e
+  except (OSError, EOFError, zlib.error) as e:
+    raise UserError(f"IDX file {path} cannot be read ({type(e).__name__}: {e}); download it again") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
     raise UserError(f"IDX file {path} has a wrong magic number {raw[:4].hex()!r} (expected 000008xx, unsigned bytes); "
                     "it is not an MNIST-format IDX file")

@@ -1,4 +1,6 @@
-"""The one exception type a user is shown as a single line, never a traceback."""
+"""The one exception type a user is shown as a single line, never a traceback; warnings on stderr."""
+
+import sys
 
 
 class UserError(Exception):
@@ -7,5 +9,16 @@ class UserError(Exception):
 
 
 class TrainingDiverged(UserError):
-  """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+  """The loss became NaN or infinite, or exploded; the run stops and keeps its last good checkpoint."""
   exit_code = 1
+
+
+def warn(message: str) -> None:
+  """A warning line on stderr, apart from the progress on stdout."""
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def describe_os_error(e: OSError) -> str:
+  """One line for a file-system error: what failed on which path, and what to do."""
+  where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+  return f"{e.strerror or e} on {where}; check that the path exists, is a folder you can write to, and has free space"

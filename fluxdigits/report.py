@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from fluxdigits import data, mesh as meshes, train
+from fluxdigits import data, errors, mesh as meshes, train
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.report WORKDIR [WORKDIR ...] [--out DIR]"
@@ -150,9 +150,15 @@ def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def plot_curves(history, best_epoch: int, path: pathlib.Path) -> pathlib.Path:
+def _titled(run_name: str, title: str) -> str:
+  """A figure's title naming its run, so a picture copied out of its folder still says what it shows."""
+  return f"{run_name}: {title}" if run_name else title
+
+
+def plot_curves(history, best_epoch: int, path: pathlib.Path, run_name: str = "") -> pathlib.Path:
   """Loss and accuracy per epoch, train and validation, in two panels."""
-  fig = Figure(figsize=(8, 3.3), layout="constrained")
+  fig = Figure(figsize=(8, 3.5), layout="constrained")
+  fig.suptitle(_titled(run_name, "loss and accuracy per epoch"), fontsize=10)
   epochs = [row["epoch"] for row in history]
   for ax, metric, ylabel in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Cross-entropy loss", "Accuracy")):
     for split, label, colour, style, marker in (("train", "train", OKABE_ITO[0], "-", "o"),
@@ -171,7 +177,7 @@ def plot_curves(history, best_epoch: int, path: pathlib.Path) -> pathlib.Path:
   return _save(fig, path)
 
 
-def plot_misclassified(images, labels, probabilities, class_names, path: pathlib.Path) -> pathlib.Path:
+def plot_misclassified(images, labels, probabilities, class_names, path: pathlib.Path, run_name: str = "") -> pathlib.Path:
   """Up to MAX_MISTAKES_SHOWN misclassified images, the most confident mistakes first."""
   ranked = rank_mistakes(labels, probabilities)
   shown = ranked[:MAX_MISTAKES_SHOWN]
@@ -180,7 +186,8 @@ def plot_misclassified(images, labels, probabilities, class_names, path: pathlib
   long_names = has_long_names(class_names)
   width = max(4.5, (1.8 if long_names else 1.45) * columns + 0.2)  # room for the suptitle when few are shown
   fig = Figure(figsize=(width, (1.85 if long_names else 1.7) * rows + 0.45), layout="constrained")
-  fig.suptitle(f"Misclassified test images, most confident first ({len(shown)} of {len(ranked)})", fontsize=10)
+  fig.suptitle(_titled(run_name, f"misclassified test images, most confident first ({len(shown)} of {len(ranked)})"),
+               fontsize=10)
   if not len(shown):
     fig.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
   for ax, index in zip(fig.subplots(rows, columns, squeeze=False).ravel(), shown):
@@ -195,7 +202,7 @@ def plot_misclassified(images, labels, probabilities, class_names, path: pathlib
   return _save(fig, path)
 
 
-def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pathlib.Path:
+def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path, run_name: str = "") -> pathlib.Path:
   """Counts in the cells; colour is the row-normalised fraction, so rare classes read as well as common ones.
 
   The colour scale is a power law: on a linear one every 1% error would look the same as no error.
@@ -203,7 +210,8 @@ def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path) -> pa
   support = confusion.sum(axis=1, keepdims=True)
   fractions = np.divide(confusion, support, out=np.zeros(confusion.shape), where=support > 0)
   n = len(class_names)
-  fig = Figure(figsize=(0.55 * n + 2.4, 0.55 * n + 1.6), layout="constrained")
+  fig = Figure(figsize=(0.55 * n + 2.4, 0.55 * n + 1.8), layout="constrained")
+  fig.suptitle(_titled(run_name, "confusion matrix, test split"), fontsize=10)
   ax = fig.subplots()
   image = ax.imshow(fractions, cmap=CONFUSION_COLOURMAP, norm=colors.PowerNorm(gamma=0.4, vmin=0, vmax=1))
   for (true, predicted), count in np.ndenumerate(confusion):
@@ -388,9 +396,10 @@ def write_run_report(workdir) -> pathlib.Path:
 
   out = run.workdir / "report"
   out.mkdir(exist_ok=True)
-  plot_curves(run.history, run.summary["best_epoch"], out / "curves.png")
-  plot_misclassified(dataset.test.images, labels, probabilities, names, out / "misclassified.png")
-  plot_confusion(confusion, names, out / "confusion_matrix.png")
+  run_name = run.workdir.resolve().name
+  plot_curves(run.history, run.summary["best_epoch"], out / "curves.png", run_name)
+  plot_misclassified(dataset.test.images, labels, probabilities, names, out / "misclassified.png", run_name)
+  plot_confusion(confusion, names, out / "confusion_matrix.png", run_name)
   per_class = per_class_table(names, metrics)
   pairs = confused_pairs_table(names, confusion)
   write_csv(out / "per_class.csv", per_class)
@@ -400,7 +409,7 @@ def write_run_report(workdir) -> pathlib.Path:
   write_csv(out / "misclassified.csv", Table(("test_index", "true", "predicted", "confidence"), tuple(
       (int(i), names[labels[i]], names[probabilities[i].argmax()], f"{probabilities[i].max():.4f}") for i in mistakes)))
 
-  title = f"Report: {run.workdir.resolve().name}"
+  title = f"Report: {run_name}"
   blocks = run_report_blocks(title, run, per_class, pairs, len(mistakes))
   (out / "report.md").write_text(to_markdown(blocks))
   (out / "index.html").write_text(to_html(title, blocks))
@@ -457,6 +466,9 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
+  except OSError as e:  # an --out that is a file, a read-only run folder, a full disk
+    print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -2,16 +2,25 @@
 
 import argparse
 import pathlib
+import shlex
 import sys
 
-from fluxdigits import config as configs
+from fluxdigits import config as configs, errors, signals
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.run EXPERIMENT.py [--workdir DIR] [--restart] [--config.KEY=VALUE ...]"
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _help_epilog() -> str:
+  keys = "\n".join(f"  --config.{key}={value!r}" for key, value in configs.flatten(configs.defaults()).items())
+  experiments = " ".join(sorted(f"experiments/{f.name}" for f in EXPERIMENTS.glob("*.py"))) or "(none found)"
+  return f"config keys and their defaults (README.md, 'Training', says what each means):\n{keys}\n\nexperiments: {experiments}"
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m fluxdigits.run", usage=USAGE, description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m fluxdigits.run", usage=USAGE, description=__doc__,
+                                   epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", help="an experiment file, e.g. experiments/mnist_cnn.py")
   parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")
   parser.add_argument("--restart", action="store_true", help="start over; the previous run in WORKDIR is moved aside")
@@ -27,17 +36,36 @@ def parse_args(argv):
 def train_run(config, workdir, restart=False, log=print, on_epoch=None) -> dict:
   """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial."""
   # Imported here so that a bad command line fails in a blink, before JAX starts.
-  from fluxdigits import checkpoint, train
-  workdir = checkpoint.prepare_workdir(workdir, config, restart, log)
-  summary = train.train_and_evaluate(config, workdir, log, on_epoch)
-  log(f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
-      f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) "
-      f"-> {workdir / 'summary.json'}")
-  if config.report:
-    from fluxdigits import report
-    report.write_run_report(workdir)
-    log(f"report -> {workdir / 'report' / 'index.html'}")
+  from fluxdigits import data, train, workdir as workdirs
+  with workdirs.open_run(workdir, config, restart, log) as workdir:
+    config = workdirs.with_recorded_data_dir(config, workdir)
+    config = configs.override(config, [f"dataset.data_dir={data.resolved_data_dir(config)}"])
+    finished = workdirs.finished_summary(workdir, config)
+    if finished is not None:
+      log(f"{workdir} is finished ({finished['epochs_run']} epochs, num_epochs={config.num_epochs}): nothing to train; "
+          "raise --config.num_epochs to train longer, or pass --restart to start over")
+    summary = finished or train.train_and_evaluate(config, workdir, log, on_epoch)
+    log(final_line(summary, config, workdir))
+    if config.report:
+      if finished is None or not (workdir / "report" / "index.html").is_file():
+        from fluxdigits import report
+        report.write_run_report(workdir)
+      log(f"report -> {workdir / 'report' / 'index.html'}")
   return summary
+
+
+def final_line(summary: dict, config, workdir) -> str:
+  epochs = summary["epochs_run"]
+  weights = "averaged weights" if config.ema_decay else "weights"
+  chosen = "its best validation accuracy" if summary.get("best_val_accuracy") is not None else "the last epoch"
+  return (f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  with epoch "
+          f"{summary['best_epoch']}'s {weights} ({chosen}; {epochs} epoch{'s' * (epochs != 1)} trained, "
+          f"{summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) -> {workdir / 'summary.json'}")
+
+
+def resume_command(argv) -> str:
+  """The command that resumes this run: the same one, without --restart (which would move the run aside)."""
+  return shlex.join(["python", "-m", "fluxdigits.run", *(a for a in argv if a != "--restart")])
 
 
 def main(argv=None) -> int:
@@ -50,10 +78,12 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
-  except KeyboardInterrupt:
-    print("interrupted; the last finished epoch's checkpoint is kept: re-run the same command to resume", file=sys.stderr)
-    return 130
+  except OSError as e:  # a folder the run cannot write to, a full disk outside the checkpoints
+    print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
+  # First of all: Ctrl-C or SIGTERM during the imports and compiling below is a clean stop too.
+  signals.install(f"stopped; the checkpoints of finished epochs are kept: resume with {resume_command(sys.argv[1:])}")
   sys.exit(main())

@@ -20,7 +20,7 @@ from flax import struct
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, optim
+from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, optim, workdir as workdirs
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -177,12 +177,12 @@ class Trainer:
   compile_seconds: float
 
 
-def build(config) -> tuple[Trainer, TrainState]:
+def build(config, log=print) -> tuple[Trainer, TrainState]:
   """Loads the data, places it on the devices and compiles the train calls; returns them with a fresh state."""
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
-  dataset = data.load(config)
+  dataset = data.load(config, log)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
@@ -195,6 +195,7 @@ def build(config) -> tuple[Trainer, TrainState]:
 
   train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
   chunk = min(config.steps_per_call, steps_per_epoch)
+  log(f"compiling the train step for {meshes.describe()}")
   compile_start = time.perf_counter()
   train_chunks = {}
   for length in {chunk, steps_per_epoch % chunk} - {0}:
@@ -218,17 +219,37 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int) -> tuple[TrainS
       state, (losses, corrects) = trainer.train_chunks[len(idx)](
           state, *trainer.device_images["train"], meshes.shard_batches(idx, trainer.mesh))
       losses = np.asarray(losses)
-      if not np.isfinite(losses).all():
-        bad_step = int(state.step) - len(idx) + int(np.argmin(np.isfinite(losses))) + 1
-        raise TrainingDiverged(f"loss became {losses[~np.isfinite(losses)][0]} at step {bad_step} (epoch {epoch}); "
-                               f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g})")
+      _check_not_diverged(losses, int(state.step) - len(idx), epoch, config, len(trainer.dataset.class_names))
       loss_sum += float(losses.sum())
       correct_sum += int(np.asarray(corrects).sum())
       done = start + len(idx)
       bar.update(len(idx))
       bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
-  return state, {"train_loss": loss_sum / trainer.steps_per_epoch,
-                 "train_accuracy": correct_sum / (trainer.steps_per_epoch * config.batch_size)}
+  row = {"train_loss": loss_sum / trainer.steps_per_epoch,
+         "train_accuracy": correct_sum / (trainer.steps_per_epoch * config.batch_size)}
+  classes = len(trainer.dataset.class_names)
+  # A whole epoch at chance with a loss ten times a uniform guess's: exploded without reaching inf.
+  if row["train_accuracy"] < 1.5 / classes and row["train_loss"] > 10 * np.log(classes):
+    raise TrainingDiverged(f"loss exploded: {row['train_loss']:.3g} on average over epoch {epoch} at chance accuracy "
+                           f"({row['train_accuracy']:.1%}); lower optimizer.learning_rate "
+                           f"(now {config.optimizer.learning_rate:g})")
+  return state, row
+
+
+# Losses this many times a uniform guess's (ln classes) on every one of a call's last steps mean divergence.
+EXPLODED_LOSS_FACTOR = 100
+
+
+def _check_not_diverged(losses: np.ndarray, first_step: int, epoch: int, config, classes: int):
+  """Raises TrainingDiverged on a non-finite loss, or one that exploded and stayed there (see EXPLODED_LOSS_FACTOR)."""
+  advice = f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g})"
+  if not np.isfinite(losses).all():
+    bad = int(np.argmin(np.isfinite(losses)))
+    raise TrainingDiverged(f"loss became {losses[bad]} at step {first_step + bad + 1} (epoch {epoch}); {advice}")
+  last = losses[-10:]
+  if (last > EXPLODED_LOSS_FACTOR * np.log(classes)).all():
+    raise TrainingDiverged(f"loss exploded to {last[-1]:.3g} at step {first_step + len(losses)} (epoch {epoch}), over "
+                           f"{EXPLODED_LOSS_FACTOR}x a uniform guess's {np.log(classes):.2f}; {advice}")
 
 
 def evaluate(trainer: Trainer, variables, split: str) -> dict:
@@ -250,7 +271,7 @@ def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, mana
   checkpoint.write_history(metrics_file, progress.history)
   best_variables = None
   if progress.epoch:
-    best = checkpoint.restore_state(manager, progress.best_epoch, state)
+    best, progress = checkpoint.restore_best(manager, state, progress)
     best_variables = meshes.replicate(best.evaluated_variables(), trainer.mesh)
   for epoch in range(progress.epoch + 1, config.num_epochs + 1):
     if progress.epochs_without_improvement >= config.patience > 0:
@@ -276,7 +297,7 @@ def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, mana
       f.write(json.dumps(row) + "\n")
     log(_epoch_line(row, config.num_epochs))
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs:
-      checkpoint.save(manager, state, progress)
+      checkpoint.save(manager, state, progress, config)
     if on_epoch is not None:
       on_epoch(row)
   return state, progress, best_variables
@@ -284,10 +305,14 @@ def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, mana
 
 def resume(trainer: Trainer, state: TrainState, manager, workdir, log=print):
   """(state, Progress): the newest readable checkpoint's, with the config's learning rate and weight decay, or a fresh start."""
-  restored = checkpoint.restore_latest(manager, state, log)
+  restored = checkpoint.restore_latest(manager, state, trainer.config)
   if restored is None:
     return state, checkpoint.Progress()
   state, progress = restored
+  if progress.epoch > trainer.config.num_epochs:
+    raise UserError(f"{workdir} has trained {progress.epoch} epochs already, more than num_epochs="
+                    f"{trainer.config.num_epochs}; pass --config.num_epochs={progress.epoch} or more to resume it, "
+                    "or --restart to start over")
   state = state.replace(opt_state=optim.with_config_hyperparams(state.opt_state, trainer.config))
   log(f"resuming from epoch {progress.epoch} (step {int(state.step)}) in {workdir}")
   return meshes.replicate(state, trainer.mesh), progress
@@ -296,19 +321,19 @@ def resume(trainer: Trainer, state: TrainState, manager, workdir, log=print):
 def train_and_evaluate(config, workdir, log=print, on_epoch=None) -> dict:
   """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary."""
   workdir = pathlib.Path(workdir)
-  trainer, state = build(config)
+  trainer, state = build(config, log)
   manager = checkpoint.manager(workdir, config)
   try:
     state, progress = resume(trainer, state, manager, workdir, log)
+    workdirs.write_config(workdir, config)
     state, progress, best_variables = fit(trainer, state, progress, manager, workdir, log, on_epoch)
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.close(manager, state)
   test = evaluate(trainer, best_variables, "test")
   summary = {
       "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_examples": test["count"],
       "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
-      "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+      "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "num_epochs": config.num_epochs,
       "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
       "compile_seconds": trainer.compile_seconds,
       "num_params": count_params(state.params), "dataset": config.dataset.name, "model": config.model.name,
@@ -344,7 +369,7 @@ def load_run(workdir, which: str = "best"):
   if restored is None:
     raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")
   state, progress = restored
-  if which == "best" and progress.best_epoch != progress.epoch:
-    state = checkpoint.restore_state(mngr, progress.best_epoch, state)
+  if which == "best":
+    state, progress = checkpoint.restore_best(mngr, state, progress)
   mngr.close()
   return config, state, progress

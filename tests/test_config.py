@@ -88,3 +88,43 @@ def test_config_round_trips_through_its_json_form():
 def test_from_flat_rejects_unknown_keys():
   with pytest.raises(UserError, match="unknown config key 'model.width'"):
     configs.from_flat({**configs.flatten(configs.defaults()), "model.width": 3})
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def get_config():\n  raise RuntimeError('boom')\n", "get_config() failed (RuntimeError: boom)"),
+    ("def get_config(size):\n  pass\n", "get_config() failed (TypeError"),
+    ("import sys\nsys.exit()\n", "failed to load: SystemExit"),
+    ("import sys\ndef get_config():\n  sys.exit(0)\n", "get_config() failed (SystemExit"),
+    ("from fluxdigits.config import defaults\ndef get_config():\n  c = defaults()\n  c.num_epochs = 'five'\n  return c\n",
+     "get_config() failed (TypeError"),
+    ("syntax error here\n", "failed to load: SyntaxError"),
+])
+def test_faults_inside_experiment_files_give_one_line_and_exit_code_2(source, message, tmp_path, capsys):
+  experiment = tmp_path / "experiment.py"
+  experiment.write_text(source)
+  assert run.main([str(experiment), "--workdir", str(tmp_path / "run")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and message in err and "\n" not in err
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("seed=-1", "seed must be in [0, 2**32), got -1"),
+    (f"seed={2**64}", "seed must be in [0, 2**32)"),
+    ("optimizer.learning_rate=nan", "'optimizer.learning_rate' must be a finite number, got nan"),
+    ("optimizer.learning_rate=inf", "must be a finite number, got inf"),
+    ("optimizer.learning_rate=1e999", "must be a finite number, got inf"),
+    ("num_epochs=2.5", "expected an integer, got '2.5'"),
+    ("schedule.warmup_epochs=7", "schedule.warmup_epochs must be in [0, num_epochs=5), got 7.0"),
+])
+def test_values_that_would_fail_after_compiling_are_refused_up_front(assignment, message):
+  with pytest.raises(UserError) as error:
+    configs.validate(configs.override(configs.load(CNN), [assignment]))
+  assert message in str(error.value)
+
+
+def test_help_lists_the_config_keys_and_the_experiments():
+  result = run_cli("--help")
+  assert result.returncode == 0
+  assert "--config.optimizer.learning_rate=0.001" in result.stdout and "--config.ema_decay=0.999" in result.stdout
+  assert "experiments/mnist_cnn.py" in result.stdout and "experiments/cifar10_resnet.py" in result.stdout

@@ -122,3 +122,60 @@ def test_eval_batches_cover_every_example_once():
   indices, mask = data.eval_batches(n=10_000, batch_size=384)
   assert indices.shape == mask.shape == (27, 384)
   np.testing.assert_array_equal(np.sort(indices[mask]), np.arange(10_000))
+
+
+# --- faults in the data: one clear error at load time, never a crash after training -----------------
+
+
+def idx_config(folder):
+  c = configs.defaults()
+  c.dataset.name, c.dataset.data_dir = "idx", str(folder)
+  return configs.validate(c)
+
+
+@pytest.mark.parametrize("file, array, message", [
+    ("train-labels-idx1-ubyte", np.array([1, 2, 10, 3, 4, 5]), r"train labels .* 1 values outside 0-9 \(e.g. 10 at index 2\)"),
+    ("t10k-labels-idx1-ubyte", np.array([0, 1, 2, 255, 4, 5]), r"test labels .* outside 0-9"),
+    ("t10k-images-idx3-ubyte", np.zeros((6, 32, 32)), r"test images .* are \(32, 32, 1\), but idx models take \(28, 28, 1\)"),
+    ("train-images-idx3-ubyte", np.zeros((6, 32, 32)), r"train images .* are \(32, 32, 1\)"),
+])
+def test_idx_labels_and_shapes_are_checked_when_loading(small_idx, file, array, message):
+  write_idx(small_idx / file, array)
+  with pytest.raises(UserError, match=message):
+    data.load(idx_config(small_idx))
+
+
+def test_idx_without_test_images_is_refused_when_loading(small_idx):
+  write_idx(small_idx / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28)))
+  write_idx(small_idx / "t10k-labels-idx1-ubyte", np.zeros(0))
+  with pytest.raises(UserError, match="test split .* holds no examples"):
+    data.load(idx_config(small_idx))
+
+
+def test_idx_damaged_gzip_stream_is_a_clear_error(tmp_path):
+  blob = bytearray(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(range(200))))
+  blob[20:30] = bytes(10)  # corrupt the deflate stream itself (zlib.error), not just its end
+  (tmp_path / "labels.gz").write_bytes(bytes(blob))
+  with pytest.raises(UserError, match="cannot be read .*download it again"):
+    data.read_idx(tmp_path / "labels.gz")
+
+
+def test_damaged_cache_is_detected_warned_and_rebuilt(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("FLUXDIGITS_CACHE_DIR", str(tmp_path / "cache"))
+  first = data.read_tfds_split("mnist", "test", None, use_cache=True)
+  cache_file, = (tmp_path / "cache").rglob("test.npz")
+  cache_file.write_bytes(cache_file.read_bytes()[: cache_file.stat().st_size // 2])  # a killed copy, a full disk
+  capsys.readouterr()
+  again = data.read_tfds_split("mnist", "test", None, use_cache=True)
+  assert "warning: the decoded-array cache" in capsys.readouterr().err
+  np.testing.assert_array_equal(again.labels, first.labels)
+  with np.load(cache_file) as rebuilt:  # a whole file again: the next run reads it without a warning
+    np.testing.assert_array_equal(rebuilt["labels"], first.labels)
+
+
+def test_unwritable_cache_dir_warns_and_carries_on(tmp_path, monkeypatch, capsys):
+  (tmp_path / "a-file").write_text("")
+  monkeypatch.setenv("FLUXDIGITS_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+  split = data.read_tfds_split("mnist", "test", None, use_cache=True)
+  assert len(split) == 10_000
+  assert "cannot write the decoded-array cache" in capsys.readouterr().err

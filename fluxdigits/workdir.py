@@ -1,0 +1,194 @@
+"""A run's folder: one process at a time, moved aside whole on --restart, holding one config's run.
+
+Every way into a workdir (the command line, each tuning trial) goes through `open_run`, which
+  - takes an exclusive file lock on WORKDIR/.lock for the whole run (the OS drops it when the
+    process dies, so a killed run never leaves a stale lock); a second process is refused;
+  - refuses a folder that is not a fluxdigits run, so a user's files are never overwritten or moved;
+  - on --restart, moves the old run to a fresh `WORKDIR.old-<time>[-n]` while holding its lock;
+  - refuses a config that differs from the one the run's checkpoints were made with.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import time
+
+from fluxdigits import config as configs
+from fluxdigits.errors import UserError
+
+LOCK_FILE = ".lock"
+# What a fluxdigits run writes; a non-empty folder with none of these is someone else's.
+RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "summary.json", LOCK_FILE)
+# Keys a resumed run may change: they do not alter what was computed up to the last checkpoint.
+# The learning rate and weight decay live in the optimizer state and are set anew on resume, so
+# a run that diverged can continue from its last good epoch with a lower rate. The data's
+# location and cache say where the same data is read from, not what it is.
+RESUMABLE_CHANGES = ("num_epochs", "report", "optimizer.learning_rate", "optimizer.weight_decay",
+                     "dataset.data_dir", "dataset.cache")
+
+
+def _os_error(e: OSError, what: str, path) -> UserError:
+  return UserError(f"cannot {what} {path} ({e.strerror or e}); pass a --workdir in a folder you can write to")
+
+
+def is_run(folder: pathlib.Path) -> bool:
+  return any((folder / name).exists() for name in RUN_FILES)
+
+
+def _check_is_run_or_empty(workdir: pathlib.Path):
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir {workdir} is a file, not a folder; pass a folder for the run's files")
+  if workdir.is_dir() and not is_run(workdir):
+    try:
+      entries = sorted(p.name for p in workdir.iterdir())
+    except OSError as e:
+      raise _os_error(e, "read the workdir", workdir) from None
+    if entries:
+      raise UserError(f"{workdir} is not a fluxdigits run (it holds {', '.join(entries[:3])}"
+                      f"{', ...' if len(entries) > 3 else ''}) and is left untouched; pass a new or empty --workdir")
+
+
+@contextlib.contextmanager
+def _locked(workdir: pathlib.Path):
+  """Holds WORKDIR/.lock (creating WORKDIR) until the block ends; raises UserError if another process holds it."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise _os_error(e, "create the workdir", workdir) from None
+  lock_file = workdir / LOCK_FILE
+  while True:
+    try:
+      fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise _os_error(e, "write in the workdir", workdir) from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise _os_error(e, "lock", lock_file) from None
+      raise UserError(f"{workdir} is in use by another fluxdigits process (pid {holder}); wait for it to end "
+                      f"or stop it (kill {holder}), or pass another --workdir") from None
+    # The folder may have been moved aside (--restart) between open() and flock(): then this lock
+    # guards the old run, not WORKDIR, and the new WORKDIR's lock file must be taken instead.
+    try:
+      same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+    workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+def _aside_name(workdir: pathlib.Path) -> pathlib.Path:
+  stem = f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  aside, n = workdir.with_name(stem), 1
+  while aside.exists():
+    n += 1
+    aside = workdir.with_name(f"{stem}-{n}")
+  return aside
+
+
+def _move_aside(workdir: pathlib.Path, log) -> None:
+  if pathlib.Path.cwd().resolve().is_relative_to(workdir.resolve()):
+    raise UserError(f"--restart would move {workdir}, which holds the current directory; run from elsewhere "
+                    "or pass a --workdir below the current directory")
+  with _locked(workdir):
+    aside = _aside_name(workdir)
+    try:
+      os.rename(workdir, aside)  # never into an existing folder, unlike shutil.move
+    except OSError as e:
+      raise _os_error(e, "move aside", workdir) from None
+    log(f"--restart: moved the previous run to {aside}")
+
+
+def read_config(path: pathlib.Path) -> dict:
+  """A run's flat config.json; one clear error for any damage."""
+  fix = "it must be the config.json a training run wrote: restore it, or use --restart or another --workdir"
+  try:
+    saved = json.loads(path.read_text())
+  except IsADirectoryError:
+    raise UserError(f"{path} is a folder; {fix}") from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
+  if not isinstance(saved, dict):
+    raise UserError(f"{path} holds {type(saved).__name__}, not a JSON object of config keys; {fix}")
+  return {**configs.VALUES_BEFORE_KEY_EXISTED, **saved}
+
+
+def check_same_run(saved: dict, config, where) -> None:
+  """Raises unless `config` may continue a run made with the flat config `saved`."""
+  new = configs.flatten(config)
+  differing = sorted(k for k in set(saved) | set(new)
+                     if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != new.get(k, "<absent>"))
+  if differing:
+    shown = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})" for k in differing[:6])
+    raise UserError(f"{where} holds a run with another config: {shown}; resume with the same config, "
+                    "or pass --restart (the old run is moved aside) or another --workdir")
+
+
+def has_checkpoints(workdir: pathlib.Path) -> bool:
+  folder = workdir / "checkpoints"
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def write_config(workdir: pathlib.Path, config) -> None:
+  """WORKDIR/config.json, written only when it changes (a finished read-only run stays readable)."""
+  path = workdir / "config.json"
+  text = json.dumps(configs.flatten(config), indent=2, allow_nan=False) + "\n"
+  try:
+    if not path.is_file() or path.read_text(errors="replace") != text:
+      path.write_text(text)
+  except OSError as e:
+    raise _os_error(e, "write", path) from None
+
+
+def with_recorded_data_dir(config, workdir: pathlib.Path):
+  """The config with the data dir a resumed run recorded, when this command names none (nor $TFDS_DATA_DIR)."""
+  if config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or not (workdir / "config.json").is_file():
+    return config
+  recorded = read_config(workdir / "config.json").get("dataset.data_dir")
+  if not recorded or not isinstance(recorded, str):
+    return config
+  return configs.override(config, [f"dataset.data_dir={recorded}"])
+
+
+def finished_summary(workdir: pathlib.Path, config) -> dict | None:
+  """summary.json when WORKDIR holds this config's run, finished at this config's num_epochs; else None."""
+  summary_file, config_file = workdir / "summary.json", workdir / "config.json"
+  if not (summary_file.is_file() and config_file.is_file()):
+    return None
+  try:
+    summary = json.loads(summary_file.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return None  # damaged: the run is finished again from its checkpoints
+  saved = read_config(config_file)
+  check_same_run(saved, config, workdir)
+  if not isinstance(summary, dict) or summary.get("num_epochs") != config.num_epochs:
+    return None
+  return summary
+
+
+@contextlib.contextmanager
+def open_run(workdir, config, restart: bool = False, log=print):
+  """Holds WORKDIR for one run of `config` (see the module's docstring); yields its absolute path."""
+  workdir = pathlib.Path(workdir).absolute()
+  _check_is_run_or_empty(workdir)
+  if restart and workdir.exists():
+    _move_aside(workdir, log)
+  with _locked(workdir):
+    config_file = workdir / "config.json"
+    if has_checkpoints(workdir) and config_file.exists():
+      check_same_run(read_config(config_file), config, workdir)
+    yield workdir
