@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import logging
 import os
 import pathlib
 import zipfile
@@ -34,6 +35,16 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+class _WithoutOpenCvAdvice(logging.Filter):
+  """tfds advises installing OpenCV on every decode; PIL decodes MNIST's PNGs fine, and once only (then the cache)."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith("OpenCV is not installed")
+
+
+logging.getLogger("absl").addFilter(_WithoutOpenCvAdvice())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +153,7 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
   if cached is not None:
     log(f"loading {name} {split}: {len(cached)} examples from the decoded-array cache {cache_file}")
     return cached
-  log(f"loading {name} {split}: decoding {len(source)} examples from {data_dir}"
+  log(f"loading {name} {split}: decoding {len(source)} examples from {data_dir or 'the tfds data dir'}"
       f"{' (cached for later runs)' if cache_file else ''}")
   # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
   examples = [source[i] for i in range(len(source))]
