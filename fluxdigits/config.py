@@ -8,6 +8,7 @@ on the command line is caught instead of silently ignored.
 import ast
 import importlib.util
 import math
+import os
 import pathlib
 
 import ml_collections
@@ -23,6 +24,9 @@ RESNET_DEPTHS = (18, 20)
 # The value a key had in effect before it existed: a config.json written by an older fluxdigits
 # lacks the key, and that run's checkpoints were made that way.
 VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0}
+# Set to 1 (as the README test does) to shrink every command-line run to a smoke test: see smoke_budget().
+SMOKE_ENV = "FLUXDIGITS_SMOKE"
+SMOKE_TRAIN_EXAMPLES = 2000
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -254,3 +258,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(bool(c.dataset.data_dir), "dataset.name='idx' needs dataset.data_dir: the folder with the four MNIST IDX files")
   config.lock()
   return config
+
+
+def smoke_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """With FLUXDIGITS_SMOKE=1, one epoch on 2,000 examples: every command still runs end to end, in seconds.
+
+  Command lines (fluxdigits.run, and tools built on it) call this after validate(); a run's
+  recorded config.json is never shrunk.
+  """
+  if os.environ.get(SMOKE_ENV) != "1":
+    return config
+  config = ml_collections.ConfigDict(config)
+  config.num_epochs = 1
+  config.schedule.warmup_epochs = 0.0
+  config.dataset.max_train_examples = min(config.dataset.max_train_examples or SMOKE_TRAIN_EXAMPLES, SMOKE_TRAIN_EXAMPLES)
+  return validate(config)

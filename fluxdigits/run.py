@@ -71,7 +71,7 @@ def resume_command(argv) -> str:
 def main(argv=None) -> int:
   try:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    config = configs.validate(configs.override(configs.load(args.experiment), overrides))
+    config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
     train_run(config, workdir, args.restart)
     return 0

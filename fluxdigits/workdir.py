@@ -156,7 +156,7 @@ def write_config(workdir: pathlib.Path, config) -> None:
 
 def with_recorded_data_dir(config, workdir: pathlib.Path):
   """The config with the data dir a resumed run recorded, when this command names none (nor $TFDS_DATA_DIR)."""
-  if config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or not (workdir / "config.json").is_file():
+  if config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or not has_checkpoints(workdir):
     return config
   recorded = read_config(workdir / "config.json").get("dataset.data_dir")
   if not recorded or not isinstance(recorded, str):

@@ -70,7 +70,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(two_epoch_run):
   damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
   result = run_cli(CNN, "--workdir", two_epoch_run, "--config.num_epochs=3", *QUICK)
   assert result.returncode == 0, result.stderr
-  assert "warning: checkpoint of epoch 2 is unreadable" in result.stdout
+  assert "warning: checkpoint of epoch 2 is unreadable" in result.stderr
   assert "resuming from epoch 1" in result.stdout
   assert metrics_epochs(two_epoch_run) == [1, 2, 3]
   assert read_summary(two_epoch_run)["epochs_run"] == 3
@@ -125,12 +125,53 @@ def test_restart_moves_the_old_run_aside(two_epoch_run):
   assert metrics_epochs(two_epoch_run) == [1]
 
 
-def test_finished_run_rerun_gives_the_same_summary(two_epoch_run):
-  before = read_summary(two_epoch_run)
+def test_finished_run_rerun_says_so_and_shows_its_summary(two_epoch_run):
+  before = (two_epoch_run / "summary.json").read_text()
   result = run_cli(CNN, "--workdir", two_epoch_run, "--config.num_epochs=2", *QUICK)
-  assert result.returncode == 0 and "resuming from epoch 2" in result.stdout
-  after = read_summary(two_epoch_run)
-  assert (after["test_accuracy"], after["test_loss"]) == (before["test_accuracy"], before["test_loss"])
+  assert result.returncode == 0, result.stderr
+  assert "is finished (2 epochs, num_epochs=2): nothing to train" in result.stdout and "resuming" not in result.stdout
+  assert f"test accuracy {json.loads(before)['test_accuracy']:.4f}" in result.stdout
+  assert "with the averaged weights of epoch 2" in result.stdout
+  assert (two_epoch_run / "summary.json").read_text() == before
+
+
+def edit_progress(run, epoch, **changes):
+  path = run / "checkpoints" / str(epoch) / "progress" / "metadata"
+  path.write_text(json.dumps({**json.loads(path.read_text()), **changes} if changes else {}))
+
+
+def test_a_damaged_best_checkpoint_gives_way_to_the_latest(two_epoch_run, capsys):
+  edit_progress(two_epoch_run, 2, best_epoch=1)  # as if epoch 1 had been the best
+  damaged = largest_file(two_epoch_run / "checkpoints" / "1" / "state")
+  damaged.write_bytes(damaged.read_bytes()[:100])
+  _, state, progress = train.load_run(two_epoch_run, "best")  # as the report loads it
+  assert progress.best_epoch == 2 and int(state.step) == 800
+  assert "warning: the best checkpoint, epoch 1, is unreadable" in capsys.readouterr().err
+  result = run_cli(CNN, "--workdir", two_epoch_run, "--config.num_epochs=3", *QUICK)
+  assert result.returncode == 0, result.stderr
+  assert "warning: the best checkpoint, epoch 1, is unreadable" in result.stderr and "Traceback" not in result.stderr
+  assert metrics_epochs(two_epoch_run) == [1, 2, 3]
+
+
+def test_a_checkpoint_with_empty_progress_is_skipped(two_epoch_run):
+  edit_progress(two_epoch_run, 2)
+  _, state, progress = train.load_run(two_epoch_run, "latest")
+  assert progress.epoch == 1 and int(state.step) == 400
+
+
+def test_checkpoints_refuse_another_config_even_without_config_json(two_epoch_run):
+  (two_epoch_run / "config.json").unlink()
+  result = run_cli(CNN, "--workdir", two_epoch_run, "--config.num_epochs=3", "--config.batch_size=64", *QUICK)
+  assert result.returncode == 2
+  assert "holds a run with another config: batch_size (32 -> 64)" in result.stderr.strip().splitlines()[-1]
+  assert metrics_epochs(two_epoch_run) == [1, 2]
+
+
+def test_num_epochs_below_the_epochs_done_is_refused(two_epoch_run):
+  result = run_cli(CNN, "--workdir", two_epoch_run, "--config.num_epochs=1", *QUICK)
+  assert result.returncode == 2
+  assert "has trained 2 epochs already, more than num_epochs=1; pass --config.num_epochs=2" in result.stderr
+  assert metrics_epochs(two_epoch_run) == [1, 2] and read_summary(two_epoch_run)["epochs_run"] == 2
 
 
 def test_load_run_errors(tmp_path):

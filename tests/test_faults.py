@@ -1,0 +1,120 @@
+"""Faults from outside a run, with real processes: a second process on the workdir, SIGTERM and Ctrl-C,
+a full disk, an exploding loss. Each must end in one clear line and lose nothing already trained."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+
+MLP = str(EXPERIMENTS / "mnist_mlp.py")
+TINY = ["--config.dataset.max_train_examples=2000", "--config.report=false"]
+
+
+def metrics_epochs(workdir):
+  return [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def start(*args):
+  return subprocess.Popen([sys.executable, "-m", "fluxdigits.run", *map(str, args)], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(condition, process, timeout=300):
+  deadline = time.time() + timeout
+  while not condition():
+    assert process.poll() is None, f"the run ended first: {process.communicate()}"
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.02)
+
+
+def assert_one_error_line(stderr, *fragments):
+  assert "Traceback" not in stderr, stderr
+  last = stderr.strip().splitlines()[-1]
+  assert all(f in last for f in fragments), last
+
+
+def test_a_second_process_on_a_workdir_is_refused_and_the_first_run_is_unharmed(tmp_path):
+  workdir = tmp_path / "run"
+  first = start(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY)
+  lock = workdir / ".lock"
+  wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
+  for extra in ([], ["--restart"]):  # started beside it, or trying to move it aside under its feet
+    second = run_cli(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY, *extra)
+    assert second.returncode == 2
+    assert_one_error_line(second.stderr, f"in use by another fluxdigits process (pid {first.pid})", "--workdir")
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err
+  assert metrics_epochs(workdir) == [1, 2, 3] and read_summary(workdir)["epochs_run"] == 3
+  assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_sigterm_mid_training_stops_cleanly_and_the_same_command_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  args = [MLP, "--workdir", workdir, "--config.num_epochs=12", *TINY]
+  run = start(*args)
+  wait_for(lambda: (workdir / "checkpoints" / "2").is_dir(), run)
+  run.send_signal(signal.SIGTERM)
+  _, err = run.communicate(timeout=120)
+  assert run.returncode == 143
+  assert_one_error_line(err, "SIGTERM: stopped", "resume with python -m fluxdigits.run", "--workdir")
+  assert not (workdir / "summary.json").exists()
+  resumed = run_cli(*args)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming from epoch" in resumed.stdout
+  assert metrics_epochs(workdir) == list(range(1, 13))
+
+
+def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):
+  args = [MLP, "--workdir", tmp_path / "run", "--config.num_epochs=1", *TINY]
+  early = start(*args)
+  time.sleep(0.3)  # inside the imports
+  early.send_signal(signal.SIGINT)
+  _, err = early.communicate(timeout=120)
+  assert early.returncode == 130
+  assert_one_error_line(err, "SIGINT: stopped")
+
+  compiling = start(*args)
+  for line in compiling.stdout:
+    if line.startswith("compiling"):
+      compiling.send_signal(signal.SIGINT)
+      break
+  _, err = compiling.communicate(timeout=120)
+  assert compiling.returncode == 130
+  assert_one_error_line(err, "SIGINT: stopped")
+  assert not (tmp_path / "run" / "checkpoints" / "1").exists()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to mount a small tmpfs")
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  command = [sys.executable, "-m", "fluxdigits.run", MLP, "--workdir", str(disk / "run"), "--config.num_epochs=2", *TINY]
+  # A 2.5 MB disk holds one MLP checkpoint (1.6 MB), not two; then the disk grows and the run resumes.
+  script = (f"mount -t tmpfs -o size=2500k tmpfs {disk} || exit 99\n"
+            f"{subprocess.list2cmdline(command)} > {tmp_path}/full.out 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc\n"
+            f"ls {disk}/run/checkpoints > {tmp_path}/kept\n"
+            f"mount -o remount,size=64m {disk}\n"
+            f"{subprocess.list2cmdline(command)} > {tmp_path}/resumed.out 2> {tmp_path}/resumed.err; echo $? > {tmp_path}/resumed.rc\n")
+  done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=REPO, timeout=600)
+  if done.returncode == 99:
+    pytest.skip("this machine allows no tmpfs mount in a user namespace")
+  full_err = (tmp_path / "full.err").read_text()
+  assert (tmp_path / "full.rc").read_text().strip() == "2", full_err
+  assert_one_error_line(full_err, "cannot write a checkpoint in", "No space left on device", "it needs about 2 MB",
+                        "the checkpoints kept are [1]", "re-run the same command to resume")
+  assert (tmp_path / "kept").read_text().split()[0] == "1"
+  assert (tmp_path / "resumed.rc").read_text().strip() == "0", (tmp_path / "resumed.err").read_text()
+  assert "resuming from epoch 1" in (tmp_path / "resumed.out").read_text()
+
+
+def test_an_exploding_loss_stops_with_advice(tmp_path):
+  result = run_cli(MLP, "--workdir", tmp_path / "run", "--config.num_epochs=2", "--config.optimizer.learning_rate=1e4", *TINY)
+  assert result.returncode == 1
+  assert_one_error_line(result.stderr, "error: loss", "lower optimizer.learning_rate (now 10000)")
+  assert not (tmp_path / "run" / "summary.json").exists()

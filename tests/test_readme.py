@@ -1,0 +1,81 @@
+"""Every command block of README.md works as copied: run in order, in a fresh copy of the repository.
+
+The convention, for everyone who writes a README section:
+- Every ```bash block is run, in the order of the README, in ONE bash session (`set -eo pipefail`), as a
+  user pastes them into one terminal: an `export` in an earlier block holds for the later ones. The
+  session starts in a fresh temporary copy of the repository (git's tracked files and untracked files
+  that are not ignored; no runs/), with `../shared` beside it, and without TFDS_DATA_DIR or
+  FLUXDIGITS_IDX_DIR set: blocks must work from a fresh clone. (The machine's decoded-array cache
+  in ~/.cache/fluxdigits is used, as a user's would be.)
+- FLUXDIGITS_SMOKE=1 is set: `python -m fluxdigits.run` (and every command that calls
+  `fluxdigits.config.smoke_budget` on its configs, as a tuner's or another tool's command line should)
+  trains 1 epoch on at most 2,000 examples, so the whole README runs in about a minute.
+- `pip` is a shell function that only says what it would install: this machine has no package index,
+  and the packages are installed already.
+- A block whose fence is preceded by the line `<!-- readme-test: skip REASON -->` (blank lines between
+  are allowed) is not run: a block that needs an extra (`.[bench]`), runs for minutes without a
+  smoke budget, or runs the test suite itself. Say the reason.
+- Other fences (```python, ```text, ...) are never run.
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO, SHARED
+
+SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b.*?-->")
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def bash_blocks(markdown: str) -> list[str]:
+  """The ```bash blocks to run, in order, without those marked `<!-- readme-test: skip ... -->`."""
+  blocks = []
+  for fence in FENCE.finditer(markdown):
+    before = markdown[: fence.start()].rstrip().rsplit("\n", 1)[-1]
+    if fence.group(1) == "bash" and not SKIP.fullmatch(before.strip()):
+      blocks.append(fence.group(2))
+  return blocks
+
+
+def copy_of_the_repository(destination: pathlib.Path) -> pathlib.Path:
+  listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                          capture_output=True, text=True)
+  if listed.returncode != 0:  # not a git checkout: copy the folder without runs
+    shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns("runs", ".git", "__pycache__"))
+    return destination
+  for name in filter(None, listed.stdout.split("\0")):
+    if (REPO / name).is_file():
+      (destination / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(REPO / name, destination / name)
+  return destination
+
+
+def test_bash_blocks_and_skip_markers_are_found():
+  markdown = ("a\n```bash\necho one\n```\n<!-- readme-test: skip needs .[bench] -->\n\n```bash\necho two\n```\n"
+              "```python\nprint(3)\n```\n```bash\necho four\n```\n")
+  assert bash_blocks(markdown) == ["echo one\n", "echo four\n"]
+
+
+def test_readme_commands_work_as_copied(tmp_path):
+  if not SHARED.is_dir():
+    pytest.skip(f"the README's commands read ../shared, which is not at {SHARED}")
+  blocks = bash_blocks((REPO / "README.md").read_text())
+  assert blocks, "README.md has no ```bash block"
+  repo = copy_of_the_repository(tmp_path / "fluxdigits")
+  (tmp_path / "shared").symlink_to(SHARED)
+  script = ["set -eo pipefail", 'pip() { echo "readme test: would run: pip $*"; }']
+  for number, block in enumerate(blocks, 1):
+    script += [f'echo "=== README block {number} of {len(blocks)}"', block]
+  env = {k: v for k, v in os.environ.items() if k not in ("TFDS_DATA_DIR", "FLUXDIGITS_IDX_DIR", "PYTHONPATH")}
+  env.update(FLUXDIGITS_SMOKE="1", PYTHONPATH=str(repo))
+  result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=900)
+  failed = re.findall(r"=== README block (\d+)", result.stdout)
+  assert result.returncode == 0, (
+      f"README block {failed[-1] if failed else '?'} failed (exit {result.returncode}):\n"
+      f"{blocks[int(failed[-1]) - 1] if failed else ''}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}")
