@@ -109,7 +109,7 @@ def save(mngr: ocp.CheckpointManager, state, progress: Progress, config):
 
 def close(mngr: ocp.CheckpointManager, state):
   """Waits for the last save to be committed, then closes the manager."""
-  with _disk_errors_as_user_errors(mngr, state):
+  with _disk_errors_as_user_errors(mngr, state), signals.deferred():
     try:
       mngr.wait_until_finished()
     finally:

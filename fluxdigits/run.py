@@ -55,11 +55,12 @@ def train_run(config, workdir, restart=False, log=print, on_epoch=None) -> dict:
 
 
 def final_line(summary: dict, config, workdir) -> str:
+  """The run's result, saying which epoch's weights the test figures come from."""
   epochs = summary["epochs_run"]
   weights = "averaged weights" if config.ema_decay else "weights"
-  chosen = "its best validation accuracy" if summary.get("best_val_accuracy") is not None else "the last epoch"
-  return (f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  with epoch "
-          f"{summary['best_epoch']}'s {weights} ({chosen}; {epochs} epoch{'s' * (epochs != 1)} trained, "
+  chosen = "the best on validation" if summary.get("best_val_accuracy") is not None else "the last"
+  return (f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  with the {weights} of "
+          f"epoch {summary['best_epoch']} ({chosen}; {epochs} epoch{'s' * (epochs != 1)} trained in "
           f"{summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) -> {workdir / 'summary.json'}")
 
 
