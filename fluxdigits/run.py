@@ -24,12 +24,19 @@ def parse_args(argv):
   return args, overrides
 
 
-def train_run(config, workdir, restart=False, log=print, on_epoch=None) -> dict:
-  """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial."""
+def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=True) -> dict:
+  """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial.
+
+  A trial passes `test=False`: no test pass and no report (it shows test figures) until it is the one chosen.
+  """
   # Imported here so that a bad command line fails in a blink, before JAX starts.
   from fluxdigits import checkpoint, train
   workdir = checkpoint.prepare_workdir(workdir, config, restart, log)
-  summary = train.train_and_evaluate(config, workdir, log, on_epoch)
+  summary = train.train_and_evaluate(config, workdir, log, on_epoch, test)
+  if not test:
+    log(f"best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
+        f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {workdir / 'summary.json'}")
+    return summary
   log(f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
       f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) "
       f"-> {workdir / 'summary.json'}")
