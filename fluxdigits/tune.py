@@ -239,6 +239,7 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
   def objective(trial):
     trial.set_user_attr("host", HOST)
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("interrupted", False)  # a resumed trial inherits its predecessor's attributes
     sweep.space(trial)
     config = with_values(base_config, trial.params)
     frozen = trial.study.get_trials(deepcopy=False)[trial.number]
