@@ -16,12 +16,15 @@ def parse_args(argv):
   parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")
   parser.add_argument("--restart", action="store_true", help="start over; the previous run in WORKDIR is moved aside")
   args, rest = parser.parse_known_args(argv)
-  overrides = []
+  return args, config_overrides(rest, USAGE)
+
+
+def config_overrides(rest, usage) -> list[str]:
+  """KEY=VALUE of each --config.KEY=VALUE argument; any other argument is refused."""
   for arg in rest:
     if not arg.startswith("--config."):
-      raise UserError(f"unknown argument {arg!r}; usage: {USAGE}")
-    overrides.append(arg[len("--config."):])
-  return args, overrides
+      raise UserError(f"unknown argument {arg!r}; usage: {usage}")
+  return [arg[len("--config."):] for arg in rest]
 
 
 def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=True) -> dict:
@@ -47,19 +50,27 @@ def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=Tru
   return summary
 
 
-def main(argv=None) -> int:
+def exit_code(command, interrupted: str) -> int:
+  """Runs a command's body: bad input becomes one line and its exit code, Ctrl-C the `interrupted` hint and 130."""
   try:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    config = configs.validate(configs.override(configs.load(args.experiment), overrides))
-    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
-    train_run(config, workdir, args.restart)
+    command()
     return 0
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
   except KeyboardInterrupt:
-    print("interrupted; the last finished epoch's checkpoint is kept: re-run the same command to resume", file=sys.stderr)
+    print(f"interrupted; {interrupted}", file=sys.stderr)
     return 130
+
+
+def main(argv=None) -> int:
+  def command():
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    config = configs.validate(configs.override(configs.load(args.experiment), overrides))
+    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
+    train_run(config, workdir, args.restart)
+
+  return exit_code(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fluxdigits import config as configs
+from fluxdigits import config as configs, run
 from fluxdigits.errors import TrainingDiverged, UserError
 
 # Heartbeats, retries of dead trials and the matplotlib plots are "experimental" in Optuna 4 (stable for years).
@@ -50,11 +50,7 @@ def parse_args(argv):
   parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///WORKDIR/study.db); "
                                         "journal:PATH for a journal file")
   args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for arg in rest:
-    if not arg.startswith("--config."):
-      raise UserError(f"unknown argument {arg!r}; usage: {USAGE}")
-    overrides.append(arg[len("--config."):])
+  overrides = run.config_overrides(rest, USAGE)
   if args.trials < 1:
     raise UserError(f"--trials must be at least 1, got {args.trials}")
   return args, overrides
@@ -234,8 +230,6 @@ def process_alive(pid) -> bool:
 
 
 def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
-  from fluxdigits import run
-
   def objective(trial):
     trial.set_user_attr("host", HOST)
     trial.set_user_attr("pid", os.getpid())
@@ -331,17 +325,12 @@ def tune(args, overrides) -> pathlib.Path:
 
 def main(argv=None) -> int:
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  try:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    out = tune(args, overrides)
+
+  def command():
+    out = tune(*parse_args(sys.argv[1:] if argv is None else argv))
     print(f"results -> {out / 'index.html'}, {out / 'tuning.md'}")
-    return 0
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  except KeyboardInterrupt:
-    print("interrupted; finished trials are kept in the study: re-run the same command to resume", file=sys.stderr)
-    return 130
+
+  return run.exit_code(command, "finished trials are kept in the study: re-run the same command to resume")
 
 
 if __name__ == "__main__":

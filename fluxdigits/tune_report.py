@@ -19,7 +19,7 @@ from matplotlib import pyplot as plt
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
-from fluxdigits import config as configs
+from fluxdigits import config as configs, run
 from fluxdigits.report import Heading, Image, Paragraph, Table, to_html, to_markdown
 from fluxdigits.tune import FINISHED, best_value, count, directory_number
 
@@ -66,7 +66,6 @@ def experiment_file(study, trial) -> str:
 
 def test_chosen_trial(study, trial, workdir: pathlib.Path):
   """The chosen trial's summary with its test figures, evaluated once (None when its directory is on another machine)."""
-  from fluxdigits import run
   trial_dir = workdir / "trials" / f"{directory_number(trial):04d}"
   if not (trial_dir / "summary.json").is_file():
     return None
