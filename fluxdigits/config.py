@@ -95,17 +95,27 @@ def defaults() -> ml_collections.ConfigDict:
 
 def load(path: str) -> ml_collections.ConfigDict:
   """Runs an experiment file's `get_config()`."""
+  return config_from(load_module(path), path)
+
+
+def load_module(path: str, kind: str = "experiment"):
+  """Executes an experiment file (or a sweep file, which is one too) as a module."""
   file = pathlib.Path(path)
   if not file.is_file():
-    raise UserError(f"experiment file {path!r} not found; pass a path such as experiments/mnist_cnn.py")
-  spec = importlib.util.spec_from_file_location(f"fluxdigits_experiment_{file.stem}", file)
+    raise UserError(f"{kind} file {str(path)!r} not found; pass a path such as {kind}s/mnist_cnn.py")
+  spec = importlib.util.spec_from_file_location(f"fluxdigits_{kind}_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-  except (Exception, SystemExit) as e:  # an experiment file calling sys.exit() must not end the command with 0
-    raise UserError(f"experiment file {path!r} failed to load: {type(e).__name__}: {e}") from None
+  except (Exception, SystemExit) as e:  # a file calling sys.exit() must not end the command with 0
+    raise UserError(f"{kind} file {str(path)!r} failed to load: {type(e).__name__}: {e}") from None
+  return module
+
+
+def config_from(module, path) -> ml_collections.ConfigDict:
+  """The module's `get_config()`, checked to be a ConfigDict."""
   if not callable(getattr(module, "get_config", None)):
-    raise UserError(f"experiment file {path!r} has no get_config() function returning a ConfigDict")
+    raise UserError(f"{str(path)!r} has no get_config() function returning a ConfigDict")
   try:
     config = module.get_config()
   except (Exception, SystemExit) as e:

@@ -25,26 +25,38 @@ def parse_args(argv):
   parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")
   parser.add_argument("--restart", action="store_true", help="start over; the previous run in WORKDIR is moved aside")
   args, rest = parser.parse_known_args(argv)
-  overrides = []
+  return args, config_overrides(rest, USAGE)
+
+
+def config_overrides(rest, usage) -> list[str]:
+  """KEY=VALUE of each --config.KEY=VALUE argument; any other argument is refused."""
   for arg in rest:
     if not arg.startswith("--config."):
-      raise UserError(f"unknown argument {arg!r}; usage: {USAGE}")
-    overrides.append(arg[len("--config."):])
-  return args, overrides
+      raise UserError(f"unknown argument {arg!r}; usage: {usage}")
+  return [arg[len("--config."):] for arg in rest]
 
 
-def train_run(config, workdir, restart=False, log=print, on_epoch=None) -> dict:
-  """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial."""
+def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=True) -> dict:
+  """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial.
+
+  A trial passes `test=False`: no test pass and no report (it shows test figures) until it is the one chosen.
+  """
   # Imported here so that a bad command line fails in a blink, before JAX starts.
   from fluxdigits import data, train, workdir as workdirs
   with workdirs.open_run(workdir, config, restart, log) as workdir:
     config = workdirs.with_recorded_data_dir(config, workdir)
     config = configs.override(config, [f"dataset.data_dir={data.resolved_data_dir(config)}"])
     finished = workdirs.finished_summary(workdir, config)
+    if finished is not None and test and "test_accuracy" not in finished:
+      finished = None  # a trial finished without its test pass, now chosen: restoring its last epoch evaluates it
     if finished is not None:
       log(f"{workdir} is finished ({finished['epochs_run']} epochs, num_epochs={config.num_epochs}): nothing to train; "
           "raise --config.num_epochs to train longer, or pass --restart to start over")
-    summary = finished or train.train_and_evaluate(config, workdir, log, on_epoch)
+    summary = finished or train.train_and_evaluate(config, workdir, log, on_epoch, test)
+    if not test:
+      log(f"best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
+          f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {workdir / 'summary.json'}")
+      return summary
     log(final_line(summary, config, workdir))
     if config.report:
       if finished is None or not (workdir / "report" / "index.html").is_file():
@@ -69,12 +81,10 @@ def resume_command(argv) -> str:
   return shlex.join(["python", "-m", "fluxdigits.run", *(a for a in argv if a != "--restart")])
 
 
-def main(argv=None) -> int:
+def exit_code(command, interrupted: str) -> int:
+  """Runs a command's body: bad input becomes one line and its exit code, Ctrl-C the `interrupted` hint and 130."""
   try:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
-    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
-    train_run(config, workdir, args.restart)
+    command()
     return 0
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -82,6 +92,19 @@ def main(argv=None) -> int:
   except OSError as e:  # a folder the run cannot write to, a full disk outside the checkpoints
     print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"interrupted; {interrupted}", file=sys.stderr)
+    return 130
+
+
+def main(argv=None) -> int:
+  def command():
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
+    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
+    train_run(config, workdir, args.restart)
+
+  return exit_code(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")
 
 
 if __name__ == "__main__":

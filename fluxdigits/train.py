@@ -318,8 +318,11 @@ def resume(trainer: Trainer, state: TrainState, manager, workdir, log=print):
   return meshes.replicate(state, trainer.mesh), progress
 
 
-def train_and_evaluate(config, workdir, log=print, on_epoch=None) -> dict:
-  """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary."""
+def train_and_evaluate(config, workdir, log=print, on_epoch=None, test=True) -> dict:
+  """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary.
+
+  `test=False` leaves the test split out of the summary (a tuning trial: nothing chosen may see it).
+  """
   workdir = pathlib.Path(workdir)
   trainer, state = build(config, log)
   manager = checkpoint.manager(workdir, config)
@@ -329,9 +332,12 @@ def train_and_evaluate(config, workdir, log=print, on_epoch=None) -> dict:
     state, progress, best_variables = fit(trainer, state, progress, manager, workdir, log, on_epoch)
   finally:
     checkpoint.close(manager, state)
-  test = evaluate(trainer, best_variables, "test")
-  summary = {
-      "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_examples": test["count"],
+  summary = {}
+  if test:
+    test_metrics = evaluate(trainer, best_variables, "test")
+    summary = {"test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
+               "test_examples": test_metrics["count"]}
+  summary |= {
       "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
       "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "num_epochs": config.num_epochs,
       "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
