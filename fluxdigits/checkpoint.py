@@ -8,9 +8,11 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import math
 import pathlib
 import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -21,6 +23,32 @@ from fluxdigits.errors import UserError, warn
 
 # Errors of a full or unwritable disk: a one-line error, never orbax's traceback.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+DISK_ERROR_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large")
+
+
+class _WithoutFailedSaveTracebacks(logging.Filter):
+  """Orbax logs each failed write of a save from its threads, a traceback each (hundreds of lines on a full
+  disk); save() and close() turn the same failure into one line, so those records are dropped."""
+
+  def filter(self, record):
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not ("/orbax/" in record.pathname and any(t in text for t in DISK_ERROR_TEXTS))
+
+
+def _is_failed_save_echo(exc_type, exc) -> bool:
+  # tensorstore's write callbacks, arriving after orbax closed the event loop of a failed save.
+  return exc_type is RuntimeError and str(exc) == "Event loop is closed"
+
+
+def _quiet_failed_saves():
+  """Installs the filter above, and drops the 'Event loop is closed' echoes of a failed save (once per process)."""
+  absl_logger = logging.getLogger("absl")
+  if any(isinstance(f, _WithoutFailedSaveTracebacks) for f in absl_logger.filters):
+    return
+  absl_logger.addFilter(_WithoutFailedSaveTracebacks())
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+  sys.excepthook = lambda t, e, tb: None if _is_failed_save_echo(t, e) else excepthook(t, e, tb)
+  sys.unraisablehook = lambda u: None if _is_failed_save_echo(u.exc_type, u.exc_value) else unraisablehook(u)
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
@@ -61,6 +89,7 @@ def manager(workdir, config, create: bool = True) -> ocp.CheckpointManager:
   mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"),
                                options=options)
   signals.finish_saves_before_exit(mngr)
+  _quiet_failed_saves()
   return mngr
 
 
@@ -71,8 +100,9 @@ def _disk_error(e: BaseException) -> OSError | None:
     seen.add(id(e))
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
       return e
-    if "No space left on device" in str(e):
-      return OSError(errno.ENOSPC, "No space left on device")
+    for number, text in zip((errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG), DISK_ERROR_TEXTS):
+      if text in str(e):
+        return OSError(number, text)
     e = e.__cause__ or e.__context__
   return None
 

@@ -10,6 +10,7 @@ by default), so the command resumes after a crash and any number of workers can 
 
 import argparse
 import contextlib
+import fcntl
 import os
 import pathlib
 import socket
@@ -188,6 +189,14 @@ def make_pruner(name: str, trials: int, num_epochs: int):
   return optuna.pruners.NopPruner()
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: pathlib.Path):
+  """One worker of this machine at a time inside the block."""
+  with open(lock_file, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
 def count(study, states) -> int:
   return len(study.get_trials(deepcopy=False, states=states))
 
@@ -301,13 +310,13 @@ def tune(args, overrides) -> pathlib.Path:
   sampler = make_sampler(args.sampler, space)
   stem = pathlib.Path(args.sweep).stem
   workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / f"{stem}-tune")
-  if args.storage is None:
-    workdir.mkdir(parents=True, exist_ok=True)
-  url = args.storage or f"sqlite:///{(workdir / 'study.db').absolute()}"
-  study = open_study(open_storage(url), stem, space, base_config, sampler,
-                     make_pruner(args.pruner, args.trials, base_config.num_epochs))
   workdir.mkdir(parents=True, exist_ok=True)
-  requeue_interrupted(study)
+  url = args.storage or f"sqlite:///{(workdir / 'study.db').absolute()}"
+  # Workers started together would race to create the storage's tables and the study.
+  with exclusive(workdir / "study.lock"):
+    study = open_study(open_storage(url), stem, space, base_config, sampler,
+                       make_pruner(args.pruner, args.trials, base_config.num_epochs))
+    requeue_interrupted(study)
 
   def stop_at_target(study, trial):
     print(progress_line(study, trial, args.trials), flush=True)

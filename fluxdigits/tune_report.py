@@ -4,7 +4,6 @@ The test split is evaluated once, for the chosen trial only, when the study has 
 every figure that ranks or chooses trials is a validation figure.
 """
 
-import fcntl
 import json
 import os
 import pathlib
@@ -21,7 +20,7 @@ from optuna.visualization import matplotlib as optuna_plots
 
 from fluxdigits import config as configs, run
 from fluxdigits.report import Heading, Image, Paragraph, Table, to_html, to_markdown
-from fluxdigits.tune import FINISHED, best_value, count, directory_number
+from fluxdigits.tune import FINISHED, best_value, count, directory_number, exclusive
 
 PLOTS = (
     ("history.png", "Optimisation history: each trial's objective (best validation accuracy) and the best so far",
@@ -64,14 +63,13 @@ def experiment_file(study, trial) -> str:
           "def get_config():\n  config = defaults()\n" + "\n".join(lines) + "\n  return config\n")
 
 
-def test_chosen_trial(study, trial, workdir: pathlib.Path):
+def evaluate_chosen_trial(study, trial, workdir: pathlib.Path):
   """The chosen trial's summary with its test figures, evaluated once (None when its directory is on another machine)."""
   trial_dir = workdir / "trials" / f"{directory_number(trial):04d}"
   if not (trial_dir / "summary.json").is_file():
     return None
   # Two workers finishing together both get here; one evaluates, the other reads its summary.
-  with open(workdir / "chosen.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with exclusive(workdir / "chosen.lock"):
     summary = json.loads((trial_dir / "summary.json").read_text())
     if "test_accuracy" not in summary:
       with open(trial_dir / "train.log", "a") as log_file:
@@ -134,7 +132,7 @@ def write(study, args, overrides, workdir: pathlib.Path, target: int) -> pathlib
                          f"{best.value:.4f}; " + ", ".join(f"{k}={value_text(v)}" for k, v in best.params.items()) + "."),
                Paragraph(f"Train it anew: {command}"),
                Paragraph(f"or: python -m fluxdigits.run {shlex.quote(str(workdir / 'best_experiment.py'))}")]
-    summary = test_chosen_trial(study, best, workdir) if over else None
+    summary = evaluate_chosen_trial(study, best, workdir) if over else None
     if summary is not None:
       blocks.append(Paragraph(f"Test accuracy of the chosen trial, evaluated once after tuning: "
                               f"{summary['test_accuracy']:.4f} (test loss {summary['test_loss']:.4f}); "
