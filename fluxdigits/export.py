@@ -11,6 +11,7 @@ ONNX Runtime's logits (or the reloaded artifact's) must equal the JAX model's wi
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 
@@ -37,6 +38,10 @@ def model_fn(classifier):
 
 
 def export_onnx(fn, image_shape, out: pathlib.Path):
+  # jax2onnx 0.13.0 logs a traceback for its dm_pix plugin (which jax 0.10 cannot import and these
+  # models never use) and onnx_ir a warning per untyped constant: noise to a user.
+  for name in ("jax2onnx.plugins.plugin_system", "onnx_ir.serde"):
+    logging.getLogger(name).setLevel(logging.ERROR)
   try:
     import jax2onnx
   except ImportError:
