@@ -107,8 +107,8 @@ def _flatten_modes(image: Image.Image) -> Image.Image:
 
 def _work_size(gray: np.ndarray) -> np.ndarray:
   h, w = gray.shape
-  scale = min(WORK_SIDE / max(h, w), 1.0)
-  scale = max(scale, MIN_WORK_SIDE / min(h, w)) if min(h, w) < MIN_WORK_SIDE else scale
+  # Enlarged small images still stay within WORK_SIDE, however elongated.
+  scale = min(max(1.0, MIN_WORK_SIDE / min(h, w)), WORK_SIDE / max(h, w))
   if scale == 1.0:
     return gray
   size = (max(1, round(w * scale)), max(1, round(h * scale)))
