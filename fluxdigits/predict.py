@@ -22,6 +22,7 @@ from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.predict RUN IMAGE|DIR|GLOB ... [--top K] [--csv FILE] [--show FILE.png] [--digits]"
 LOW_CONFIDENCE = 0.6  # below this top probability, the prediction is flagged
+MAX_SHOWN = 100  # --show draws the first ones; a taller figure passes matplotlib's pixel limit
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -96,7 +97,8 @@ def parse_args(argv):
   parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
   parser.add_argument("--top", type=int, default=3, help="classes shown per image (3)")
   parser.add_argument("--csv", help="also write file, class and probability of each prediction to this CSV")
-  parser.add_argument("--show", help="draw each image, the model's input and its probabilities into this PNG")
+  parser.add_argument("--show", help=f"draw each image (the first {MAX_SHOWN}), the model's input and its probabilities "
+                      "into this PNG")
   parser.add_argument("--digits", action="store_true", help="each image is a number written on one line")
   args = parser.parse_args(argv)
   if args.top < 1:
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
       writer.writerow(["file", "digit", "predicted", "probability", *names])
       writer.writerows(rows)
   if args.show and shown:
-    _draw(shown, names, args.show)
+    _draw(shown[:MAX_SHOWN], names, args.show)
   if failed:
     print(f"{failed} of {len(files)} files could not be predicted", file=sys.stderr)
   return 1 if failed else 0

@@ -45,8 +45,8 @@ def test_arrays_in_dataset_format_go_to_the_model_as_they_are(classifier):
 def test_real_photos_and_drawings(classifier):
   files = sorted(REAL_DIGITS.glob("*.png"))
   labels = np.array([int(f.name[0]) for f in files])
-  probs = classifier.predict(files)
-  assert np.allclose(probs, classifier.predict(np.stack([classifier.prepare(f) for f in files])))
+  probs = classifier.predict(np.stack([classifier.prepare(f) for f in files]))
+  assert np.allclose(probs[:3], classifier.predict(files[:3]))  # paths take the same road
   # One epoch of the seed CNN; the README gives every experiment's figure.
   assert (probs.argmax(-1) == labels).mean() >= 0.85
 
