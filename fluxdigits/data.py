@@ -93,9 +93,13 @@ def load(config, log=print) -> Dataset:
   train, validation = hold_out(train, config.validation_fraction)
   if config.dataset.max_train_examples:
     train = train[: config.dataset.max_train_examples]
-  channels = train.images.shape[-1]
-  mean, std = NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
-  return Dataset(name, train, validation, test, CLASS_NAMES[name], mean, std)
+  return Dataset(name, train, validation, test, CLASS_NAMES[name], *normalization(name))
+
+
+def normalization(name: str) -> tuple[tuple, tuple]:
+  """Per-channel (mean, std) the dataset's pixels, scaled to [0, 1], are standardised with."""
+  channels = IMAGE_SHAPES[name][-1]
+  return NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
 
 
 def check_splits(name: str, train: Split, test: Split) -> None:

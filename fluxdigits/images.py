@@ -1,0 +1,260 @@
+"""Image files into the dataset's format: uint8 (H, W, C) arrays a run's model takes as they are.
+
+Digits are made the way MNIST was: the ink isolated as a binary mask, its stroke brought near
+MNIST's width, cropped, the longer side scaled to 20 px by area averaging (which anti-aliases, as
+MNIST's resampling did) and placed in 28x28 by its centre of mass. Fashion-MNIST: the object on
+black, longer side 28. CIFAR-10: the centre square at 32x32 RGB.
+"""
+
+import contextlib
+import pathlib
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from scipy import ndimage
+
+from fluxdigits.errors import UserError
+
+# Larger images are decoded reduced where the format allows (JPEG: 1/2 to 1/8 while decoding);
+# others this large are refused rather than decoded whole.
+MAX_DECODED_PIXELS = 40_000_000
+WORK_SIDE = 1024  # longer side the ink is found at: enough for a thin pen line, cheap to filter
+MIN_WORK_SIDE = 256  # tiny images (e.g. 28x28) are enlarged so the filters have room
+BOX = 20  # MNIST: the digit's longer side
+CANVAS = 28
+SUPERSAMPLE = 8  # the mask is shaped at 8x the 20 px box before area averaging
+MNIST_STROKE = 2.9  # median stroke width of MNIST digits in the 28x28 images (binarised at 128)
+MIN_CONTRAST = 0.08  # ink darker/lighter than its background by less than this is no ink
+MIN_PART = 0.08  # ink components smaller than this share of the largest are noise
+
+
+class NoInk(UserError):
+  pass
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+def load_gray(path) -> np.ndarray:
+  """A float32 (H, W) image in [0, 1]: EXIF orientation applied, transparency on white."""
+  return np.asarray(_load(path).convert("L"), np.float32) / 255.0
+
+
+def load_rgb(path) -> Image.Image:
+  return _load(path).convert("RGB")
+
+
+@contextlib.contextmanager
+def _no_bomb_check():
+  # Pillow refuses very large images at open(); we decide after draft() has reduced them.
+  limit = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None
+  try:
+    yield
+  finally:
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def _load(path) -> Image.Image:
+  path = pathlib.Path(path)
+  try:
+    with _no_bomb_check(), warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      image = Image.open(path)
+      image = next(ImageSequence.Iterator(image))  # animated GIF/PNG/WebP: the first frame
+      if _too_large(image):
+        image.draft(image.mode, (image.width // 8 or 1, image.height // 8 or 1))  # JPEG only; others unchanged
+      if _too_large(image):
+        raise UserError(f"{path}: {image.width}x{image.height} pixels is too large to decode safely; "
+                        f"save it below {MAX_DECODED_PIXELS // 1_000_000} megapixels (or as JPEG)")
+      image.load()
+  except FileNotFoundError:
+    raise UserError(f"{path}: no such file") from None
+  except IsADirectoryError:
+    raise UserError(f"{path}: is a directory, not an image") from None
+  except UnidentifiedImageError:
+    raise UserError(f"{path}: not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP ...)") from None
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
+    raise UserError(f"{path}: truncated or corrupt image ({e}); save it again") from None
+  image = ImageOps.exif_transpose(image)
+  return _flatten_modes(image)
+
+
+def _too_large(image) -> bool:
+  return image.width * image.height > MAX_DECODED_PIXELS
+
+
+def _flatten_modes(image: Image.Image) -> Image.Image:
+  """RGB or L: 16/32-bit scaled to 8-bit, CMYK and palettes converted, transparency composited on white."""
+  if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    values = np.asarray(image, np.float64)
+    top = 65535.0 if values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
+  if image.mode == "P" or "transparency" in image.info:
+    image = image.convert("RGBA")
+  if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+  if image.mode not in ("RGB", "L"):
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, 1, ...
+  return image
+
+
+# --- digits --------------------------------------------------------------------------------------
+
+
+def _work_size(gray: np.ndarray) -> np.ndarray:
+  h, w = gray.shape
+  # Enlarged small images still stay within WORK_SIDE, however elongated.
+  scale = min(max(1.0, MIN_WORK_SIDE / min(h, w)), WORK_SIDE / max(h, w))
+  if scale == 1.0:
+    return gray
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+  return np.asarray(Image.fromarray(gray, "F").resize(size, resample), np.float32)
+
+
+def _ink_bright(gray: np.ndarray) -> np.ndarray:
+  """The image with ink bright: dark ink on light paper is inverted.
+
+  The frame of the image is mostly background; if it lies nearer the bright end of the image's
+  range, the ink is dark.
+  """
+  h, w = gray.shape
+  b = max(1, min(h, w) // 20)
+  frame = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+  low, high = np.percentile(gray, [1, 99])
+  return 1.0 - gray if np.median(frame) > (low + high) / 2 else gray
+
+
+def _otsu(values: np.ndarray) -> float:
+  hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+  p = hist.astype(np.float64) / max(hist.sum(), 1)
+  omega, mu = np.cumsum(p), np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
+  between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
+  return float(edges[np.argmax(between) + 1])
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+  dt = ndimage.distance_transform_edt(mask)
+  ridge = mask & (dt == ndimage.maximum_filter(dt, 3))
+  return float(2 * dt[ridge].mean()) if ridge.any() else 1.0
+
+
+def _ink_mask(ink: np.ndarray, background_size: int) -> np.ndarray:
+  """Ink pixels: bright above the background (a morphological opening wider than the strokes,
+  so shadows, paper texture and uneven light are subtracted), thresholded by Otsu."""
+  flat = ink - ndimage.grey_opening(ink, size=(background_size, background_size))
+  level = np.percentile(flat, 99.5)
+  if flat.max() < MIN_CONTRAST:
+    return np.zeros(ink.shape, bool)
+  threshold = max(_otsu(np.clip(flat / max(level, 1e-6), 0, 1)) * level, MIN_CONTRAST)
+  return flat > threshold
+
+
+def _keep_marks(mask: np.ndarray) -> np.ndarray:
+  """Drops specks (components under MIN_PART of the largest) and marks cut by the image's edge
+  (paper edges, shadows, neighbouring writing) unless they are the largest mark."""
+  labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+  if n == 0:
+    return mask
+  areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+  largest = int(np.argmax(areas)) + 1
+  edge = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
+  keep = [i for i in range(1, n + 1) if areas[i - 1] >= MIN_PART * areas[largest - 1] and (i == largest or i not in edge)]
+  return np.isin(labels, keep)
+
+
+def ink_mask(gray: np.ndarray) -> np.ndarray:
+  """The digits' ink in a grayscale image (at its working size) as a boolean mask."""
+  ink = _ink_bright(_work_size(gray))
+  rough = _keep_marks(_ink_mask(ink, max(3, min(ink.shape) // 3)))
+  if not rough.any():
+    raise NoInk("no ink found: the image is blank or has too little contrast")
+  size = int(np.clip(3 * _stroke_width(rough) + 1, 3, min(ink.shape)))
+  mask = _keep_marks(_ink_mask(ink, size))
+  return mask if mask.any() else rough
+
+
+def _set_stroke(mask: np.ndarray, target: float) -> np.ndarray:
+  """Thickens (fully) or thins (partly, so no stroke breaks) the strokes towards `target` pixels."""
+  width = _stroke_width(mask)
+  if width < target:
+    return ndimage.distance_transform_edt(~mask) <= (target - width) / 2
+  radius = min((width - target) / 2, 0.3 * width)
+  return ndimage.distance_transform_edt(mask) > radius if radius >= 1 else mask
+
+
+def mnist_digit(mask: np.ndarray) -> np.ndarray:
+  """(28, 28, 1) uint8, ink white on black, from a mask of one digit's ink."""
+  rows, cols = np.nonzero(mask)
+  crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+  h, w = crop.shape
+  scale = BOX * SUPERSAMPLE / max(h, w)
+  size = (max(SUPERSAMPLE, round(w * scale / SUPERSAMPLE) * SUPERSAMPLE), max(SUPERSAMPLE, round(h * scale / SUPERSAMPLE) * SUPERSAMPLE))
+  big = np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)) > 0.5
+  big = _set_stroke(big, MNIST_STROKE * SUPERSAMPLE)
+  pad = 2 * SUPERSAMPLE  # thickening may grow the digit past its box
+  big = np.pad(big, pad)
+  small = big.reshape(big.shape[0] // SUPERSAMPLE, SUPERSAMPLE, big.shape[1] // SUPERSAMPLE, SUPERSAMPLE).mean((1, 3))
+  canvas = np.zeros((CANVAS + 2 * small.shape[0], CANVAS + 2 * small.shape[1]), np.float32)
+  cy, cx = ndimage.center_of_mass(small)
+  top, left = CANVAS // 2 + small.shape[0] - round(cy), CANVAS // 2 + small.shape[1] - round(cx)
+  canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
+  out = canvas[small.shape[0]:small.shape[0] + CANVAS, small.shape[1]:small.shape[1] + CANVAS]
+  return np.round(out * 255).astype(np.uint8)[..., None]
+
+
+def split_digits(mask: np.ndarray) -> list[np.ndarray]:
+  """One mask per digit, left to right: ink marks whose column spans overlap belong to one digit."""
+  labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+  spans = sorted((s[1].start, s[1].stop, i + 1) for i, s in enumerate(ndimage.find_objects(labels)))
+  groups = []
+  for start, stop, label in spans:
+    if groups and start < groups[-1][1] - 0.25 * min(stop - start, groups[-1][1] - groups[-1][0]):
+      groups[-1] = (groups[-1][0], max(stop, groups[-1][1]), groups[-1][2] + [label])
+    else:
+      groups.append((start, stop, [label]))
+  return [np.isin(labels, group) for _, _, group in groups]
+
+
+def read_digits(path) -> list[np.ndarray]:
+  """Each digit of a number written on one line, left to right, as (28, 28, 1) uint8."""
+  return [mnist_digit(m) for m in split_digits(_named(path, ink_mask, load_gray(path)))]
+
+
+def _named(path, fn, *args):
+  try:
+    return fn(*args)
+  except NoInk as e:
+    raise UserError(f"{path}: {e}") from None
+
+
+# --- one image per file, in each dataset's format --------------------------------------------
+
+
+def read_mnist(path) -> np.ndarray:
+  return mnist_digit(_named(path, ink_mask, load_gray(path)))
+
+
+def read_fashion_mnist(path) -> np.ndarray:
+  """The object bright on black, as Fashion-MNIST's product photos were: trimmed, longer side 28, centred."""
+  gray = _ink_bright(load_gray(path))
+  background = np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
+  rows, cols = np.nonzero(np.abs(gray - background) > MIN_CONTRAST)
+  if not len(rows):
+    raise UserError(f"{path}: no object found: the image is blank or has too little contrast")
+  crop = np.clip(gray - background, 0, 1)[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+  image = Image.fromarray(np.round(crop / max(crop.max(), 1e-6) * 255).astype(np.uint8), "L")
+  image = ImageOps.pad(image, (CANVAS, CANVAS), Image.Resampling.LANCZOS, color=0)
+  return np.asarray(image, np.uint8)[..., None]
+
+
+def read_cifar10(path) -> np.ndarray:
+  image = ImageOps.fit(load_rgb(path), (32, 32), Image.Resampling.LANCZOS)
+  return np.asarray(image, np.uint8)
+
+
+READERS = {"mnist": read_mnist, "idx": read_mnist, "fashion_mnist": read_fashion_mnist, "cifar10": read_cifar10}

@@ -1,0 +1,174 @@
+"""Predict image files with a trained run.
+
+python -m fluxdigits.predict RUN IMAGE|DIR|GLOB ... [--top K] [--csv FILE] [--show FILE.png] [--digits]
+
+Each file is made into the dataset's format (fluxdigits.images: for digits, the way MNIST was
+made) and classified by the run's best checkpoint. A file that cannot be read gets one line naming
+it; the others are still predicted, and the exit code is 1. `--digits` reads a number written on
+one line, digit by digit, left to right.
+"""
+
+import argparse
+import csv
+import glob
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+from fluxdigits import data, images as image_files
+from fluxdigits.errors import UserError
+
+USAGE = "python -m fluxdigits.predict RUN IMAGE|DIR|GLOB ... [--top K] [--csv FILE] [--show FILE.png] [--digits]"
+LOW_CONFIDENCE = 0.6  # below this top probability, the prediction is flagged
+MAX_SHOWN = 100  # --show draws the first ones; a taller figure passes matplotlib's pixel limit
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class Classifier:
+  """A finished run's best (averaged) weights, with the preprocessing its dataset needs."""
+
+  def __init__(self, workdir):
+    from fluxdigits import mesh as meshes, models, report, train
+    run = report.read_run(workdir)  # one line, exit 2, unless the run has finished
+    self.config, state, _ = train.load_run(run.workdir, "best")
+    self.dataset = self.config.dataset.name
+    self.class_names = data.CLASS_NAMES[self.dataset]
+    self.image_shape = data.IMAGE_SHAPES[self.dataset]
+    self._mesh = meshes.data_mesh()
+    self._batch_size = len(self._mesh.devices.flat) * 32
+    self.variables = state.evaluated_variables()  # (params, batch_stats)
+    self._variables = meshes.replicate(self.variables, self._mesh)
+    self._logits = train.make_predict(state.apply_fn, train.Preprocess(*data.normalization(self.dataset),
+                                                                        models.compute_dtype(self.config)))
+    self.apply_fn = state.apply_fn
+
+  def prepare(self, path) -> np.ndarray:
+    """One image file in the dataset's format, uint8 `image_shape`."""
+    return image_files.READERS[self.dataset](path)
+
+  def predict(self, images) -> np.ndarray:
+    """(N, classes) probabilities of image files (paths) or a uint8 array (N, *image_shape)."""
+    if isinstance(images, (str, os.PathLike)):
+      images = [images]
+    if not isinstance(images, np.ndarray):
+      images = np.stack([self.prepare(p) for p in images]) if len(images) else np.zeros((0, *self.image_shape), np.uint8)
+    if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+      raise UserError(f"images must be uint8 of shape (N, {', '.join(map(str, self.image_shape))}) for a "
+                      f"{self.dataset} run, got {images.dtype} {images.shape}")
+    if not len(images):
+      return np.zeros((0, len(self.class_names)), np.float32)
+    from fluxdigits import mesh as meshes, train
+    logits = train.predict_split(self._logits, self._variables, meshes.replicate(images, self._mesh), len(images),
+                                 self._batch_size, self._mesh)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+
+
+def load_classifier(workdir) -> Classifier:
+  return Classifier(workdir)
+
+
+def expand(patterns) -> list[pathlib.Path]:
+  """Files, folders (their images, sorted) and globs, in the order given."""
+  files = []
+  for pattern in patterns:
+    path = pathlib.Path(pattern)
+    if path.is_dir():
+      files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif glob.has_magic(pattern):
+      files += [pathlib.Path(p) for p in sorted(glob.glob(pattern))]
+    else:
+      files.append(path)  # missing files get their error line when read
+  return files
+
+
+def _describe(probs, class_names, top):
+  order = np.argsort(-probs)[:top]
+  text = "  ".join(f"{class_names[i]} {probs[i]:.3f}" for i in order)
+  return text + ("  (low confidence)" if probs[order[0]] < LOW_CONFIDENCE else "")
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog="python -m fluxdigits.predict", usage=USAGE, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("run", help="a finished run directory (the --workdir of python -m fluxdigits.run)")
+  parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
+  parser.add_argument("--top", type=int, default=3, help="classes shown per image (3)")
+  parser.add_argument("--csv", help="also write file, class and probability of each prediction to this CSV")
+  parser.add_argument("--show", help=f"draw each image (the first {MAX_SHOWN}), the model's input and its probabilities "
+                      "into this PNG")
+  parser.add_argument("--digits", action="store_true", help="each image is a number written on one line")
+  args = parser.parse_args(argv)
+  if args.top < 1:
+    raise UserError(f"--top must be at least 1, got {args.top}")
+  return args
+
+
+def main(argv=None) -> int:
+  try:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    classifier = load_classifier(args.run)
+    if args.digits and classifier.dataset not in ("mnist", "idx"):
+      raise UserError(f"--digits needs a digit run (mnist or idx); {args.run} was trained on {classifier.dataset}")
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return e.exit_code
+  files = expand(args.images)
+  names = classifier.class_names
+  rows, shown, failed = [], [], 0
+  for path in files:
+    try:
+      inputs = np.stack(image_files.read_digits(path)) if args.digits else classifier.prepare(path)[None]
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      failed += 1
+      continue
+    probs = classifier.predict(inputs)
+    if args.digits:
+      number = "".join(names[i] for i in probs.argmax(-1))
+      confidences = "  ".join(f"{names[i]} {p[i]:.3f}" for p, i in zip(probs, probs.argmax(-1)))
+      low = "  (low confidence)" if probs.max(-1).min() < LOW_CONFIDENCE else ""
+      print(f"{path}: {number}  ({confidences}){low}")
+    else:
+      print(f"{path}: {_describe(probs[0], names, args.top)}")
+    for k, p in enumerate(probs):
+      rows.append([str(path), k, names[int(p.argmax())], f"{p.max():.6f}", *[f"{q:.6f}" for q in p]])
+      shown.append((path, inputs[k], p))
+  if args.csv and rows:
+    with open(args.csv, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["file", "digit", "predicted", "probability", *names])
+      writer.writerows(rows)
+  if args.show and shown:
+    _draw(shown[:MAX_SHOWN], names, args.show)
+  if failed:
+    print(f"{failed} of {len(files)} files could not be predicted", file=sys.stderr)
+  return 1 if failed else 0
+
+
+def _draw(shown, class_names, out):
+  """Per prediction: the original image, the model's input, and the probabilities."""
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(9, 2.2 * len(shown)), layout="constrained")
+  axes = fig.subplots(len(shown), 3, squeeze=False)
+  for (path, model_input, probs), (orig, seen, bars) in zip(shown, axes):
+    try:
+      orig.imshow(image_files.load_rgb(path))
+    except UserError:
+      pass
+    orig.set_title(pathlib.Path(path).name, fontsize=8)
+    seen.imshow(model_input.squeeze(), cmap="gray" if model_input.shape[-1] == 1 else None, vmin=0, vmax=255)
+    seen.set_title(f"model input {model_input.shape[0]}x{model_input.shape[1]}", fontsize=8)
+    for ax in (orig, seen):
+      ax.set_xticks([]), ax.set_yticks([])
+    bars.barh(range(len(class_names)), probs, color="#0072B2")
+    bars.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    bars.set_xlim(0, 1)
+    bars.invert_yaxis()
+  fig.savefig(out, dpi=100)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

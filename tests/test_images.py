@@ -1,0 +1,135 @@
+"""Image files into MNIST's format: polarity, centring, odd modes and bad files, on synthetic images."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from fluxdigits import images
+from fluxdigits.errors import UserError
+
+
+def drawn_seven(size=(300, 400), ink=20, paper=235, width=12, offset=(0, 0)):
+  """A '7' drawn off-centre, dark ink on light paper unless ink > paper."""
+  image = Image.new("L", size, paper)
+  draw = ImageDraw.Draw(image)
+  x, y = 60 + offset[0], 80 + offset[1]
+  draw.line([(x, y), (x + 120, y), (x + 50, y + 200)], fill=ink, width=width)
+  return image
+
+
+def check_mnist_like(digit):
+  assert digit.shape == (28, 28, 1) and digit.dtype == np.uint8
+  ink = digit[..., 0] > 128
+  rows, cols = np.nonzero(ink)
+  assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in (19, 20, 21)  # longer side 20 px
+  cy, cx = ndimage.center_of_mass(digit[..., 0].astype(float))
+  assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # centre of mass in the middle
+  assert digit[0].max() == 0 and digit[:, 0].max() == 0  # black background
+
+
+@pytest.mark.parametrize("ink,paper", [(20, 235), (235, 20)])
+def test_both_polarities_give_white_ink_on_black(tmp_path, ink, paper):
+  path = tmp_path / "seven.png"
+  drawn_seven(ink=ink, paper=paper).save(path)
+  check_mnist_like(images.read_mnist(path))
+
+
+def test_position_and_shadow_do_not_change_the_input(tmp_path):
+  plain, shadowed = tmp_path / "plain.png", tmp_path / "shadow.png"
+  drawn_seven().save(plain)
+  shifted = np.asarray(drawn_seven(offset=(90, 100), size=(450, 500)), np.float32)
+  gradient = np.linspace(0.45, 1.0, shifted.shape[1])[None, :]  # light falling off to one side
+  Image.fromarray((shifted * gradient).astype(np.uint8)).save(shadowed)
+  a, b = images.read_mnist(plain).astype(int), images.read_mnist(shadowed).astype(int)
+  assert np.abs(a - b).mean() < 12
+
+
+def test_thin_and_thick_strokes_end_near_mnist_width(tmp_path):
+  widths = []
+  for width in (2, 40):
+    path = tmp_path / f"w{width}.png"
+    drawn_seven(size=(600, 700), width=width).save(path)
+    widths.append(images._stroke_width(images.read_mnist(path)[..., 0] > 100))
+  assert all(1.5 < w < 5 for w in widths), widths
+
+
+def test_blank_image_is_one_error_naming_the_file(tmp_path):
+  path = tmp_path / "blank.png"
+  Image.new("L", (200, 200), 240).save(path)
+  with pytest.raises(UserError, match="blank.png.*no ink"):
+    images.read_mnist(path)
+
+
+@pytest.mark.parametrize("content,match", [(b"hello", "not an image"), (None, "no such file")])
+def test_not_an_image(tmp_path, content, match):
+  path = tmp_path / "x.png"
+  if content is not None:
+    path.write_bytes(content)
+  with pytest.raises(UserError, match=match):
+    images.read_mnist(path)
+
+
+def test_truncated_file(tmp_path):
+  full, cut = tmp_path / "full.png", tmp_path / "cut.png"
+  drawn_seven().save(full)
+  cut.write_bytes(full.read_bytes()[:400])
+  with pytest.raises(UserError, match="cut.png: truncated or corrupt"):
+    images.read_mnist(cut)
+
+
+def test_palette_cmyk_16_bit_rgba_and_animated_gif(tmp_path):
+  seven = drawn_seven()
+  reference = images.read_mnist(_save(tmp_path / "ref.png", seven)).astype(int)
+  variants = {
+      "palette.png": seven.convert("P"),
+      "cmyk.jpg": seven.convert("CMYK"),
+      "sixteen.png": Image.fromarray(np.asarray(seven, np.uint16) * 257),
+  }
+  rgba = Image.new("RGBA", seven.size, (0, 0, 0, 0))  # transparent background: ink only
+  rgba.putalpha(Image.eval(seven, lambda v: 255 - v))
+  variants["alpha.png"] = rgba
+  for name, image in variants.items():
+    got = images.read_mnist(_save(tmp_path / name, image)).astype(int)
+    assert np.abs(got - reference).mean() < 12, name
+  gif = tmp_path / "anim.gif"
+  seven.save(gif, save_all=True, append_images=[Image.new("L", seven.size, 235)], duration=100)
+  assert np.abs(images.read_mnist(gif).astype(int) - reference).mean() < 12
+
+
+def _save(path, image):
+  image.save(path)
+  return path
+
+
+def test_huge_jpeg_is_reduced_on_load_and_huge_png_refused(tmp_path):
+  big = drawn_seven(size=(300, 400)).resize((12000, 16000), Image.Resampling.NEAREST)
+  big.save(tmp_path / "big.jpg", quality=50)
+  check_mnist_like(images.read_mnist(tmp_path / "big.jpg"))
+  big.save(tmp_path / "big.png", compress_level=1)
+  del big
+  with pytest.raises(UserError, match="big.png: 12000x16000 pixels is too large"):
+    images.read_mnist(tmp_path / "big.png")
+
+
+def test_a_number_is_split_left_to_right(tmp_path):
+  image = Image.new("L", (700, 260), 230)
+  draw = ImageDraw.Draw(image)
+  draw.line([(40, 40), (40, 220)], fill=10, width=14)  # 1
+  draw.ellipse([(180, 40), (300, 220)], outline=10, width=14)  # 0
+  draw.line([(400, 40), (520, 40), (450, 220)], fill=10, width=14)  # 7
+  path = _save(tmp_path / "number.png", image)
+  digits = images.read_digits(path)
+  assert len(digits) == 3
+  widths = [np.ptp(np.nonzero(d[..., 0].max(0) > 128)[0]) for d in digits]
+  assert widths[0] < 8 < widths[1]  # the '1' first, then the round '0'
+
+
+def test_cifar_and_fashion_formats(tmp_path):
+  path = _save(tmp_path / "photo.png", Image.new("RGB", (640, 480), (200, 30, 30)))
+  cifar = images.read_cifar10(path)
+  assert cifar.shape == (32, 32, 3) and cifar.dtype == np.uint8 and tuple(cifar[16, 16]) == (200, 30, 30)
+  shirt = Image.new("L", (300, 500), 255)
+  ImageDraw.Draw(shirt).rectangle([(50, 100), (250, 400)], fill=60)
+  fashion = images.read_fashion_mnist(_save(tmp_path / "shirt.png", shirt))
+  assert fashion.shape == (28, 28, 1) and fashion[14, 14, 0] > 200 and fashion[0, 0, 0] == 0
