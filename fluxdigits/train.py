@@ -134,13 +134,19 @@ def make_train_chunk(preprocess, augment_fn, label_smoothing):
   return train_chunk
 
 
-def make_predict(apply_fn, preprocess):
-  """Logits for one batch, with BatchNorm's running statistics and without dropout."""
+def make_predict(apply_fn, preprocess, flip=False):
+  """Logits for one batch, with BatchNorm's running statistics and without dropout.
+
+  With `flip`, the mean of the logits of each image and of its mirror image (test-time augmentation).
+  """
 
   @jax.jit
   def predict(params, batch_stats, images, idx):
     x = preprocess(images[idx])
-    return apply_fn({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
+    if flip:
+      x = jnp.concatenate([x, x[:, :, ::-1]])
+    logits = apply_fn({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
+    return logits.reshape(2, -1, logits.shape[-1]).mean(0) if flip else logits
 
   return predict
 
@@ -178,7 +184,7 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
   relative_rate = optim.schedule(config, steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
   train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
-  predict = make_predict(model.apply, preprocess)
+  predict = make_predict(model.apply, preprocess, config.test_time_flip)
 
   manager = checkpoint.manager(workdir, config)
   progress = checkpoint.Progress()
