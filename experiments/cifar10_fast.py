@@ -13,22 +13,22 @@ def get_config():
   config = defaults()
   config.dataset.name = "cifar10"
   config.model.name = "airbench"
-  config.model.width = 32
+  config.model.width = 24
   config.augment.name = "cifar"
   config.augment.crop_padding = 2
   config.test_time_flip = True
   config.label_smoothing = 0.2
-  # airbench94's step sizes for a mean loss over 512 images: rate 0.75, and a weight decay of 0.1%
+  # airbench94's step sizes for a mean loss over 256 images: rate 0.375, and a weight decay of 0.05%
   # of the weights per step at the peak rate.
   config.optimizer.name = "momentum"
   config.optimizer.nesterov = True
   config.optimizer.momentum = 0.85
-  config.optimizer.learning_rate = 0.75
+  config.optimizer.learning_rate = 0.375
   config.optimizer.weight_decay = 1.33e-3
   config.schedule.name = "one_cycle"
   config.schedule.one_cycle_pct_start = 0.2
-  config.batch_size = 512
-  config.num_epochs = 8
+  config.batch_size = 256
+  config.num_epochs = 4
   config.validation_fraction = 0.0
   config.steps_per_call = 2000  # one compiled call per epoch: a single shape to compile
   config.checkpoint.every_epochs = config.num_epochs
