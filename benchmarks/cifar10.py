@@ -47,7 +47,8 @@ def main():
   if args.skip_resnet:
     return
   experiment = ROOT / "experiments" / "cifar10_resnet.py"
-  partial = time_run(experiment, ["--config.num_epochs=1", f"--config.dataset.max_train_examples={args.resnet_examples}"])
+  partial = time_run(experiment, ["--config.num_epochs=1", "--config.schedule.warmup_epochs=0.5",
+                                  f"--config.dataset.max_train_examples={args.resnet_examples}"])
   resnet = {**partial, **project_full_run(partial, experiment)}
   path = write_record(resnet, args.out, "projected")
   print(f"{resnet['experiment']}: {resnet['images_per_s']:.1f} training images/s, {resnet['projected_epoch_s'] / 60:.0f} min "

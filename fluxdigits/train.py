@@ -99,6 +99,15 @@ def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
   return init(jax.random.key(config.seed))
 
 
+def whiten_stem(state, images) -> TrainState:
+  """AirbenchNet's stem (raw and averaged weights) set to whiten the 3x3 patches of `images`."""
+  kernel = models.whitening_kernel(images, state.params["stem"]["kernel"].shape[-1])
+  # A copy each: the train step donates its state, and one buffer cannot be donated twice.
+  with_kernel = lambda params: {**params, "stem": {**params["stem"], "kernel": jnp.copy(kernel)}}
+  ema = {**state.ema, "params": with_kernel(state.ema["params"])} if state.ema else state.ema
+  return state.replace(params=with_kernel(state.params), ema=ema)
+
+
 def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
@@ -183,6 +192,8 @@ def train_and_evaluate(config, workdir, log=print) -> dict:
   num_params = count_params(state.params)
   relative_rate = optim.schedule(config, steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
+  if config.model.name == "airbench":
+    state = whiten_stem(state, preprocess(dataset.train.images[:1000]))
   train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
   predict = make_predict(model.apply, preprocess, config.test_time_flip)
 
