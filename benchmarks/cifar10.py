@@ -30,7 +30,8 @@ def project_full_run(partial, experiment) -> dict:
   epoch_s = seconds_per_image * full_epoch_images
   fixed_s = partial["wall_s"] - partial["train_s"]
   return {"measured_images": n, "images_per_s": 1 / seconds_per_image, "projected_epoch_s": epoch_s,
-          "fixed_s": fixed_s, "epochs": config.num_epochs, "projected_run_s": fixed_s + config.num_epochs * epoch_s}
+          "fixed_s": fixed_s, "projected_epochs": config.num_epochs,
+          "projected_run_s": fixed_s + config.num_epochs * epoch_s}
 
 
 def main():
@@ -52,7 +53,7 @@ def main():
   resnet = {**partial, **project_full_run(partial, experiment)}
   path = write_record(resnet, args.out, "projected")
   print(f"{resnet['experiment']}: {resnet['images_per_s']:.1f} training images/s, {resnet['projected_epoch_s'] / 60:.0f} min "
-        f"per epoch; {resnet['epochs']} epochs projected to {resnet['projected_run_s'] / 3600:.1f} h -> {path}")
+        f"per epoch; {resnet['projected_epochs']} epochs projected to {resnet['projected_run_s'] / 3600:.1f} h -> {path}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def test_fashion_mnist_cnn_learns_real_fashion_mnist(tmp_path):
 
 def test_cifar10_fast_learns_real_cifar10(tmp_path):
   data_dir_with("cifar10")
-  summary = train_briefly("cifar10_fast.py", tmp_path, "--config.dataset.max_train_examples=8192", "--config.model.width=16")
-  assert summary["test_examples"] == 10_000 and summary["test_accuracy"] >= 0.35, summary  # chance: 10%
-  per_class = (tmp_path / "report" / "per_class.csv").read_text()
-  assert "airplane" in per_class and "truck" in per_class
+  # Narrow, one epoch on 8,192 images, no report and no test-time flip: the test pass over all 10,000
+  # test images costs as much as the training. The report's class names are checked on Fashion-MNIST.
+  summary = train_briefly("cifar10_fast.py", tmp_path, "--config.dataset.max_train_examples=8192", "--config.model.width=16",
+                          "--config.test_time_flip=false", "--config.report=false")
+  assert summary["test_examples"] == 10_000 and summary["test_accuracy"] >= 0.30, summary  # chance: 10%; 35.4% on 2 Xeon cores
