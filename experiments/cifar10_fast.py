@@ -1,9 +1,10 @@
-"""The fastest route found to CIFAR-10 test accuracy on a 2-core CPU: airbench94's recipe, narrower.
+"""The most CIFAR-10 accuracy found for ~10 minutes of a 2-core CPU: airbench94's recipe on a narrower net.
 
-Keller Jordan's airbench94 (BatchNorm conv net 64-256-256, flip and 2-pixel translate augmentation,
-label smoothing 0.2, SGD Nesterov with a short warm-up and decay, weight averaging, test-time flip)
-reaches 94% in ~10 epochs on a GPU; at 64-256-256 one epoch takes far too long on two CPU cores,
-so this net is narrower. benchmarks/cifar10.py times it from process start.
+Keller Jordan's airbench94 (BatchNorm conv net 64-256-256 with a whitened stem, flip and 2-pixel
+translation, label smoothing 0.2, SGD Nesterov with a short warm-up and decay, test-time flip)
+reaches 94% in ~10 epochs on a GPU. Its 146 million multiply-adds per image are far too many for
+two CPU cores, so this net is 24-96-96 (24.5 million): 83.26% test accuracy in 734 s from process
+start (4 epochs of ~140-190 s), not 90%; benchmarks/cifar10.py times it (README, Benchmarks).
 """
 
 from fluxdigits.config import defaults
