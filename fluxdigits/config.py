@@ -16,7 +16,7 @@ import ml_collections
 from fluxdigits.errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "idx")
-MODELS = ("mlp", "cnn", "cnn_dropout", "cnn_deep", "resnet")
+MODELS = ("mlp", "cnn", "cnn_dropout", "cnn_deep", "resnet", "airbench")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 AUGMENTATIONS = ("none", "digits", "cifar")
@@ -45,6 +45,8 @@ def defaults() -> ml_collections.ConfigDict:
   # 0 evaluates the raw weights, as Keras and PyTorch do. Chosen on validation accuracy:
   # benchmarks/NOTES.md ("Weight averaging").
   c.ema_decay = 0.999
+  # Evaluate each image and its mirror image and average the logits (validation, test, report).
+  c.test_time_flip = False
   # bf16 activations and matmuls, f32 parameters and optimizer state (for GPU and TPU).
   c.mixed_precision = False
   # Write WORKDIR/report/ at the end of the run.
@@ -70,6 +72,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.name = "cnn"
   c.model.dropout_rate = 0.25  # cnn_dropout and cnn_deep; mlp and cnn have no dropout
   c.model.depth = 20  # resnet only: 20 (CIFAR ResNet-20) or 18 (ResNet-18)
+  c.model.width = 64  # airbench only: its ConvGroups are width, 4 x width, 4 x width wide (airbench94: 64)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
@@ -252,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
   _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
   _require(c.dataset.max_train_examples >= 0, "dataset.max_train_examples must be >= 0 (0 uses every example)")
+  _require(c.model.width >= 1, f"model.width must be at least 1, got {c.model.width}")
   _require(c.patience >= 0, f"patience must be >= 0 (0 turns early stopping off), got {c.patience}")
   _require(0.0 <= c.model.dropout_rate < 1.0, f"model.dropout_rate must be in [0, 1), got {c.model.dropout_rate}")
   _require(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {c.ema_decay}")

@@ -179,6 +179,58 @@ class ResNet(nn.Module):
     return nn.Dense(NUM_CLASSES, dtype=self.dtype)(x.mean(axis=(1, 2)))
 
 
+class ConvGroup(nn.Module):
+  """airbench's block: conv, 2x2 max-pool, BatchNorm, GELU, conv, BatchNorm, GELU."""
+  features: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for pool in (True, False):
+      x = Conv3x3(self.features, nn.initializers.lecun_normal(), self.dtype, padding="SAME", use_bias=False)(x)
+      x = max_pool_2x2(x) if pool else x
+      x = nn.gelu(_airbench_norm(train, self.dtype)(x))
+    return x
+
+
+def _airbench_norm(train, dtype):
+  # No learned scale, and statistics that follow the weights quickly: a short run has few steps.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.6, epsilon=1e-5, use_scale=False, dtype=dtype)
+
+
+class AirbenchNet(nn.Module):
+  """Keller Jordan's airbench94 CIFAR-10 net, widths scaled by `width` (airbench94: 64, so 64-256-256).
+
+  A 3x3 stem of 24 channels (the trainer initialises it with `whitening_kernel`; airbench whitens
+  2x2 patches and freezes the stem, this one keeps training), three ConvGroups of width, 4 x width,
+  4 x width, a global max-pool, and a linear head whose logits are scaled by 1/9, as in airbench.
+  """
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = Conv3x3(24, nn.initializers.lecun_normal(), self.dtype, padding="SAME", use_bias=False, name="stem")(x)
+    x = nn.gelu(_airbench_norm(train, self.dtype)(x))
+    for features in (self.width, 4 * self.width, 4 * self.width):
+      x = ConvGroup(features, self.dtype)(x, train)
+    x = x.max(axis=(1, 2))
+    return nn.Dense(NUM_CLASSES, use_bias=False, dtype=self.dtype)(x) / 9
+
+
+def whitening_kernel(images, features: int, eps: float = 5e-4):
+  """(3, 3, channels, features) kernel mapping each 3x3 patch onto its top features/2 principal
+  directions, scaled to unit variance, and their negations: airbench's patch whitening, which makes
+  the first layer's outputs decorrelated from the first step on."""
+  n, h, w, c = images.shape
+  # The (row, column, channel) order of Conv3x3's patches, so the result reshapes into its kernel.
+  patches = jnp.concatenate([images[:, i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)], axis=-1)
+  patches = patches.reshape(-1, 9 * c).astype(jnp.float32)
+  eigenvalues, eigenvectors = jnp.linalg.eigh(patches.T @ patches / len(patches))  # ascending order
+  top = eigenvectors[:, ::-1][:, : features // 2] / jnp.sqrt(eigenvalues[::-1][: features // 2] + eps)
+  return jnp.concatenate([top, -top], axis=1).reshape(3, 3, c, features)
+
+
 def compute_dtype(config):
   """The dtype of activations and matmuls; parameters stay float32 either way."""
   return jnp.bfloat16 if config.mixed_precision else jnp.float32
@@ -193,4 +245,5 @@ def create(config) -> nn.Module:
       "cnn_dropout": lambda: CNN(dropout_rate=m.dropout_rate, dtype=dtype),
       "cnn_deep": lambda: DeepCNN(dropout_rate=m.dropout_rate, dtype=dtype),
       "resnet": lambda: ResNet(depth=m.depth, dtype=dtype),
+      "airbench": lambda: AirbenchNet(width=m.width, dtype=dtype),
   }[m.name]()

@@ -87,7 +87,7 @@ def test_logits(config, state, dataset: data.Dataset) -> np.ndarray:
   """(n_test, classes) logits, computed by the same predict functions that training evaluates with."""
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
-  predict = train.make_predict(state.apply_fn, train.preprocess_for(config, dataset))
+  predict = train.make_predict(state.apply_fn, train.preprocess_for(config, dataset), config.test_time_flip)
   variables = meshes.replicate(state.evaluated_variables(), mesh)
   images = meshes.replicate(dataset.test.images, mesh)
   return train.predict_split(predict, variables, images, len(dataset.test), config.eval_batch_size, mesh)

@@ -99,6 +99,15 @@ def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
   return init(jax.random.key(config.seed))
 
 
+def whiten_stem(state, images) -> TrainState:
+  """AirbenchNet's stem (raw and averaged weights) set to whiten the 3x3 patches of `images`."""
+  kernel = models.whitening_kernel(images, state.params["stem"]["kernel"].shape[-1])
+  # A copy each: the train step donates its state, and one buffer cannot be donated twice.
+  with_kernel = lambda params: {**params, "stem": {**params["stem"], "kernel": jnp.copy(kernel)}}
+  ema = {**state.ema, "params": with_kernel(state.ema["params"])} if state.ema else state.ema
+  return state.replace(params=with_kernel(state.params), ema=ema)
+
+
 def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
@@ -134,13 +143,19 @@ def make_train_chunk(preprocess, augment_fn, label_smoothing):
   return train_chunk
 
 
-def make_predict(apply_fn, preprocess):
-  """Logits for one batch, with BatchNorm's running statistics and without dropout."""
+def make_predict(apply_fn, preprocess, flip=False):
+  """Logits for one batch, with BatchNorm's running statistics and without dropout.
+
+  With `flip`, the mean of the logits of each image and of its mirror image (test-time augmentation).
+  """
 
   @jax.jit
   def predict(params, batch_stats, images, idx):
     x = preprocess(images[idx])
-    return apply_fn({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
+    if flip:
+      x = jnp.concatenate([x, x[:, :, ::-1]])
+    logits = apply_fn({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
+    return logits.reshape(2, -1, logits.shape[-1]).mean(0) if flip else logits
 
   return predict
 
@@ -187,8 +202,11 @@ def build(config, log=print) -> tuple[Trainer, TrainState]:
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
   model = models.create(config)
-  state = meshes.replicate(create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch), mesh)
+  state = create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
+  if config.model.name == "airbench":
+    state = whiten_stem(state, preprocess(dataset.train.images[:1000]))
+  state = meshes.replicate(state, mesh)
   device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
                    "validation": meshes.replicate(dataset.validation.images, mesh),
                    "test": meshes.replicate(dataset.test.images, mesh)}
@@ -202,7 +220,8 @@ def build(config, log=print) -> tuple[Trainer, TrainState]:
     idx = meshes.shard_batches(np.zeros((length, config.batch_size), np.int32), mesh)
     train_chunks[length] = train_chunk.lower(state, *device_images["train"], idx).compile()
   trainer = Trainer(config, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
-                    optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess), device_images,
+                    optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess, config.test_time_flip),
+                    device_images,
                     time.perf_counter() - compile_start)
   return trainer, state
 

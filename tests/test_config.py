@@ -13,7 +13,7 @@ CNN = str(EXPERIMENTS / "mnist_cnn.py")
 def test_every_experiment_file_loads_and_validates():
   files = sorted(EXPERIMENTS.glob("*.py"))
   assert {f.stem for f in files} >= {"mnist_mlp", "mnist_cnn", "mnist_cnn_dropout", "mnist_cnn_deep", "mnist_resnet",
-                                     "fashion_mnist_cnn", "cifar10_resnet"}
+                                     "fashion_mnist_cnn", "cifar10_resnet", "cifar10_fast"}
   for file in files:
     configs.validate(configs.load(str(file)))
 

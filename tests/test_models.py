@@ -54,6 +54,27 @@ def test_resnet_parameter_counts_match_the_published_cifar_models(depth, expecte
   assert model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False).shape == (3, 10)
 
 
+def test_airbench_parameter_count_and_width():
+  width = 8
+  expected = (conv(3, 3, 24, bias=False) + 24  # BatchNorm has a bias but no scale
+              + conv(3, 24, width, False) + width + conv(3, width, width, False) + width
+              + conv(3, width, 4 * width, False) + 4 * width + conv(3, 4 * width, 4 * width, False) + 4 * width
+              + 2 * (conv(3, 4 * width, 4 * width, False) + 4 * width) + 4 * width * 10)
+  model = make("airbench", width=width)
+  variables = init(model, (32, 32, 3))
+  assert train.count_params(variables["params"]) == expected
+  assert model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False).shape == (3, 10)
+
+
+def test_whitening_kernel_decorrelates_3x3_patches():
+  noise = jax.random.normal(jax.random.key(0), (64, 18, 18, 3))
+  images = (noise[:, 1:-1, 1:-1] + noise[:, :-2, 1:-1] + noise[:, 1:-1, :-2]) * jnp.array([1.0, 2.0, 0.5])  # correlated pixels
+  kernel = models.whitening_kernel(images, features=24, eps=0.0)
+  out = models.Conv3x3(24, use_bias=False).apply({"params": {"kernel": kernel}}, images).reshape(-1, 24)
+  np.testing.assert_allclose(out[:, :12].T @ out[:, :12] / len(out), np.eye(12), atol=1e-3)
+  np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)
+
+
 def test_resnet_batchnorm_uses_batch_statistics_in_training_and_running_averages_in_eval():
   model = make("resnet", depth=20)
   variables = init(model, (28, 28, 1))

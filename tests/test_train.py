@@ -83,6 +83,20 @@ def test_eval_counts_every_example_exactly_once(mnist):
   assert metrics["count"] == 1003
 
 
+def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror(mnist):
+  config = mnist_config()
+  model = models.create(config)
+  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
+  preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
+  variables, idx = (state.params, state.batch_stats), jnp.arange(16)
+  images = mnist.test.images[:16]
+  plain, flipped = train.make_predict(model.apply, preprocess), train.make_predict(model.apply, preprocess, flip=True)
+  expected = (plain(*variables, images, idx) + plain(*variables, images[:, :, ::-1], idx)) / 2
+  np.testing.assert_allclose(flipped(*variables, images, idx), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(flipped(*variables, images[:, :, ::-1], idx), expected, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(plain(*variables, images, idx), expected, atol=1e-3)
+
+
 def test_classification_metrics():
   logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]]))
   m = train.classification_metrics(logits, np.array([0, 2, 1]))
