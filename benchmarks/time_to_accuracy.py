@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from step_throughput import ROOT, device_name, slug  # noqa: E402
+from step_throughput import ROOT, device_name, write_record  # noqa: E402
 
 
 def main():
@@ -41,10 +41,7 @@ def main():
       "wall_s": wall, "wall_without_compile_s": wall - summary["compile_seconds"], "compile_s": summary["compile_seconds"],
       "train_s": summary["train_seconds"], "epochs": summary["epochs_run"], "peak_rss_mib": peak_mib,
   }
-  out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  path = out_dir / f"{record['date']}-{slug(record['device'])}-time-to-accuracy.json"
-  path.write_text(json.dumps(record, indent=2) + "\n")
+  path = write_record(record, args.out, "-time-to-accuracy")
   verdict = "reached" if record["reached"] else "NOT reached"
   print(f"{record['experiment']}: test accuracy {record['test_accuracy']:.4f} ({verdict} {args.target:.3f}) in "
         f"{wall:.1f} s wall ({record['wall_without_compile_s']:.1f} s without the {record['compile_s']:.1f} s compile; "
