@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT  # noqa: E402
-from time_to_accuracy import describe, time_run, write_record  # noqa: E402
+from time_to_accuracy import describe, time_run, write_run_record  # noqa: E402
 
 from fluxdigits import config as configs  # noqa: E402
 
@@ -44,14 +44,14 @@ def main():
   args, overrides = parser.parse_known_args()
   if not args.skip_fast:
     fast = time_run(ROOT / "experiments" / "cifar10_fast.py", overrides, args.target)
-    print(f"{describe(fast)} -> {write_record(fast, args.out, 'time-to-accuracy')}")
+    print(f"{describe(fast)} -> {write_run_record(fast, args.out, 'time-to-accuracy')}")
   if args.skip_resnet:
     return
   experiment = ROOT / "experiments" / "cifar10_resnet.py"
   partial = time_run(experiment, ["--config.num_epochs=1", "--config.schedule.warmup_epochs=0.5",
                                   f"--config.dataset.max_train_examples={args.resnet_examples}"])
   resnet = {**partial, **project_full_run(partial, experiment)}
-  path = write_record(resnet, args.out, "projected")
+  path = write_run_record(resnet, args.out, "projected")
   print(f"{resnet['experiment']}: {resnet['images_per_s']:.1f} training images/s, {resnet['projected_epoch_s'] / 60:.0f} min "
         f"per epoch; {resnet['projected_epochs']} epochs projected to {resnet['projected_run_s'] / 3600:.1f} h -> {path}")
 

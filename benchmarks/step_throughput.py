@@ -134,6 +134,15 @@ def slug(text: str) -> str:
   return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def write_record(record: dict, out: str, suffix: str = "") -> pathlib.Path:
+  """record as benchmarks/results-style JSON: OUT/DATE-DEVICE[SUFFIX].json."""
+  out_dir = pathlib.Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / f"{record['date']}-{slug(record['device'])}{suffix}.json"
+  path.write_text(json.dumps(record, indent=2) + "\n")
+  return path
+
+
 def table(results) -> str:
   by_key = {(r["system"], r["batch_size"]): r for r in results}
   rows = ["| system | batch | images/s | vs PyTorch | vs Keras | compile s | test accuracy |",
@@ -170,10 +179,7 @@ def main():
   device = device_name()
   record = {"device": device, "epochs": args.epochs, "train_images": TRAIN_IMAGES,
             "date": datetime.date.today().isoformat(), "results": results}
-  out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  path = out_dir / f"{record['date']}-{slug(device)}.json"
-  path.write_text(json.dumps(record, indent=2) + "\n")
+  path = write_record(record, args.out)
   print(f"{device}, {args.epochs} epochs of {TRAIN_IMAGES:,} MNIST images\n")
   print(table(results))
   print(f"\n-> {path}")

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from step_throughput import ROOT, device_name, slug  # noqa: E402
+from step_throughput import ROOT, device_name, slug, write_record  # noqa: E402
 
 
 def time_run(experiment, overrides, target=None) -> dict:
@@ -42,14 +42,9 @@ def time_run(experiment, overrides, target=None) -> dict:
   }
 
 
-def write_record(record, out, kind) -> pathlib.Path:
+def write_run_record(record, out, kind) -> pathlib.Path:
   """benchmarks/results/DATE-DEVICE-EXPERIMENT-KIND.json"""
-  out_dir = pathlib.Path(out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  stem = pathlib.Path(record["experiment"]).stem
-  path = out_dir / f"{record['date']}-{slug(record['device'])}-{slug(stem)}-{kind}.json"
-  path.write_text(json.dumps(record, indent=2) + "\n")
-  return path
+  return write_record(record, out, f"-{slug(pathlib.Path(record['experiment']).stem)}-{kind}")
 
 
 def describe(record) -> str:
@@ -66,7 +61,7 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   args, overrides = parser.parse_known_args()
   record = time_run(args.experiment, overrides, args.target)
-  path = write_record(record, args.out, "time-to-accuracy")
+  path = write_run_record(record, args.out, "time-to-accuracy")
   print(f"{describe(record)} -> {path}")
 
 

@@ -14,7 +14,6 @@ seed 004's (8,435 steps) the two largest decays give the same average.
 import argparse
 import datetime
 import functools
-import json
 import pathlib
 import sys
 
@@ -25,7 +24,7 @@ import numpy as np
 from fluxdigits import config as configs, data, mesh as meshes, models, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from step_throughput import ROOT, device_name, slug  # noqa: E402
+from step_throughput import ROOT, device_name, write_record  # noqa: E402
 
 DECAYS = (0.99, 0.995, 0.998, 0.999, 0.9995)
 
@@ -92,10 +91,7 @@ def main():
   record = {"device": device_name(), "date": datetime.date.today().isoformat(),
             "experiment": str(pathlib.Path(args.experiment).resolve().relative_to(ROOT)),
             "weights": names, "runs": runs}
-  out_dir = pathlib.Path(args.out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  path = out_dir / f"{record['date']}-{slug(record['device'])}-weight-averaging.json"
-  path.write_text(json.dumps(record, indent=2) + "\n")
+  path = write_record(record, args.out, "-weight-averaging")
   print(f"-> {path}")
 
 

@@ -1,10 +1,12 @@
 """The classifiers, as flax.linen modules: `model(x, train=...)` maps normalised images to logits."""
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 NUM_CLASSES = 10
 # Keras' default kernel initialiser: the seed notebooks' recipes (learning rates, epochs) were
@@ -59,14 +61,67 @@ def max_pool_2x2(x):
   return _max_pool_2x2_even(x[:, : h // 2 * 2, : w // 2 * 2])
 
 
+def _patches(x, strides, padding, with_ones):
+  """(n, out_h, out_w, 9 * channels [+ 1]): the 3x3 windows of x, tap-major, and a channel of ones if asked."""
+  n, h, w, _ = x.shape
+  s = strides
+  if padding == "SAME":
+    out_h, out_w = -(-h // s), -(-w // s)
+    pad_h, pad_w = max((out_h - 1) * s + 3 - h, 0), max((out_w - 1) * s + 3 - w, 0)
+    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  else:
+    out_h, out_w = (h - 3) // s + 1, (w - 3) // s + 1
+  patches = [x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s] for i in range(3) for j in range(3)]
+  if with_ones:
+    patches.append(jnp.ones((n, out_h, out_w, 1), x.dtype))
+  return jnp.concatenate(patches, axis=-1)
+
+
+def _conv(x, kernel, padding):
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_stride1(x, kernel, bias, padding):
+  """A stride-1 3x3 convolution whose forward pass and input gradient are both XLA forward convolutions."""
+  y = _conv(x, kernel, padding)
+  return y if bias is None else y + bias
+
+
+def _conv_stride1_forward(x, kernel, bias, padding):
+  return conv_stride1(x, kernel, bias, padding), (x, kernel, bias)
+
+
+def _conv_stride1_backward(padding, residuals, grad):
+  # Inside the train loop's lax.scan, XLA:CPU runs the convolutions of JAX's own gradient rules (input
+  # dilated or batch and feature swapped) 50-70x slower than a forward convolution: here the input
+  # gradient is a forward convolution with the flipped kernel, and the kernel (and bias) gradient
+  # one matmul of the patches.
+  x, kernel, bias = residuals
+  flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+  input_grad = _conv(grad, flipped, "SAME" if padding == "SAME" else ((2, 2), (2, 2)))
+  patches = _patches(x, 1, padding, with_ones=bias is not None)
+  features = kernel.shape[-1]
+  weight_grad = patches.reshape(-1, patches.shape[-1]).T @ grad.reshape(-1, features)
+  kernel_grad = weight_grad[:9 * x.shape[-1]].reshape(kernel.shape)
+  return input_grad, kernel_grad, None if bias is None else weight_grad[-1]
+
+
+conv_stride1.defvjp(_conv_stride1_forward, _conv_stride1_backward)
+
+# From this many input channels on, a stride-1 3x3 convolution is `conv_stride1`; below, one matmul
+# of its patches, whose 9x larger patch array is cheap when the channels are few.
+CONV_MIN_CHANNELS = 16
+
+
 class Conv3x3(nn.Module):
   """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias).
 
-  Computed as one matmul of the 3x3 patches (im2col), with a column of ones appended when there
-  is a bias, so that the bias is a row of the same matmul. On CPU, at these sizes, XLA's
-  convolution is slower than the matmul, its kernel gradient several times slower, and a bias
-  gradient (a reduction over all positions) as slow as the rest of the step together; here both
-  gradients are the one matmul patches^T @ grad.
+  With few input channels (a first layer) or stride 2: one matmul of the 3x3 patches (im2col), with
+  a column of ones appended when there is a bias, so that the bias is a row of the same matmul.
+  There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
+  slower, and a bias gradient (a reduction over all positions) as slow as the rest of the step;
+  here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1`.
   """
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -78,23 +133,33 @@ class Conv3x3(nn.Module):
   @nn.compact
   def __call__(self, x):
     n, h, w, channels = x.shape
-    kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32)
-    weights = [kernel.reshape(9 * channels, self.features)]
+    kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
     x = x.astype(self.dtype)
-    s = self.strides
-    if self.padding == "SAME":
-      out_h, out_w = -(-h // s), -(-w // s)
-      pad_h, pad_w = max((out_h - 1) * s + 3 - h, 0), max((out_w - 1) * s + 3 - w, 0)
-      x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    else:
-      out_h, out_w = (h - 3) // s + 1, (w - 3) // s + 1
-    patches = [x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s] for i in range(3) for j in range(3)]
+    if channels >= CONV_MIN_CHANNELS and self.strides == 1:
+      return conv_stride1(x, kernel, bias, self.padding)
+    patches = _patches(x, self.strides, self.padding, with_ones=self.use_bias)
+    weights = kernel.reshape(9 * channels, self.features)
     if self.use_bias:
-      patches.append(jnp.ones((n, out_h, out_w, 1), self.dtype))
-      weights.append(self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)[None])
-    patches = jnp.concatenate(patches, axis=-1)
-    weights = jnp.concatenate(weights).astype(self.dtype)
-    return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(n, out_h, out_w, self.features)
+      weights = jnp.concatenate([weights, bias[None]])
+    return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(*patches.shape[:3], self.features)
+
+
+class Conv1x1(nn.Module):
+  """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False).
+
+  One matmul of the strided pixels: XLA:CPU's convolution computes the kernel gradient of the
+  strided 1x1 convolution about 30x slower than this matmul does.
+  """
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32)
+    s = self.strides
+    return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 
 class MLP(nn.Module):
@@ -154,7 +219,8 @@ class ResidualBlock(nn.Module):
     y = nn.relu(norm()(conv(self.strides)(x)))
     y = norm()(conv(1)(y))
     if x.shape != y.shape:  # projection shortcut where the stage changes width or resolution
-      x = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False, dtype=self.dtype)(x)
+      # Named as the nn.Conv it replaced, so that earlier checkpoints load.
+      x = Conv1x1(self.features, self.strides, self.dtype, name="Conv_0")(x)
       x = norm()(x)
     return nn.relu(x + y)
 

@@ -11,7 +11,7 @@ from fluxdigits import models
 
 @pytest.mark.parametrize("channels, features, strides, padding, use_bias", [
     (1, 32, 1, "VALID", True), (3, 8, 1, "VALID", True), (32, 64, 1, "VALID", True),
-    (3, 16, 1, "SAME", False), (16, 32, 2, "SAME", False), (4, 8, 2, "VALID", True)])
+    (3, 16, 1, "SAME", False), (16, 32, 2, "SAME", False), (4, 8, 2, "VALID", True), (16, 16, 1, "SAME", False)])
 def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, strides, padding, use_bias):
   x = jax.random.normal(jax.random.key(0), (2, 11, 8, channels))
   fast = models.Conv3x3(features, models.KERAS_INIT, strides=strides, padding=padding, use_bias=use_bias)
@@ -52,3 +52,18 @@ def test_max_pool_gives_a_tied_window_s_whole_gradient_to_its_first_maximum():
   x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
   grad = jax.grad(lambda x: models.max_pool_2x2(x).sum())(x)
   np.testing.assert_array_equal(grad.reshape(2, 2), [[1.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("size, strides", [(8, 2), (7, 2), (6, 1)])
+def test_conv1x1_matches_flax_conv_with_the_same_parameters(size, strides):
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  fast = models.Conv1x1(5, strides)
+  reference = nn.Conv(5, (1, 1), (strides, strides), use_bias=False)
+  params = fast.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, reference.init(jax.random.key(1), x))
+  np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+  loss = lambda module, params, x: jnp.sum(jnp.sin(module.apply(params, x)))
+  grads = jax.grad(loss, argnums=(1, 2))(fast, params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads,
+               jax.grad(loss, argnums=(1, 2))(reference, params, x))
+
