@@ -281,7 +281,7 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
 
 def best_value(trial):
   """A trial's best validation accuracy so far: its objective, or the best epoch it reported before it stopped."""
-  if trial.value is not None:
+  if trial.state == TrialState.COMPLETE:
     return trial.value
   return max(trial.intermediate_values.values(), default=None)
 
