@@ -259,7 +259,8 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
 
     def on_epoch(row):
       trial.report(row["val_accuracy"], row["epoch"])
-      if prune and trial.should_prune():
+      # The last epoch is never pruned: it has been paid for, and the trial is complete.
+      if prune and row["epoch"] < config.num_epochs and trial.should_prune():
         log(f"pruned after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the other trials")
         raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.4f} at epoch {row['epoch']}")
 
@@ -280,7 +281,7 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
 
 def best_value(trial):
   """A trial's best validation accuracy so far: its objective, or the best epoch it reported before it stopped."""
-  if trial.value is not None:
+  if trial.state == TrialState.COMPLETE:
     return trial.value
   return max(trial.intermediate_values.values(), default=None)
 
