@@ -115,7 +115,7 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
   result = Split(np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32))
   if cache_file:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(".partial.npz")
+    partial = cache_file.with_suffix(f".partial-{os.getpid()}.npz")  # processes of one host may write it at once
     np.savez(partial, images=result.images, labels=result.labels)
     partial.replace(cache_file)  # atomic: a killed run never leaves a half-written cache behind
   return result
