@@ -1,7 +1,7 @@
 """A multi-process job on one machine: 2 processes x 1 CPU device each, as 2 hosts would run it.
 
 The processes talk over localhost (jax.distributed, gloo collectives); the figures must be those of
-1 process with 2 devices, across kill -9 and resume.
+1 process with 2 devices, across a kill -9 and a resume.
 """
 
 import json
@@ -16,7 +16,7 @@ import pytest
 
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
 
-ARGS = [str(EXPERIMENTS / "mnist_cnn.py"), "--config.num_epochs=4", "--config.dataset.max_train_examples=2000",
+ARGS = [str(EXPERIMENTS / "mnist_cnn.py"), "--config.num_epochs=3", "--config.dataset.max_train_examples=2000",
         "--config.report=false"]
 ONE_DEVICE_EACH = {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "1"}
 HEARTBEAT_SECONDS = 10
@@ -57,34 +57,27 @@ def metrics_epochs(workdir):
   return [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_process_with_two_devices_across_kills_and_resumes(tmp_path):
+def test_two_processes_match_one_process_with_two_devices_across_a_kill_and_a_resume(tmp_path):
   one = run_cli(*ARGS, "--workdir", tmp_path / "one", env={"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "2"})
   assert one.returncode == 0, one.stderr
 
+  # kill -9 of process 1: process 0 stops by itself, with a message, well within the heartbeat timeout.
   workdir = tmp_path / "job"
   job = start_job(workdir)
   wait_for_checkpoint(workdir, 1, job)
-  for process in job:
-    process.send_signal(signal.SIGKILL)
-  assert [rc for rc, _, _ in finish(job)] == [-signal.SIGKILL] * 2
-  assert not (workdir / "summary.json").exists()
-
-  # Resumed, then process 1 dies: process 0 stops by itself, with a message, well within the heartbeat timeout.
-  job = start_job(workdir)
-  wait_for_checkpoint(workdir, 3, job)
   job[1].send_signal(signal.SIGKILL)
   killed_at = time.time()
-  (rc, out, err), _ = finish(job)
+  (rc, out, err), (rc_killed, _, _) = finish(job)
   assert time.time() - killed_at < HEARTBEAT_SECONDS + 20
-  assert rc != 0 and "resuming from epoch" in out
+  assert rc_killed == -signal.SIGKILL and rc != 0 and "epoch   1/3" in out
   assert "another process of the job has probably died" in err or "another task died" in err, err[-2000:]
   assert not (workdir / "summary.json").exists()
 
   (rc0, out0, err0), (rc1, out1, err1) = finish(start_job(workdir))
   assert rc0 == 0 and rc1 == 0, err0[-2000:] + err1[-2000:]
-  assert "resuming from epoch 3" in out0 and "test accuracy" in out0
-  assert out1 == "" and "epoch 4/4" not in err1  # only process 0 prints: lines and progress bar
-  assert metrics_epochs(workdir) == [1, 2, 3, 4]
+  assert "resuming from epoch" in out0 and "test accuracy" in out0
+  assert "epoch" not in out1 + err1 and "test accuracy" not in out1  # only process 0 prints: lines and progress bar
+  assert metrics_epochs(workdir) == [1, 2, 3]
 
   a, b = read_summary(tmp_path / "one"), read_summary(workdir)
   assert a["device"] == "2x cpu (cpu)" and b["device"] == "2x cpu (cpu) in 2 processes"
