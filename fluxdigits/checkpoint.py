@@ -80,11 +80,16 @@ class _KeepBest(policies.PreservationPolicy):
     return [c.step == best for c in checkpoints]
 
 
-def manager(workdir, config, create: bool = True) -> ocp.CheckpointManager:
+def manager(workdir, config, create: bool = True, this_process_only: bool = False) -> ocp.CheckpointManager:
+  """The run's checkpoints, used by every process of a job, or by this one alone (`this_process_only`: reading a run)."""
+  processes = ocp.options.MultiprocessingOptions()
+  if this_process_only:
+    processes = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(config.checkpoint.keep), _KeepBest()]),
       enable_async_checkpointing=True,
       create=create,
+      multiprocessing_options=processes,
   )
   mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"),
                                options=options)

@@ -183,7 +183,7 @@ def _read_cache(cache_file: pathlib.Path, expected: int) -> Split | None:
 
 
 def _write_cache(cache_file: pathlib.Path, split: Split) -> None:
-  partial = cache_file.with_suffix(".partial.npz")
+  partial = cache_file.with_suffix(f".partial-{os.getpid()}.npz")  # processes of one host may write it at once
   try:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     np.savez(partial, images=split.images, labels=split.labels)

@@ -1,18 +1,22 @@
-"""Placing arrays on every local device: a 1-D 'data' mesh, batches split along it, the rest replicated.
+"""Placing arrays on every device of the job: a 1-D 'data' mesh, batches split along it, the rest replicated.
 
-The same code runs on 1 CPU, 1 GPU or 8 TPU cores; XLA inserts the cross-device reductions
-(gradients, BatchNorm statistics) that the shardings imply.
+The same code runs on 1 CPU, 1 GPU, 8 TPU cores or the hosts of a multi-process job (distributed.py);
+XLA inserts the cross-device reductions (gradients, BatchNorm statistics) that the shardings imply.
+Every process computes the same host arrays (data, batch indices) and places only what its own
+devices hold.
 """
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fluxdigits.errors import UserError
 
 
-def data_mesh() -> Mesh:
-  return Mesh(np.array(jax.devices()), ("data",))
+def data_mesh(local: bool = False) -> Mesh:
+  """Over the whole job's devices, or this process's alone (`local`: work one process does by itself)."""
+  return Mesh(np.array(jax.local_devices() if local else jax.devices()), ("data",))
 
 
 def check_divisible(batch_size: int, key: str, mesh: Mesh):
@@ -26,12 +30,20 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def shard_batches(indices, mesh: Mesh):
-  """(..., batch) index arrays, split along their last axis."""
-  spec = P(*([None] * (np.ndim(indices) - 1)), "data")
-  return jax.device_put(indices, NamedSharding(mesh, spec))
+def shard_batches(indices: np.ndarray, mesh: Mesh):
+  """(..., batch) index arrays, split along their last axis; each process places only its devices' slices."""
+  sharding = NamedSharding(mesh, P(*([None] * (indices.ndim - 1)), "data"))
+  return jax.make_array_from_callback(indices.shape, sharding, lambda index: indices[index])
+
+
+def to_host(array) -> np.ndarray:
+  """A numpy copy of the whole array, also when other processes hold parts of it."""
+  if array.is_fully_addressable or array.is_fully_replicated:
+    return np.asarray(array)
+  return multihost_utils.process_allgather(array, tiled=True)
 
 
 def describe() -> str:
   devices = jax.devices()
-  return f"{len(devices)}x {devices[0].device_kind} ({devices[0].platform})"
+  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  return f"{len(devices)}x {devices[0].device_kind} ({devices[0].platform}){processes}"

@@ -85,7 +85,7 @@ def _read_json_lines(path: pathlib.Path):
 
 def test_logits(config, state, dataset: data.Dataset) -> np.ndarray:
   """(n_test, classes) logits, computed by the same predict functions that training evaluates with."""
-  mesh = meshes.data_mesh()
+  mesh = meshes.data_mesh(local=True)  # the report is process 0's alone in a multi-process job
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   predict = train.make_predict(state.apply_fn, train.preprocess_for(config, dataset), config.test_time_flip)
   variables = meshes.replicate(state.evaluated_variables(), mesh)

@@ -1,6 +1,11 @@
-"""The command line: python -m fluxdigits.run experiments/X.py [--workdir DIR] [--restart] [--config.key=value ...]"""
+"""The command line: python -m fluxdigits.run experiments/X.py [--workdir DIR] [--restart] [--config.key=value ...]
+
+One process per host joins a multi-process job with --coordinator/--num_processes/--process_id
+(or their environment variables) or --distributed; see distributed.py.
+"""
 
 import argparse
+import os
 import pathlib
 import shlex
 import sys
@@ -24,6 +29,14 @@ def parse_args(argv):
   parser.add_argument("experiment", help="an experiment file, e.g. experiments/mnist_cnn.py")
   parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")
   parser.add_argument("--restart", action="store_true", help="start over; the previous run in WORKDIR is moved aside")
+  job = parser.add_argument_group("multi-process job (one process per host; all of them run the same command)")
+  job.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address ($JAX_COORDINATOR_ADDRESS)")
+  job.add_argument("--num_processes", metavar="N", help="processes in the job ($JAX_NUM_PROCESSES)")
+  job.add_argument("--process_id", metavar="I", help="this process, 0 to N-1 ($JAX_PROCESS_ID)")
+  job.add_argument("--distributed", action="store_true",
+                   help="join as the cluster says: TPU pod slice, SLURM, Open MPI (jax.distributed's detection)")
+  job.add_argument("--heartbeat_timeout", metavar="SECONDS", type=int, default=60,
+                   help="a process silent this long counts as dead and stops the job (60)")
   args, rest = parser.parse_known_args(argv)
   return args, config_overrides(rest, USAGE)
 
@@ -42,8 +55,10 @@ def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=Tru
   A trial passes `test=False`: no test pass and no report (it shows test figures) until it is the one chosen.
   """
   # Imported here so that a bad command line fails in a blink, before JAX starts.
-  from fluxdigits import data, train, workdir as workdirs
-  with workdirs.open_run(workdir, config, restart, log) as workdir:
+  from fluxdigits import data, distributed, train, workdir as workdirs
+  workdir = pathlib.Path(workdir).absolute()
+  # In a multi-process job, process 0 holds the workdir for the job and writes its files.
+  with distributed.entered_on_primary(workdirs.open_run(workdir, config, restart, log)):
     config = workdirs.with_recorded_data_dir(config, workdir)
     config = configs.override(config, [f"dataset.data_dir={data.resolved_data_dir(config)}"])
     finished = workdirs.finished_summary(workdir, config)
@@ -58,7 +73,7 @@ def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=Tru
           f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {workdir / 'summary.json'}")
       return summary
     log(final_line(summary, config, workdir))
-    if config.report:
+    if config.report and distributed.is_primary():
       if finished is None or not (workdir / "report" / "index.html").is_file():
         from fluxdigits import report
         report.write_run_report(workdir)
@@ -98,13 +113,36 @@ def exit_code(command, interrupted: str) -> int:
 
 
 def main(argv=None) -> int:
+  job = None
+
   def command():
+    nonlocal job
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
-    train_run(config, workdir, args.restart)
+    from fluxdigits import distributed
+    job = distributed.job_spec(args.coordinator, args.num_processes, args.process_id, args.distributed,
+                               args.heartbeat_timeout)
+    distributed.initialize(job)
+    train_run(config, workdir, args.restart, log=print if distributed.is_primary() else _silent)
 
-  return exit_code(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")
+  try:
+    return exit_code(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")
+  except Exception as e:
+    if job is None or not job.wanted:
+      raise
+    # In a job, a failed collective most often means another process died. Exit at once: a normal
+    # exit would wait for the dead process at jax.distributed's shutdown barrier.
+    from fluxdigits import distributed
+    print(f"error: {distributed.describe()} stopped ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}); "
+          "another process of the job has probably died (see its output): start all of them again with the same "
+          "command to resume from the last checkpoint", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def _silent(*args, **kwargs):
+  """The log of processes other than 0: process 0 speaks for the job."""
 
 
 if __name__ == "__main__":

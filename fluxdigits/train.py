@@ -20,7 +20,8 @@ from flax import struct
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, optim, workdir as workdirs
+from fluxdigits import (augment, checkpoint, config as configs, data, distributed, mesh as meshes, models, optim,
+                        workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -164,7 +165,7 @@ def predict_split(predict_fn, variables, images_on_device, n, batch_size, mesh) 
   """(n, classes) logits: every example exactly once, the last batch padded and its padding dropped."""
   indices, mask = data.eval_batches(n, batch_size)
   logits = [predict_fn(*variables, images_on_device, meshes.shard_batches(idx, mesh)) for idx in indices]
-  return np.concatenate([np.asarray(l) for l in logits])[mask.reshape(-1)]
+  return np.concatenate([meshes.to_host(l) for l in logits])[mask.reshape(-1)]
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -232,7 +233,7 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int) -> tuple[TrainS
   batches = data.train_batches(config.seed, epoch, len(trainer.dataset.train), config.batch_size)
   loss_sum, correct_sum = 0.0, 0
   with tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
-            dynamic_ncols=True, mininterval=0.5) as bar:
+            dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_primary()) as bar:
     for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
       idx = batches[start:start + trainer.steps_per_call]
       state, (losses, corrects) = trainer.train_chunks[len(idx)](
@@ -287,7 +288,8 @@ def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, mana
   """
   config = trainer.config
   metrics_file = pathlib.Path(workdir) / "metrics.jsonl"
-  checkpoint.write_history(metrics_file, progress.history)
+  if distributed.is_primary():
+    checkpoint.write_history(metrics_file, progress.history)
   best_variables = None
   if progress.epoch:
     best, progress = checkpoint.restore_best(manager, state, progress)
@@ -312,8 +314,9 @@ def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, mana
     if improved:
       best_variables = jax.tree.map(jnp.copy, state.evaluated_variables())
     progress = progress.after_epoch(row, improved)
-    with open(metrics_file, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if distributed.is_primary():
+      with open(metrics_file, "a") as f:
+        f.write(json.dumps(row) + "\n")
     log(_epoch_line(row, config.num_epochs))
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs:
       checkpoint.save(manager, state, progress, config)
@@ -347,7 +350,8 @@ def train_and_evaluate(config, workdir, log=print, on_epoch=None, test=True) -> 
   manager = checkpoint.manager(workdir, config)
   try:
     state, progress = resume(trainer, state, manager, workdir, log)
-    workdirs.write_config(workdir, config)
+    if distributed.is_primary():
+      workdirs.write_config(workdir, config)
     state, progress, best_variables = fit(trainer, state, progress, manager, workdir, log, on_epoch)
   finally:
     checkpoint.close(manager, state)
@@ -364,7 +368,8 @@ def train_and_evaluate(config, workdir, log=print, on_epoch=None, test=True) -> 
       "num_params": count_params(state.params), "dataset": config.dataset.name, "model": config.model.name,
       "device": meshes.describe(),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  if distributed.is_primary():
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
 
@@ -389,7 +394,7 @@ def load_run(workdir, which: str = "best"):
     config = configs.from_flat(json.loads(config_file.read_text()))
   except (json.JSONDecodeError, UserError) as e:
     raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
-  mngr = checkpoint.manager(workdir, config, create=False)
+  mngr = checkpoint.manager(workdir, config, create=False, this_process_only=True)
   restored = checkpoint.restore_latest(mngr, create_state(config, models.create(config), data.IMAGE_SHAPES[config.dataset.name], 1))
   if restored is None:
     raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")
