@@ -28,11 +28,13 @@ DISK_ERROR_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only
 
 class _WithoutFailedSaveTracebacks(logging.Filter):
   """Orbax logs each failed write of a save from its threads, a traceback each (hundreds of lines on a full
-  disk); save() and close() turn the same failure into one line, so those records are dropped."""
+  disk), and asyncio logs the same failures of orbax's tasks once more when they are collected; save() and
+  close() turn the failure into one line, so those records are dropped."""
 
   def filter(self, record):
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return not ("/orbax/" in record.pathname and any(t in text for t in DISK_ERROR_TEXTS))
+    from_orbax = "/orbax/" in record.pathname or "/orbax/" in text
+    return not (from_orbax and any(t in text for t in DISK_ERROR_TEXTS))
 
 
 def _is_failed_save_echo(exc_type, exc) -> bool:
@@ -45,7 +47,8 @@ def _quiet_failed_saves():
   absl_logger = logging.getLogger("absl")
   if any(isinstance(f, _WithoutFailedSaveTracebacks) for f in absl_logger.filters):
     return
-  absl_logger.addFilter(_WithoutFailedSaveTracebacks())
+  for logger in (absl_logger, logging.getLogger("asyncio")):
+    logger.addFilter(_WithoutFailedSaveTracebacks())
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
   sys.excepthook = lambda t, e, tb: None if _is_failed_save_echo(t, e) else excepthook(t, e, tb)
   sys.unraisablehook = lambda u: None if _is_failed_save_echo(u.exc_type, u.exc_value) else unraisablehook(u)

@@ -27,6 +27,12 @@ VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0}
 # Set to 1 (as the README test does) to shrink every command-line run to a smoke test: see smoke_budget().
 SMOKE_ENV = "FLUXDIGITS_SMOKE"
 SMOKE_TRAIN_EXAMPLES = 2000
+SMOKE_TRIALS = 2  # a tuning command's --trials under FLUXDIGITS_SMOKE=1
+
+
+def smoke() -> bool:
+  """FLUXDIGITS_SMOKE=1: every command runs end to end on a tiny budget (the README's test sets it)."""
+  return os.environ.get(SMOKE_ENV) == "1"
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -280,7 +286,7 @@ def smoke_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   Command lines (fluxdigits.run, and tools built on it) call this after validate(); a run's
   recorded config.json is never shrunk.
   """
-  if os.environ.get(SMOKE_ENV) != "1":
+  if not smoke():
     return config
   config = ml_collections.ConfigDict(config)
   config.num_epochs = 1

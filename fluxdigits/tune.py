@@ -54,6 +54,8 @@ def parse_args(argv):
   overrides = run.config_overrides(rest, USAGE)
   if args.trials < 1:
     raise UserError(f"--trials must be at least 1, got {args.trials}")
+  if configs.smoke():
+    args.trials = min(args.trials, configs.SMOKE_TRIALS)
   return args, overrides
 
 
@@ -244,7 +246,7 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("interrupted", False)  # a resumed trial inherits its predecessor's attributes
     sweep.space(trial)
-    config = with_values(base_config, trial.params)
+    config = configs.smoke_budget(with_values(base_config, trial.params))
     frozen = trial.study.get_trials(deepcopy=False)[trial.number]
     number = directory_number(frozen)
     trial.set_user_attr("directory", f"trials/{number:04d}")

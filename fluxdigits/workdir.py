@@ -20,8 +20,9 @@ from fluxdigits import config as configs
 from fluxdigits.errors import UserError
 
 LOCK_FILE = ".lock"
-# What a fluxdigits run writes; a non-empty folder with none of these is someone else's.
-RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "summary.json", LOCK_FILE)
+# What a fluxdigits run writes (train.log: a tuning trial's output, opened before the trial's run starts);
+# a non-empty folder with none of these is someone else's.
+RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "summary.json", "train.log", LOCK_FILE)
 # Keys a resumed run may change: they do not alter what was computed up to the last checkpoint.
 # The learning rate and weight decay live in the optimizer state and are set anew on resume, so
 # a run that diverged can continue from its last good epoch with a lower rate. The data's

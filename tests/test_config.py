@@ -86,8 +86,8 @@ def test_config_round_trips_through_its_json_form():
 
 
 def test_from_flat_rejects_unknown_keys():
-  with pytest.raises(UserError, match="unknown config key 'model.width'"):
-    configs.from_flat({**configs.flatten(configs.defaults()), "model.width": 3})
+  with pytest.raises(UserError, match="unknown config key 'model.widths'"):
+    configs.from_flat({**configs.flatten(configs.defaults()), "model.widths": 3})
 
 
 @pytest.mark.parametrize("source, message", [

@@ -90,10 +90,10 @@ def test_two_processes_match_one_process_with_two_devices_across_a_kill_and_a_re
 def test_a_refused_workdir_stops_every_process_with_one_line(tmp_path):
   workdir = tmp_path / "other"
   workdir.mkdir()
-  (workdir / "config.json").write_text(json.dumps({"model.name": "mlp"}))
+  (workdir / "notes.txt").write_text("a folder of the user's, not a run")
   results = finish(start_job(workdir), timeout=120)
   assert [rc for rc, _, _ in results] == [2, 2]
-  assert "holds a run with another config" in results[0][2].splitlines()[-1]
+  assert "is not a fluxdigits run" in results[0][2].splitlines()[-1]
   assert results[1][2].strip().splitlines()[-1] == ("error: process 0 stopped with an error (see its output); "
                                                     "fix it and start all processes again")
 
