@@ -246,7 +246,7 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("interrupted", False)  # a resumed trial inherits its predecessor's attributes
     sweep.space(trial)
-    config = configs.smoke_budget(with_values(base_config, trial.params))
+    config = with_values(base_config, trial.params)
     frozen = trial.study.get_trials(deepcopy=False)[trial.number]
     number = directory_number(frozen)
     trial.set_user_attr("directory", f"trials/{number:04d}")
@@ -306,7 +306,7 @@ def progress_line(study, trial, target: int) -> str:
 
 def tune(args, overrides) -> pathlib.Path:
   sweep, base_config = load_sweep(args.sweep)
-  base_config = configs.validate(configs.override(base_config, overrides))
+  base_config = configs.smoke_budget(configs.validate(configs.override(base_config, overrides)))
   if not base_config.validation_fraction > 0:
     raise UserError("tuning chooses on validation accuracy: set validation_fraction > 0 (e.g. --config.validation_fraction=0.1)")
   space = space_of(sweep, base_config)
