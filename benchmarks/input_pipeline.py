@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fluxdigits import augment, config as configs, data, mesh as meshes, models, train
+from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT  # noqa: E402
@@ -34,18 +34,22 @@ def epoch_seconds(batch_size):
   steps = len(dataset.train) // batch_size
   model = models.create(config)
   preprocess = train.preprocess_for(config, dataset)
-  state = meshes.replicate(train.create_state(config, model, dataset.train.images.shape[1:], steps), mesh)
+  state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:], steps), mesh)
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
   chunk = min(config.steps_per_call, steps)
   chunk_starts = range(0, steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
 
-  gathered = train.make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
-  gathered = gathered.lower(state, images, labels, meshes.shard_batches(np.zeros((chunk, batch_size), np.int32), mesh)).compile()
-  step = functools.partial(train.train_step, preprocess=preprocess, augment_fn=None, label_smoothing=config.label_smoothing)
+  hyperparams, active = meshes.replicate((train.member_hyperparams([config]), np.ones(1, bool)), mesh)
+  gathered = train.make_train_chunk(config, preprocess, augment.make(config))
+  gathered = gathered.lower(state, images, labels, meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh),
+                            hyperparams, active).compile()
+  step = functools.partial(train.train_step, hyperparams=train.hyperparams_of(config), config=config,
+                           preprocess=preprocess, augment_fn=None)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def on_device_chunk(state, chunk_images, chunk_labels):
-    return jax.lax.scan(lambda s, batch: step(s, *batch), state, (chunk_images, chunk_labels))
+    one, outputs = jax.lax.scan(lambda s, batch: step(s, *batch), checkpoint.member(state, 0), (chunk_images, chunk_labels))
+    return checkpoint.stack([one]), outputs
 
   batches = data.train_batches(config.seed, 1, len(dataset.train), batch_size)
   batch_sharding = NamedSharding(mesh, P(None, "data"))
@@ -56,7 +60,8 @@ def epoch_seconds(batch_size):
 
   def pipeline_epoch(state):
     for start in chunk_starts:
-      state, (losses, corrects) = gathered(state, images, labels, meshes.shard_batches(batches[start:start + chunk], mesh))
+      state, (losses, corrects) = gathered(state, images, labels,
+                                           meshes.shard_batches(batches[None, start:start + chunk], mesh), hyperparams, active)
       float(np.asarray(losses).sum()), int(np.asarray(corrects).sum())
     return state
 

@@ -82,25 +82,29 @@ def order(row: Row, n: int) -> np.ndarray:
 
 def run_fluxdigits(row: Row) -> dict:
   import jax
-  from fluxdigits import augment, data, mesh as meshes, models, train
+  from fluxdigits import augment, checkpoint, data, mesh as meshes, models, train
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
   mesh = meshes.data_mesh()
   model = models.create(config)
-  state = meshes.replicate(train.create_state(config, model, dataset.train.images.shape[1:], len(dataset.train) // row.batch_size), mesh)
+  state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:],
+                                               len(dataset.train) // row.batch_size), mesh)
   preprocess = train.preprocess_for(config, dataset)
-  chunk = train.make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
+  chunk = train.make_train_chunk(config, preprocess, augment.make(config))
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
+  hyperparams, active = meshes.replicate((train.member_hyperparams([config]), np.ones(1, bool)), mesh)
   # Chunks of equal length, so one compiled program serves the warm-up and the timed steps.
   length = np.gcd(row.warmup_steps, row.timed_steps)
   start = time.perf_counter()
-  compiled = chunk.lower(state, images, labels, meshes.shard_batches(batches[:length], mesh)).compile()
+  compiled = chunk.lower(state, images, labels, meshes.shard_batches(batches[None, :length], mesh), hyperparams,
+                         active).compile()
   compile_s = time.perf_counter() - start
 
   def train_steps(state, steps):
     for i in range(0, len(steps), length):
-      state, (losses, _) = compiled(state, images, labels, meshes.shard_batches(steps[i:i + length], mesh))
+      state, (losses, _) = compiled(state, images, labels, meshes.shard_batches(steps[None, i:i + length], mesh),
+                                    hyperparams, active)
     jax.block_until_ready(losses)
     return state
 
@@ -109,7 +113,8 @@ def run_fluxdigits(row: Row) -> dict:
   state = train_steps(state, batches[row.warmup_steps:])
   seconds = time.perf_counter() - start
   predict = train.make_predict(model.apply, preprocess)
-  logits = train.predict_split(predict, (state.params, state.batch_stats), meshes.replicate(dataset.test.images, mesh),
+  logits = train.predict_split(predict, checkpoint.member((state.params, state.batch_stats), 0),
+                               meshes.replicate(dataset.test.images, mesh),
                                len(dataset.test), config.eval_batch_size, mesh)
   return {"train_images_per_s": row.timed_steps * row.batch_size / seconds, "compile_s": compile_s,
           "test_accuracy": float((logits.argmax(-1) == dataset.test.labels).mean())}

@@ -35,8 +35,8 @@ def final_accuracies(config, dataset, mesh):
   model = models.create(config)
   state = train.create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
   preprocess = train.preprocess_for(config, dataset)
-  step = functools.partial(train.train_step, preprocess=preprocess, augment_fn=None,
-                           label_smoothing=config.label_smoothing)
+  step = functools.partial(train.train_step, hyperparams=train.hyperparams_of(config), config=config,
+                           preprocess=preprocess, augment_fn=None)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_chunk(state, averages, images, labels, batch_indices):

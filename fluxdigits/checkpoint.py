@@ -1,7 +1,9 @@
 """Orbax checkpoints of a run: save every epoch, resume from the newest readable one, keep the best.
 
 A checkpoint holds the whole TrainState and the run's `Progress` (epoch, early-stopping state,
-metrics history), so a resumed run continues exactly where the killed one left off.
+metrics history), so a resumed run continues exactly where the killed one left off. A population's
+checkpoint holds its stacked state and one Progress per member; a single run (a population of one)
+is saved unstacked, as a run always was, so older runs resume and `load_run` reads either.
 """
 
 import contextlib
@@ -60,6 +62,7 @@ class Progress:
   best_epoch: int = 0
   epochs_without_improvement: int = 0
   history: tuple = ()
+  stopped: str = ""  # why a member stopped before num_epochs (early stop, pruned, diverged); '' while it trains
 
   def after_epoch(self, row: dict, improved: bool) -> "Progress":
     return Progress(
@@ -71,16 +74,30 @@ class Progress:
     )
 
 
+def member(tree, i: int):
+  """Member i's slice of a stacked (population) pytree."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def stack(trees):
+  """One pytree whose leaves hold the given trees' leaves along a new leading (member) axis."""
+  return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+
+
+def population_size(state) -> int:
+  return int(state.step.shape[0])
+
+
 @dataclasses.dataclass
 class _KeepBest(policies.PreservationPolicy):
-  """Keeps the checkpoint that the newest checkpoint's progress names as the best epoch."""
+  """Keeps the checkpoints the newest one names: each member's best epoch, and the last epoch of a stopped member."""
 
   def should_preserve(self, checkpoints, *, context):
     if not checkpoints:
       return []
-    newest = max(checkpoints, key=lambda c: c.step)
-    best = (newest.metrics or {}).get("best_epoch")
-    return [c.step == best for c in checkpoints]
+    metrics = max(checkpoints, key=lambda c: c.step).metrics or {}
+    kept = set(metrics.get("keep_epochs", [metrics.get("best_epoch")]))
+    return [c.step in kept for c in checkpoints]
 
 
 def manager(workdir, config, create: bool = True, this_process_only: bool = False) -> ocp.CheckpointManager:
@@ -131,18 +148,23 @@ def _disk_errors_as_user_errors(mngr: ocp.CheckpointManager, state):
                     "permissions), then re-run the same command to resume") from None
 
 
-def save(mngr: ocp.CheckpointManager, state, progress: Progress, config):
-  """Starts an asynchronous save of epoch `progress.epoch`; orbax commits it atomically when written.
+def save(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple):
+  """Starts an asynchronous save of the population's epoch; orbax commits it atomically when written.
 
   The progress carries the config, so checkpoints never resume under another one, config.json or not.
   A failed earlier save surfaces here, before more epochs are trained on top of it.
   """
+  if len(progresses) == 1:
+    state, saved = member(state, 0), {**dataclasses.asdict(progresses[0]), "config": configs.flatten(configs_[0])}
+  else:
+    saved = {"epoch": max(p.epoch for p in progresses), "members": [dataclasses.asdict(p) for p in progresses],
+             "configs": [configs.flatten(c) for c in configs_]}
+  keep = {p.best_epoch for p in progresses} | {p.epoch for p in progresses if p.stopped}
   with _disk_errors_as_user_errors(mngr, state), signals.deferred():
     mngr.wait_until_finished()
-    mngr.save(progress.epoch,
-              args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(
-                  {**dataclasses.asdict(progress), "config": configs.flatten(config)})),
-              metrics={"best_epoch": progress.best_epoch})
+    mngr.save(max(p.epoch for p in progresses),
+              args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(saved)),
+              metrics={"best_epoch": progresses[0].best_epoch, "keep_epochs": sorted(keep)})
 
 
 def close(mngr: ocp.CheckpointManager, state):
@@ -155,57 +177,88 @@ def close(mngr: ocp.CheckpointManager, state):
 
 
 def _restore(mngr, step, template):
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-  return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                    progress=ocp.args.JsonRestore()))
+  """The checkpoint of epoch `step`: (stacked state, its progress JSON); `template` is a stacked state."""
+  single = population_size(template) == 1
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, member(template, 0) if single else template)
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                        progress=ocp.args.JsonRestore()))
+  return (stack([restored.state]) if single else restored.state), restored.progress
 
 
-def _progress(saved: dict, step: int) -> tuple[Progress, dict | None]:
-  """The Progress a checkpoint holds and the flat config it was made with (None before checkpoints held one)."""
+def _one_progress(saved: dict) -> Progress:
+  return Progress(**{**saved, "history": tuple(saved["history"])})
+
+
+def _progresses(saved: dict, step: int, size: int) -> tuple[tuple, list | None]:
+  """Each member's Progress and the flat configs they were made with (None before checkpoints held them)."""
   saved = dict(saved)
-  config = saved.pop("config", None)
-  progress = Progress(**{**saved, "history": tuple(saved["history"])})
-  if progress.epoch != step or len(progress.history) != step:
-    raise ValueError(f"its progress says epoch {progress.epoch} with {len(progress.history)} epochs of history")
-  return progress, config
+  if "members" in saved:
+    progresses, saved_configs = tuple(_one_progress(p) for p in saved["members"]), saved.get("configs")
+  else:
+    saved_config = saved.pop("config", None)
+    progresses, saved_configs = (_one_progress(saved),), None if saved_config is None else [saved_config]
+  if len(progresses) != size:
+    raise ValueError(f"it holds {len(progresses)} members, not {size}")
+  for p in progresses:
+    if p.epoch > step or (p.epoch != step and not p.stopped) or len(p.history) != p.epoch:
+      raise ValueError(f"its progress says epoch {p.epoch} with {len(p.history)} epochs of history")
+  return progresses, saved_configs
 
 
-def restore_latest(mngr: ocp.CheckpointManager, template, config=None):
-  """(state, Progress) from the newest readable checkpoint, or None when there is none.
+def restore_latest(mngr: ocp.CheckpointManager, template, configs_=None):
+  """(stacked state, each member's Progress) from the newest readable checkpoint, or None when there is none.
 
-  `template` is a state of the same structure: restoring against it keeps optax's state types.
-  With `config`, a checkpoint made with another config is refused.
+  `template` is a stacked state of the same structure: restoring against it keeps optax's state types.
+  With `configs_` (the members'), a checkpoint made with other configs is refused.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   for step in steps:
     try:
-      restored = _restore(mngr, step, template)
-      progress, saved_config = _progress(restored.progress, step)
+      state, saved = _restore(mngr, step, template)
+      progresses, saved_configs = _progresses(saved, step, population_size(template))
     except Exception as e:  # orbax raises many types for damaged files; any of them means "skip this one"
       warn(f"checkpoint of epoch {step} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
            "trying the one before")
       continue
-    if config is not None and saved_config is not None:
-      workdirs.check_same_run(saved_config, config, mngr.directory)
-    return restored.state, progress
+    if configs_ is not None and saved_configs is not None:
+      for saved_config, config in zip(saved_configs, configs_):
+        workdirs.check_same_run(saved_config, config, mngr.directory)
+    return state, progresses
   if steps:
     raise UserError(f"none of the checkpoints {steps} in {mngr.directory} is readable; nothing was deleted: "
                     "move that folder aside, or start over with --restart (which keeps the old run)")
   return None
 
 
-def restore_best(mngr: ocp.CheckpointManager, state, progress: Progress):
-  """(state of the best epoch, Progress); if that checkpoint is damaged, the latest `state` becomes the best, with a warning."""
-  if progress.best_epoch == progress.epoch:
-    return state, progress
-  try:
-    return _restore(mngr, progress.best_epoch, state).state, progress
-  except Exception as e:  # damaged files: see restore_latest
-    warn(f"the best checkpoint, epoch {progress.best_epoch}, is unreadable ({type(e).__name__}); the latest, epoch "
-         f"{progress.epoch}, stands in for it as the best")
-  latest = progress.history[-1]
-  return state, dataclasses.replace(progress, best_epoch=progress.epoch, best_val_accuracy=(
-      -1.0 if latest["val_accuracy"] is None else latest["val_accuracy"]), epochs_without_improvement=0)
+def restore_epochs(mngr: ocp.CheckpointManager, state, state_epoch: int, epochs) -> dict:
+  """{epoch: stacked state of that epoch's checkpoint} for each of `epochs` (`state` itself for `state_epoch`);
+  an epoch whose checkpoint is damaged is left out."""
+  restored = {}
+  for epoch in sorted(set(epochs)):
+    try:
+      restored[epoch] = state if epoch == state_epoch else _restore(mngr, epoch, state)[0]
+    except Exception:  # damaged files: see restore_latest
+      continue
+  return restored
+
+
+def restore_best(mngr: ocp.CheckpointManager, state, progresses: tuple):
+  """(stacked state of each member's best epoch, progresses); a member whose best checkpoint is damaged gets its
+  latest state as the best, with a warning."""
+  epochs = restore_epochs(mngr, state, max(p.epoch for p in progresses), [p.best_epoch for p in progresses])
+  best, fixed = [], []
+  for i, p in enumerate(progresses):
+    if p.best_epoch in epochs:
+      best.append(member(epochs[p.best_epoch], i))
+      fixed.append(p)
+      continue
+    warn(f"the best checkpoint, epoch {p.best_epoch}, is unreadable; the latest, epoch {p.epoch}, stands in for it "
+         "as the best")
+    latest = p.history[-1]
+    best.append(member(state, i))
+    fixed.append(dataclasses.replace(p, best_epoch=p.epoch, best_val_accuracy=(
+        -1.0 if latest["val_accuracy"] is None else latest["val_accuracy"]), epochs_without_improvement=0))
+  return stack(best), tuple(fixed)
 
 
 def write_history(path: pathlib.Path, history):

@@ -162,6 +162,20 @@ class Conv1x1(nn.Module):
     return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 
+class Dropout(nn.Module):
+  """nn.Dropout's masks and values, with a rate that may be traced: a population member's rate is data, not shape."""
+  rate: Any
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or (isinstance(self.rate, float) and self.rate == 0.0):
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    return lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class MLP(nn.Module):
   dtype: Any = jnp.float32
 
@@ -183,9 +197,9 @@ class CNN(nn.Module):
     # Pooling before the ReLU gives the same values (ReLU is monotonic) on a quarter of the elements.
     x = nn.relu(max_pool_2x2(Conv3x3(32, KERAS_INIT, self.dtype)(x)))
     x = x.reshape(x.shape[0], -1)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(nn.Dense(64, kernel_init=KERAS_INIT, dtype=self.dtype)(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(NUM_CLASSES, kernel_init=KERAS_INIT, dtype=self.dtype)(x)
 
 
@@ -200,10 +214,10 @@ class DeepCNN(nn.Module):
     for features in self.features:
       x = nn.relu(Conv3x3(features, KERAS_INIT, self.dtype)(x))
       x = nn.relu(Conv3x3(features, KERAS_INIT, self.dtype)(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(max_pool_2x2(x))
+      x = Dropout(self.dropout_rate, deterministic=not train)(max_pool_2x2(x))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(128, kernel_init=KERAS_INIT, dtype=self.dtype)(x))
-    x = nn.Dropout(self.dropout_rate * 2, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate * 2, deterministic=not train)(x)
     return nn.Dense(NUM_CLASSES, kernel_init=KERAS_INIT, dtype=self.dtype)(x)
 
 
@@ -302,14 +316,16 @@ def compute_dtype(config):
   return jnp.bfloat16 if config.mixed_precision else jnp.float32
 
 
-def create(config) -> nn.Module:
+def create(config, dropout_rate=None) -> nn.Module:
+  """The config's model; `dropout_rate` (a population member's, traced) stands in for config.model.dropout_rate."""
   dtype = compute_dtype(config)
   m = config.model
+  rate = m.dropout_rate if dropout_rate is None else dropout_rate
   return {
       "mlp": lambda: MLP(dtype=dtype),
       "cnn": lambda: CNN(dropout_rate=0.0, dtype=dtype),
-      "cnn_dropout": lambda: CNN(dropout_rate=m.dropout_rate, dtype=dtype),
-      "cnn_deep": lambda: DeepCNN(dropout_rate=m.dropout_rate, dtype=dtype),
+      "cnn_dropout": lambda: CNN(dropout_rate=rate, dtype=dtype),
+      "cnn_deep": lambda: DeepCNN(dropout_rate=rate, dtype=dtype),
       "resnet": lambda: ResNet(depth=m.depth, dtype=dtype),
       "airbench": lambda: AirbenchNet(width=m.width, dtype=dtype),
   }[m.name]()

@@ -58,13 +58,27 @@ def create(config, steps_per_epoch: int) -> optax.GradientTransformation:
   return optax.inject_hyperparams(optimizer)(learning_rate=o.learning_rate, weight_decay=o.weight_decay)
 
 
+HYPERPARAMS = ("learning_rate", "weight_decay")
+
+
 def with_config_hyperparams(opt_state, config):
   """The optimizer state with the config's learning rate and weight decay, e.g. a lower rate on resume."""
+  return _with_hyperparams(opt_state, {name: config.optimizer[name] for name in HYPERPARAMS})
+
+
+def with_members_hyperparams(opt_state, members):
+  """A population's stacked optimizer state with each member config's learning rate and weight decay."""
+  return _with_hyperparams(opt_state, {name: [m.optimizer[name] for m in members] for name in HYPERPARAMS})
+
+
+def _with_hyperparams(opt_state, values: dict):
   hyperparams = dict(opt_state.hyperparams)
-  for name in ("learning_rate", "weight_decay"):
-    hyperparams[name] = jnp.asarray(config.optimizer[name], hyperparams[name].dtype)
+  for name, value in values.items():
+    hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
   return opt_state._replace(hyperparams=hyperparams)
 
 
-def current_learning_rate(opt_state, relative_rate, step) -> float:
-  return float(opt_state.hyperparams["learning_rate"] * relative_rate(step))
+def current_learning_rate(opt_state, relative_rate, step, member: int = 0) -> float:
+  """The learning rate of the next step; `member` picks one of a population's stacked optimizer states."""
+  learning_rate = opt_state.hyperparams["learning_rate"]
+  return float((learning_rate[member] if learning_rate.ndim else learning_rate) * relative_rate(step))

@@ -1,4 +1,7 @@
-"""The command line: python -m fluxdigits.run experiments/X.py [--workdir DIR] [--restart] [--config.key=value ...]
+"""The command line: python -m fluxdigits.run experiments/X.py [--workdir DIR] [--restart] [--seeds 0-7] [--config.key=value ...]
+
+--seeds trains one run per seed at once, as one population (population.py): WORKDIR/seed-N/ each,
+and WORKDIR/summary.json with the mean, spread and range over the seeds.
 
 One process per host joins a multi-process job with --coordinator/--num_processes/--process_id
 (or their environment variables) or --distributed; see distributed.py.
@@ -13,7 +16,7 @@ import sys
 from fluxdigits import config as configs, errors, signals
 from fluxdigits.errors import UserError
 
-USAGE = "python -m fluxdigits.run EXPERIMENT.py [--workdir DIR] [--restart] [--config.KEY=VALUE ...]"
+USAGE = "python -m fluxdigits.run EXPERIMENT.py [--workdir DIR] [--restart] [--seeds 0-7] [--config.KEY=VALUE ...]"
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -29,6 +32,9 @@ def parse_args(argv):
   parser.add_argument("experiment", help="an experiment file, e.g. experiments/mnist_cnn.py")
   parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")
   parser.add_argument("--restart", action="store_true", help="start over; the previous run in WORKDIR is moved aside")
+  parser.add_argument("--seeds", metavar="0-7",
+                      help="train these seeds of the experiment at once, one population (e.g. 0-7 or 0,3,5): "
+                           "WORKDIR/seed-N/ each, WORKDIR/summary.json over them")
   job = parser.add_argument_group("multi-process job (one process per host; all of them run the same command)")
   job.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address ($JAX_COORDINATOR_ADDRESS)")
   job.add_argument("--num_processes", metavar="N", help="processes in the job ($JAX_NUM_PROCESSES)")
@@ -53,32 +59,66 @@ def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=Tru
   """Trains `config` in WORKDIR (resuming what is there) and writes its report: a run, or one tuning trial.
 
   A trial passes `test=False`: no test pass and no report (it shows test figures) until it is the one chosen.
+  `on_epoch(row)` may return why the run should stop (a tuner's pruning).
+  """
+  member_on_epoch = None if on_epoch is None else lambda i, row: on_epoch(row)
+  return train_members([config], workdir, [workdir], restart, log, member_on_epoch, test)[0]
+
+
+def train_members(members, workdir, member_dirs, restart=False, log=print, on_epoch=None, test=True) -> list[dict]:
+  """Trains the members (configs of one shape) as one population in WORKDIR, each member's run in its folder of
+  `member_dirs` (WORKDIR itself for a single run), and writes their reports; returns their summaries.
+
+  Members already finished are not trained again; `on_epoch(member, row)` may return why a member should stop.
   """
   # Imported here so that a bad command line fails in a blink, before JAX starts.
   from fluxdigits import data, distributed, train, workdir as workdirs
   workdir = pathlib.Path(workdir).absolute()
+  member_dirs = [pathlib.Path(d).absolute() for d in member_dirs]
+  single = len(members) == 1 and member_dirs == [workdir]
   # In a multi-process job, process 0 holds the workdir for the job and writes its files.
-  with distributed.entered_on_primary(workdirs.open_run(workdir, config, restart, log)):
-    config = workdirs.with_recorded_data_dir(config, workdir)
-    config = configs.override(config, [f"dataset.data_dir={data.resolved_data_dir(config)}"])
-    finished = workdirs.finished_summary(workdir, config)
-    if finished is not None and test and "test_accuracy" not in finished:
-      finished = None  # a trial finished without its test pass, now chosen: restoring its last epoch evaluates it
-    if finished is not None:
-      log(f"{workdir} is finished ({finished['epochs_run']} epochs, num_epochs={config.num_epochs}): nothing to train; "
-          "raise --config.num_epochs to train longer, or pass --restart to start over")
-    summary = finished or train.train_and_evaluate(config, workdir, log, on_epoch, test)
-    if not test:
-      log(f"best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
-          f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {workdir / 'summary.json'}")
-      return summary
-    log(final_line(summary, config, workdir))
-    if config.report and distributed.is_primary():
-      if finished is None or not (workdir / "report" / "index.html").is_file():
-        from fluxdigits import report
-        report.write_run_report(workdir)
-      log(f"report -> {workdir / 'report' / 'index.html'}")
-  return summary
+  with distributed.entered_on_primary(workdirs.open_run(workdir, members[0], restart, log)):
+    workdirs.check_population(workdir, member_dirs)
+    members = [workdirs.with_recorded_data_dir(m, d) for m, d in zip(members, member_dirs)]
+    members = [configs.override(m, [f"dataset.data_dir={data.resolved_data_dir(m)}"]) for m in members]
+    finished = [workdirs.finished_summary(d, m) for d, m in zip(member_dirs, members)]
+    # A trial finished without its test pass, now chosen: restoring its last epoch evaluates it.
+    finished = [None if f is not None and test and "test_accuracy" not in f else f for f in finished]
+    if all(f is not None for f in finished):
+      log(f"{workdir} is finished ({finished[0]['epochs_run']} epochs, num_epochs={members[0].num_epochs}): nothing "
+          "to train; raise --config.num_epochs to train longer, or pass --restart to start over")
+      summaries = finished
+    else:
+      summaries = train.train_population(members, workdir, member_dirs, log, on_epoch, test)
+    for member_dir, summary, config in zip(member_dirs, summaries, members):
+      prefix = "" if single else f"[{member_dir.name}] "
+      if not test:
+        log(f"{prefix}best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
+            f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {member_dir / 'summary.json'}")
+        continue
+      log(prefix + final_line(summary, config, member_dir))
+      if config.report and distributed.is_primary():
+        if not (member_dir / "report" / "index.html").is_file() or not all(f is not None for f in finished):
+          from fluxdigits import report
+          report.write_run_report(member_dir)
+        log(f"{prefix}report -> {member_dir / 'report' / 'index.html'}")
+  return summaries
+
+
+def train_seeds(config, seeds, workdir, restart=False, log=print) -> dict:
+  """The experiment trained once per seed, as one population; writes and returns WORKDIR/summary.json."""
+  import json
+  from fluxdigits import distributed, population
+  workdir = pathlib.Path(workdir).absolute()
+  names = [f"seed-{seed}" for seed in seeds]
+  summaries = train_members(population.with_seeds(config, seeds), workdir, [workdir / n for n in names], restart, log)
+  result = population.aggregate(summaries, names)
+  if distributed.is_primary():
+    (workdir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+  figure = "test_accuracy" if "test_accuracy" in result else "best_val_accuracy"
+  log(f"{figure.replace('_', ' ')} over {len(seeds)} seeds: {population.describe(result.get(figure, {}))} -> "
+      f"{workdir / 'summary.json'}")
+  return result
 
 
 def final_line(summary: dict, config, workdir) -> str:
@@ -120,11 +160,15 @@ def main(argv=None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
-    from fluxdigits import distributed
+    from fluxdigits import distributed, population
     job = distributed.job_spec(args.coordinator, args.num_processes, args.process_id, args.distributed,
                                args.heartbeat_timeout)
     distributed.initialize(job)
-    train_run(config, workdir, args.restart, log=print if distributed.is_primary() else _silent)
+    log = print if distributed.is_primary() else _silent
+    if args.seeds is not None:
+      train_seeds(config, population.parse_seeds(args.seeds), workdir, args.restart, log)
+    else:
+      train_run(config, workdir, args.restart, log)
 
   try:
     return exit_code(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")

@@ -1,8 +1,13 @@
-"""The train state, the compiled train and predict steps, and the epoch loop.
+"""The train state, the compiled train and predict steps, and the epoch loop, for a population of runs.
 
 Steps are pure functions of (state, batch) -> state. Many of them run inside one compiled call
 (a lax.scan over `steps_per_call` batches gathered from the dataset already on the devices), so
 the host only starts a call per chunk and reads back its per-step losses.
+
+A population is K configs that differ only in what can be data (seed, learning rate, weight decay,
+dropout rate, label smoothing: see population.py), trained at once: their states are stacked along
+a leading member axis and the compiled call runs the same step under `jax.vmap`. A single run is a
+population of one, through the same functions.
 """
 
 import dataclasses
@@ -21,7 +26,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from fluxdigits import (augment, checkpoint, config as configs, data, distributed, mesh as meshes, models, optim,
-                        workdir as workdirs)
+                        population, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -78,7 +83,9 @@ def preprocess_for(config, dataset: data.Dataset) -> Preprocess:
   return Preprocess(dataset.mean, dataset.std, models.compute_dtype(config))
 
 
-def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
+def create_states(members, model, image_shape, steps_per_epoch) -> TrainState:
+  """The members' fresh states, stacked: each from its own seed, with its own learning rate and weight decay."""
+  config = members[0]
   tx = optim.create(config, steps_per_epoch)
 
   # One compiled call: run op by op, the initialisers compile dozens of tiny programs (~2.5 s on a CPU).
@@ -97,12 +104,19 @@ def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
         ema_decay=config.ema_decay,
     )
 
-  return init(jax.random.key(config.seed))
+  state = checkpoint.stack([init(jax.random.key(m.seed)) for m in members])
+  return state.replace(opt_state=optim.with_members_hyperparams(state.opt_state, members))
+
+
+def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
+  """One run's fresh state (unstacked)."""
+  return checkpoint.member(create_states([config], model, image_shape, steps_per_epoch), 0)
 
 
 def whiten_stem(state, images) -> TrainState:
   """AirbenchNet's stem (raw and averaged weights) set to whiten the 3x3 patches of `images`."""
-  kernel = models.whitening_kernel(images, state.params["stem"]["kernel"].shape[-1])
+  shape = state.params["stem"]["kernel"].shape  # stacked: every member's stem is the same whitening
+  kernel = jnp.broadcast_to(models.whitening_kernel(images, shape[-1]), shape)
   # A copy each: the train step donates its state, and one buffer cannot be donated twice.
   with_kernel = lambda params: {**params, "stem": {**params["stem"], "kernel": jnp.copy(kernel)}}
   ema = {**state.ema, "params": with_kernel(state.ema["params"])} if state.ema else state.ema
@@ -118,14 +132,26 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, images, labels, *, preprocess, augment_fn, label_smoothing):
+def hyperparams_of(config) -> dict:
+  """What the train step takes as data besides the state and the batch."""
+  return {"label_smoothing": np.float32(config.label_smoothing), "dropout_rate": np.float32(config.model.dropout_rate)}
+
+
+def member_hyperparams(members) -> dict:
+  """Each member's hyperparams_of(), stacked."""
+  return jax.tree.map(lambda *values: np.stack(values), *[hyperparams_of(m) for m in members])
+
+
+def train_step(state: TrainState, images, labels, hyperparams, *, config, preprocess, augment_fn):
+  """One member's step; `hyperparams` is its hyperparams_of()."""
   augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
   x = preprocess(images, augment_rng, augment_fn)
+  model = models.create(config, dropout_rate=hyperparams["dropout_rate"])
 
   def loss_fn(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                                     rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    return cross_entropy(logits, labels, label_smoothing).mean(), (logits, updates)
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                                  rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    return cross_entropy(logits, labels, hyperparams["label_smoothing"]).mean(), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
@@ -133,13 +159,28 @@ def train_step(state: TrainState, images, labels, *, preprocess, augment_fn, lab
   return state, (loss, correct)
 
 
-def make_train_chunk(preprocess, augment_fn, label_smoothing):
-  """state, images, labels, (steps, batch) indices -> state, per-step (loss, correct)."""
-  step = functools.partial(train_step, preprocess=preprocess, augment_fn=augment_fn, label_smoothing=label_smoothing)
+def make_train_chunk(config, preprocess, augment_fn):
+  """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams, active members)
+  -> (stacked state, per-member per-step (loss, correct)).
+
+  A population of one runs its steps as they are; a larger one runs them under jax.vmap, and members
+  no longer active (stopped early, pruned, diverged) keep their state.
+  """
+  step = functools.partial(train_step, config=config, preprocess=preprocess, augment_fn=augment_fn)
+
+  def member_steps(state, images, labels, batch_indices, hyperparams):
+    return jax.lax.scan(lambda s, idx: step(s, images[idx], labels[idx], hyperparams), state, batch_indices)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def train_chunk(state, images, labels, batch_indices):
-    return jax.lax.scan(lambda s, idx: step(s, images[idx], labels[idx]), state, batch_indices)
+  def train_chunk(state, images, labels, batch_indices, hyperparams, active):
+    if checkpoint.population_size(state) == 1:
+      one, outputs = member_steps(checkpoint.member(state, 0), images, labels, batch_indices[0],
+                                  checkpoint.member(hyperparams, 0))
+      return checkpoint.stack([one]), jax.tree.map(lambda x: x[None], outputs)
+    trained, outputs = jax.vmap(member_steps, in_axes=(0, None, None, 0, 0))(state, images, labels, batch_indices,
+                                                                            hyperparams)
+    kept = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    return jax.tree.map(kept, trained, state), outputs
 
   return train_chunk
 
@@ -179,8 +220,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-  """What a config fixes before the first step: the data on the devices, the model and its compiled calls."""
-  config: Any
+  """What the configs fix before the first step: the data on the devices, the model and its compiled calls."""
+  config: Any  # what every member shares (model, data, batch size, schedule, epochs): member 0's config
+  members: tuple  # each member's config; a single run is a population of one
   dataset: data.Dataset
   mesh: Any
   model: Any
@@ -190,11 +232,15 @@ class Trainer:
   relative_rate: Any  # step -> multiplier of the peak learning rate
   predict: Any
   device_images: dict  # split name -> its images on the devices ('train' with its labels)
+  hyperparams: dict  # member_hyperparams() on the devices
   compile_seconds: float
 
 
-def build(config, log=print) -> tuple[Trainer, TrainState]:
-  """Loads the data, places it on the devices and compiles the train calls; returns them with a fresh state."""
+def build(members, log=print) -> tuple[Trainer, TrainState]:
+  """Loads the data, places it on the devices and compiles the train calls; returns them with fresh stacked states."""
+  members = tuple(members)
+  population.check_shared_shape(members)
+  config = members[0]
   mesh = meshes.data_mesh()
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
@@ -203,7 +249,7 @@ def build(config, log=print) -> tuple[Trainer, TrainState]:
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
   model = models.create(config)
-  state = create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
+  state = create_states(members, model, dataset.train.images.shape[1:], steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
   if config.model.name == "airbench":
     state = whiten_stem(state, preprocess(dataset.train.images[:1000]))
@@ -211,166 +257,249 @@ def build(config, log=print) -> tuple[Trainer, TrainState]:
   device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
                    "validation": meshes.replicate(dataset.validation.images, mesh),
                    "test": meshes.replicate(dataset.test.images, mesh)}
+  hyperparams = meshes.replicate(member_hyperparams(members), mesh)
+  active = meshes.replicate(np.ones(len(members), bool), mesh)
 
-  train_chunk = make_train_chunk(preprocess, augment.make(config), config.label_smoothing)
+  train_chunk = make_train_chunk(config, preprocess, augment.make(config))
   chunk = min(config.steps_per_call, steps_per_epoch)
-  log(f"compiling the train step for {meshes.describe()}")
+  log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
   compile_start = time.perf_counter()
   train_chunks = {}
   for length in {chunk, steps_per_epoch % chunk} - {0}:
-    idx = meshes.shard_batches(np.zeros((length, config.batch_size), np.int32), mesh)
-    train_chunks[length] = train_chunk.lower(state, *device_images["train"], idx).compile()
-  trainer = Trainer(config, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
+    idx = meshes.shard_batches(np.zeros((len(members), length, config.batch_size), np.int32), mesh)
+    train_chunks[length] = train_chunk.lower(state, *device_images["train"], idx, hyperparams, active).compile()
+  trainer = Trainer(config, members, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
                     optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess, config.test_time_flip),
-                    device_images,
-                    time.perf_counter() - compile_start)
+                    device_images, hyperparams, time.perf_counter() - compile_start)
   return trainer, state
 
 
-def train_epoch(trainer: Trainer, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
-  """One epoch of training steps in the (seed, epoch) order; the running loss and accuracy in a progress bar."""
-  config = trainer.config
-  batches = data.train_batches(config.seed, epoch, len(trainer.dataset.train), config.batch_size)
-  loss_sum, correct_sum = 0.0, 0
+def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tuple[TrainState, list, list]:
+  """One epoch of the `active` members' steps, each in its (seed, epoch) order; the running loss and accuracy in a
+  progress bar. Returns the state, each member's {train_loss, train_accuracy} and why it diverged (None if it did not)."""
+  config, members = trainer.config, trainer.members
+  n = len(trainer.dataset.train)
+  batches = np.stack([data.train_batches(m.seed, epoch, n, config.batch_size) for m in members])
+  classes = len(trainer.dataset.class_names)
+  active = np.array(active, bool)
+  diverged = [None] * len(members)
+  loss_sums, correct_sums = np.zeros(len(members)), np.zeros(len(members), np.int64)
   with tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
             dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_primary()) as bar:
     for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
-      idx = batches[start:start + trainer.steps_per_call]
-      state, (losses, corrects) = trainer.train_chunks[len(idx)](
-          state, *trainer.device_images["train"], meshes.shard_batches(idx, trainer.mesh))
-      losses = np.asarray(losses)
-      _check_not_diverged(losses, int(state.step) - len(idx), epoch, config, len(trainer.dataset.class_names))
-      loss_sum += float(losses.sum())
-      correct_sum += int(np.asarray(corrects).sum())
-      done = start + len(idx)
-      bar.update(len(idx))
-      bar.set_postfix(loss=f"{loss_sum / done:.4f}", acc=f"{correct_sum / (done * config.batch_size):.4f}")
-  row = {"train_loss": loss_sum / trainer.steps_per_epoch,
-         "train_accuracy": correct_sum / (trainer.steps_per_epoch * config.batch_size)}
-  classes = len(trainer.dataset.class_names)
-  # A whole epoch at chance with a loss ten times a uniform guess's: exploded without reaching inf.
-  if row["train_accuracy"] < 1.5 / classes and row["train_loss"] > 10 * np.log(classes):
-    raise TrainingDiverged(f"loss exploded: {row['train_loss']:.3g} on average over epoch {epoch} at chance accuracy "
-                           f"({row['train_accuracy']:.1%}); lower optimizer.learning_rate "
-                           f"(now {config.optimizer.learning_rate:g})")
-  return state, row
+      idx = batches[:, start:start + trainer.steps_per_call]
+      state, (losses, corrects) = trainer.train_chunks[idx.shape[1]](
+          state, *trainer.device_images["train"], meshes.shard_batches(idx, trainer.mesh), trainer.hyperparams,
+          meshes.replicate(active, trainer.mesh))
+      losses, corrects = np.asarray(losses), np.asarray(corrects)
+      first_step = start + (epoch - 1) * trainer.steps_per_epoch
+      for i in np.flatnonzero(active):
+        diverged[i] = _divergence(losses[i], first_step, epoch, members[i], classes)
+        active[i] = diverged[i] is None
+      loss_sums += losses.sum(1)
+      correct_sums += corrects.sum(1)
+      done = start + idx.shape[1]
+      bar.update(idx.shape[1])
+      if not active.any():
+        break
+      bar.set_postfix(loss=f"{loss_sums[active].mean() / done:.4f}",
+                      acc=f"{correct_sums[active].mean() / (done * config.batch_size):.4f}")
+  rows = []
+  for i, m in enumerate(members):
+    row = {"train_loss": loss_sums[i] / trainer.steps_per_epoch,
+           "train_accuracy": correct_sums[i] / (trainer.steps_per_epoch * config.batch_size)}
+    rows.append(row)
+    # A whole epoch at chance with a loss ten times a uniform guess's: exploded without reaching inf.
+    if diverged[i] is None and row["train_accuracy"] < 1.5 / classes and row["train_loss"] > 10 * np.log(classes):
+      diverged[i] = (f"loss exploded: {row['train_loss']:.3g} on average over epoch {epoch} at chance accuracy "
+                     f"({row['train_accuracy']:.1%}); lower optimizer.learning_rate "
+                     f"(now {m.optimizer.learning_rate:g})")
+  return state, rows, diverged
 
 
 # Losses this many times a uniform guess's (ln classes) on every one of a call's last steps mean divergence.
 EXPLODED_LOSS_FACTOR = 100
 
 
-def _check_not_diverged(losses: np.ndarray, first_step: int, epoch: int, config, classes: int):
-  """Raises TrainingDiverged on a non-finite loss, or one that exploded and stayed there (see EXPLODED_LOSS_FACTOR)."""
+def _divergence(losses: np.ndarray, first_step: int, epoch: int, config, classes: int) -> str | None:
+  """Why a member diverged: a non-finite loss, or one that exploded and stayed there (see EXPLODED_LOSS_FACTOR)."""
   advice = f"lower optimizer.learning_rate (now {config.optimizer.learning_rate:g})"
   if not np.isfinite(losses).all():
     bad = int(np.argmin(np.isfinite(losses)))
-    raise TrainingDiverged(f"loss became {losses[bad]} at step {first_step + bad + 1} (epoch {epoch}); {advice}")
+    return f"loss became {losses[bad]} at step {first_step + bad + 1} (epoch {epoch}); {advice}"
   last = losses[-10:]
   if (last > EXPLODED_LOSS_FACTOR * np.log(classes)).all():
-    raise TrainingDiverged(f"loss exploded to {last[-1]:.3g} at step {first_step + len(losses)} (epoch {epoch}), over "
-                           f"{EXPLODED_LOSS_FACTOR}x a uniform guess's {np.log(classes):.2f}; {advice}")
+    return (f"loss exploded to {last[-1]:.3g} at step {first_step + len(losses)} (epoch {epoch}), over "
+            f"{EXPLODED_LOSS_FACTOR}x a uniform guess's {np.log(classes):.2f}; {advice}")
+  return None
 
 
 def evaluate(trainer: Trainer, variables, split: str) -> dict:
-  """Loss, accuracy and count of `variables` (params, batch_stats) over every example of a split."""
+  """Loss, accuracy and count of one member's `variables` (params, batch_stats) over every example of a split."""
   labels = getattr(trainer.dataset, split).labels
   logits = predict_split(trainer.predict, variables, trainer.device_images[split], len(labels),
                          trainer.config.eval_batch_size, trainer.mesh)
   return classification_metrics(logits, labels)
 
 
-def fit(trainer: Trainer, state: TrainState, progress: checkpoint.Progress, manager, workdir, log=print, on_epoch=None):
-  """Trains from `progress.epoch` to the config's last epoch or an early stop, checkpointing and logging each epoch.
+def _early_stopped(progress: checkpoint.Progress, config) -> checkpoint.Progress:
+  """The progress, stopped if `patience` epochs passed without a better validation accuracy before the last epoch."""
+  if (not progress.stopped and progress.epochs_without_improvement >= config.patience > 0
+      and progress.epoch < config.num_epochs):
+    return dataclasses.replace(progress, stopped=f"early stop: no better validation accuracy for {config.patience} epochs")
+  return progress
 
-  Returns (state, progress, the best epoch's evaluated variables). `on_epoch(row)` runs after each
-  epoch's checkpoint is started; it may raise to stop training (a tuner's pruning), the run staying resumable.
+
+def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_dirs, log=print, on_epoch=None):
+  """Trains every member from its progress to the last epoch or its stop, checkpointing and logging each epoch.
+
+  Returns (state, progresses, each member's best evaluated variables). `on_epoch(member, row)` runs after each
+  member's epoch; it returns why that member should stop (a tuner's pruning) or None.
   """
-  config = trainer.config
-  metrics_file = pathlib.Path(workdir) / "metrics.jsonl"
+  config, members = trainer.config, trainer.members
+  single = len(members) == 1
+
+  def say(i, line):
+    log(line if single else f"[{member_dirs[i].name}] {line}")
+
+  metrics_files = [pathlib.Path(d) / "metrics.jsonl" for d in member_dirs]
   if distributed.is_primary():
-    checkpoint.write_history(metrics_file, progress.history)
-  best_variables = None
-  if progress.epoch:
-    best, progress = checkpoint.restore_best(manager, state, progress)
-    best_variables = meshes.replicate(best.evaluated_variables(), trainer.mesh)
-  for epoch in range(progress.epoch + 1, config.num_epochs + 1):
-    if progress.epochs_without_improvement >= config.patience > 0:
-      log(f"early stop: no better validation accuracy for {config.patience} epochs")
+    for path, progress in zip(metrics_files, progresses):
+      checkpoint.write_history(path, progress.history)
+  best_variables = [None] * len(members)
+  first_epoch = max(p.epoch for p in progresses) + 1
+  if first_epoch > 1:
+    best, progresses = checkpoint.restore_best(manager, state, progresses)
+    best = meshes.replicate(best.evaluated_variables(), trainer.mesh)
+    best_variables = [checkpoint.member(best, i) for i in range(len(members))]
+  # Checkpoints of older versions did not record an early stop.
+  progresses = [_early_stopped(p, m) for p, m in zip(progresses, members)]
+  for epoch in range(first_epoch, config.num_epochs + 1):
+    active = [not p.stopped for p in progresses]
+    if not any(active):
       break
     epoch_start = time.perf_counter()
-    try:
-      state, row = train_epoch(trainer, state, epoch)
-    except TrainingDiverged as e:
-      raise TrainingDiverged(f"{e}; the last good checkpoint, epoch {progress.epoch}, is kept in "
-                             f"{pathlib.Path(workdir) / 'checkpoints'}") from None
-    row = {"epoch": epoch, **row, "val_loss": None, "val_accuracy": None,
-           "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate, state.step)}
-    if len(trainer.dataset.validation):
-      val = evaluate(trainer, state.evaluated_variables(), "validation")
-      row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-    row["epoch_seconds"] = time.perf_counter() - epoch_start
-    improved = row["val_accuracy"] is None or row["val_accuracy"] > progress.best_val_accuracy
-    if improved:
-      best_variables = jax.tree.map(jnp.copy, state.evaluated_variables())
-    progress = progress.after_epoch(row, improved)
-    if distributed.is_primary():
-      with open(metrics_file, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    log(_epoch_line(row, config.num_epochs))
-    if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs:
-      checkpoint.save(manager, state, progress, config)
-    if on_epoch is not None:
-      on_epoch(row)
-  return state, progress, best_variables
+    state, rows, diverged = train_epoch(trainer, state, epoch, active)
+    stopped_now = False
+    for i in np.flatnonzero(active):
+      if diverged[i] is not None:
+        if single:
+          raise TrainingDiverged(f"{diverged[i]}; the last good checkpoint, epoch {progresses[i].epoch}, is kept in "
+                                 f"{pathlib.Path(member_dirs[i]) / 'checkpoints'}")
+        progresses[i] = dataclasses.replace(progresses[i], stopped=f"diverged: {diverged[i]}")
+        say(i, f"stopped: {progresses[i].stopped}")
+        stopped_now = True
+        continue
+      row = {"epoch": epoch, **rows[i], "val_loss": None, "val_accuracy": None,
+             "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate,
+                                                          int(state.step[i]), i)}
+      variables = checkpoint.member(state.evaluated_variables(), i)
+      if len(trainer.dataset.validation):
+        val = evaluate(trainer, variables, "validation")
+        row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+      row["epoch_seconds"] = time.perf_counter() - epoch_start
+      improved = row["val_accuracy"] is None or row["val_accuracy"] > progresses[i].best_val_accuracy
+      if improved:
+        best_variables[i] = jax.tree.map(jnp.copy, variables)
+      progresses[i] = progresses[i].after_epoch(row, improved)
+      if distributed.is_primary():
+        with open(metrics_files[i], "a") as f:
+          f.write(json.dumps(row) + "\n")
+      say(i, _epoch_line(row, config.num_epochs))
+      reason = on_epoch(i, row) if on_epoch is not None else None
+      if reason:
+        progresses[i] = dataclasses.replace(progresses[i], stopped=reason)
+      progresses[i] = _early_stopped(progresses[i], members[i])
+      if progresses[i].stopped:
+        say(i, progresses[i].stopped)
+        stopped_now = True
+    if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs or stopped_now:
+      checkpoint.save(manager, state, tuple(progresses), members)
+  return state, tuple(progresses), best_variables
 
 
 def resume(trainer: Trainer, state: TrainState, manager, workdir, log=print):
-  """(state, Progress): the newest readable checkpoint's, with the config's learning rate and weight decay, or a fresh start."""
-  restored = checkpoint.restore_latest(manager, state, trainer.config)
+  """(stacked state, each member's Progress): the newest readable checkpoint's, with the configs' learning rates and
+  weight decays, or a fresh start."""
+  restored = checkpoint.restore_latest(manager, state, trainer.members)
   if restored is None:
-    return state, checkpoint.Progress()
-  state, progress = restored
-  if progress.epoch > trainer.config.num_epochs:
-    raise UserError(f"{workdir} has trained {progress.epoch} epochs already, more than num_epochs="
-                    f"{trainer.config.num_epochs}; pass --config.num_epochs={progress.epoch} or more to resume it, "
+    return state, (checkpoint.Progress(),) * len(trainer.members)
+  state, progresses = restored
+  epoch = max(p.epoch for p in progresses)
+  if epoch > trainer.config.num_epochs:
+    raise UserError(f"{workdir} has trained {epoch} epochs already, more than num_epochs="
+                    f"{trainer.config.num_epochs}; pass --config.num_epochs={epoch} or more to resume it, "
                     "or --restart to start over")
-  state = state.replace(opt_state=optim.with_config_hyperparams(state.opt_state, trainer.config))
-  log(f"resuming from epoch {progress.epoch} (step {int(state.step)}) in {workdir}")
-  return meshes.replicate(state, trainer.mesh), progress
+  state = state.replace(opt_state=optim.with_members_hyperparams(state.opt_state, trainer.members))
+  log(f"resuming from epoch {epoch} (step {int(state.step.max())}) in {workdir}")
+  return meshes.replicate(state, trainer.mesh), progresses
+
+
+def train_population(members, workdir, member_dirs, log=print, on_epoch=None, test=True) -> list[dict]:
+  """Trains the members as one population, resuming from WORKDIR/checkpoints when there are any; returns their summaries.
+
+  Each member's config.json, metrics.jsonl and summary.json go to its own folder in `member_dirs` (WORKDIR itself for
+  a single run); a larger population also leaves each member's latest and best state there as checkpoints, so a
+  member folder is a finished run like any other (report, predict, export). `test=False` leaves the test split out
+  of the summaries (tuning trials: nothing chosen may see it).
+  """
+  workdir, member_dirs = pathlib.Path(workdir), [pathlib.Path(d) for d in member_dirs]
+  trainer, state = build(members, log)
+  manager = checkpoint.manager(workdir, trainer.config)
+  try:
+    state, progresses = resume(trainer, state, manager, workdir, log)
+    if distributed.is_primary():
+      for member_dir, member_config in zip(member_dirs, trainer.members):
+        workdirs.write_config(member_dir, member_config)
+    state, progresses, best_variables = fit(trainer, state, progresses, manager, member_dirs, log, on_epoch)
+    if len(trainer.members) > 1:
+      _write_member_checkpoints(trainer, manager, state, progresses, member_dirs)
+  finally:
+    checkpoint.close(manager, state)
+  summaries = []
+  for i, (member_dir, progress) in enumerate(zip(member_dirs, progresses)):
+    summary = {}
+    if test:
+      test_metrics = evaluate(trainer, best_variables[i], "test")
+      summary = {"test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
+                 "test_examples": test_metrics["count"]}
+    summary |= {
+        "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
+        "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "num_epochs": trainer.config.num_epochs,
+        "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
+        "compile_seconds": trainer.compile_seconds,
+        "num_params": count_params(checkpoint.member(state.params, i)), "dataset": trainer.config.dataset.name,
+        "model": trainer.config.model.name, "device": meshes.describe(),
+    } | ({"stopped": progress.stopped} if progress.stopped else {})
+    if distributed.is_primary():
+      (member_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summaries.append(summary)
+  return summaries
+
+
+def _write_member_checkpoints(trainer, manager, state, progresses, member_dirs):
+  """Each member's latest and best state, saved in its folder as a single run saves them."""
+  epochs = checkpoint.restore_epochs(manager, state, max(p.epoch for p in progresses),
+                                     [e for p in progresses for e in (p.epoch, p.best_epoch)])
+  for i, (member_dir, progress, member_config) in enumerate(zip(member_dirs, progresses, trainer.members)):
+    best = progress.history[progress.best_epoch - 1] if progress.best_epoch else None
+    at_best = checkpoint.Progress(epoch=progress.best_epoch, best_val_accuracy=progress.best_val_accuracy,
+                                  best_epoch=progress.best_epoch, history=progress.history[:progress.best_epoch])
+    saves = [(at_best, progress.best_epoch)] if best is not None and progress.best_epoch != progress.epoch else []
+    member_manager = checkpoint.manager(member_dir, member_config)
+    try:
+      for member_progress, epoch in [*saves, (progress, progress.epoch)]:
+        if epoch in epochs and epoch not in member_manager.all_steps():
+          saved = checkpoint.stack([checkpoint.member(epochs[epoch], i)])
+          checkpoint.save(member_manager, saved, (member_progress,), (member_config,))
+    finally:
+      checkpoint.close(member_manager, state)
 
 
 def train_and_evaluate(config, workdir, log=print, on_epoch=None, test=True) -> dict:
-  """Trains as `config` says, resuming from WORKDIR/checkpoints when there are any; returns the summary.
-
-  `test=False` leaves the test split out of the summary (a tuning trial: nothing chosen may see it).
-  """
-  workdir = pathlib.Path(workdir)
-  trainer, state = build(config, log)
-  manager = checkpoint.manager(workdir, config)
-  try:
-    state, progress = resume(trainer, state, manager, workdir, log)
-    if distributed.is_primary():
-      workdirs.write_config(workdir, config)
-    state, progress, best_variables = fit(trainer, state, progress, manager, workdir, log, on_epoch)
-  finally:
-    checkpoint.close(manager, state)
-  summary = {}
-  if test:
-    test_metrics = evaluate(trainer, best_variables, "test")
-    summary = {"test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
-               "test_examples": test_metrics["count"]}
-  summary |= {
-      "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
-      "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "num_epochs": config.num_epochs,
-      "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
-      "compile_seconds": trainer.compile_seconds,
-      "num_params": count_params(state.params), "dataset": config.dataset.name, "model": config.model.name,
-      "device": meshes.describe(),
-  }
-  if distributed.is_primary():
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  return summary
+  """Trains one run as `config` says in WORKDIR (a population of one); returns its summary."""
+  member_on_epoch = None if on_epoch is None else lambda i, row: on_epoch(row)
+  return train_population([config], workdir, [workdir], log, member_on_epoch, test)[0]
 
 
 def _epoch_line(row, num_epochs):
@@ -395,11 +524,12 @@ def load_run(workdir, which: str = "best"):
   except (json.JSONDecodeError, UserError) as e:
     raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
   mngr = checkpoint.manager(workdir, config, create=False, this_process_only=True)
-  restored = checkpoint.restore_latest(mngr, create_state(config, models.create(config), data.IMAGE_SHAPES[config.dataset.name], 1))
+  template = create_states([config], models.create(config), data.IMAGE_SHAPES[config.dataset.name], 1)
+  restored = checkpoint.restore_latest(mngr, template)
   if restored is None:
     raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")
-  state, progress = restored
+  state, progresses = restored
   if which == "best":
-    state, progress = checkpoint.restore_best(mngr, state, progress)
+    state, progresses = checkpoint.restore_best(mngr, state, progresses)
   mngr.close()
-  return config, state, progress
+  return config, checkpoint.member(state, 0), progresses[0]

@@ -259,15 +259,8 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
     def log(line):
       print(line, file=log_file, flush=True)
 
-    def on_epoch(row):
-      trial.report(row["val_accuracy"], row["epoch"])
-      # The last epoch is never pruned: it has been paid for, and the trial is complete.
-      if prune and row["epoch"] < config.num_epochs and trial.should_prune():
-        log(f"pruned after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the other trials")
-        raise optuna.TrialPruned(f"validation accuracy {row['val_accuracy']:.4f} at epoch {row['epoch']}")
-
     try:
-      summary = run.train_run(config, trial_dir, log=log, on_epoch=on_epoch, test=False)
+      summary = run.train_run(config, trial_dir, log=log, on_epoch=pruning(trial, config, prune), test=False)
     except TrainingDiverged as e:
       trial.set_user_attr("diverged", str(e))
       raise optuna.TrialPruned(f"diverged: {e}") from None
@@ -276,9 +269,28 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
       raise
     finally:
       log_file.close()
+    if summary.get("stopped", "").startswith(PRUNED):
+      raise optuna.TrialPruned(summary["stopped"])
     return summary["best_val_accuracy"]
 
   return objective
+
+
+PRUNED = "pruned"
+
+
+def pruning(trial, config, prune: bool):
+  """A run's on_epoch: reports each epoch's validation accuracy to the trial; says 'pruned ...' when the pruner stops it."""
+
+  def on_epoch(row):
+    trial.report(row["val_accuracy"], row["epoch"])
+    # The last epoch is never pruned: it has been paid for, and the trial is complete.
+    if prune and row["epoch"] < config.num_epochs and trial.should_prune():
+      return (f"{PRUNED} after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the "
+              "other trials")
+    return None
+
+  return on_epoch
 
 
 def best_value(trial):

@@ -22,7 +22,9 @@ from fluxdigits.errors import UserError
 LOCK_FILE = ".lock"
 # What a fluxdigits run writes (train.log: a tuning trial's output, opened before the trial's run starts);
 # a non-empty folder with none of these is someone else's.
-RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "summary.json", "train.log", LOCK_FILE)
+# population.json: a population's folder (its members' runs are in subfolders).
+RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "summary.json", "train.log", "population.json", LOCK_FILE)
+POPULATION_FILE = "population.json"
 # Keys a resumed run may change: they do not alter what was computed up to the last checkpoint.
 # The learning rate and weight decay live in the optimizer state and are set anew on resume, so
 # a run that diverged can continue from its last good epoch with a lower rate. The data's
@@ -179,6 +181,33 @@ def finished_summary(workdir: pathlib.Path, config) -> dict | None:
   if not isinstance(summary, dict) or summary.get("num_epochs") != config.num_epochs:
     return None
   return summary
+
+
+def check_population(workdir: pathlib.Path, member_dirs) -> None:
+  """Refuses a population in WORKDIR other than the one there (or a single run there); records it if new."""
+  names = [str(pathlib.Path(d).relative_to(workdir)) for d in member_dirs]
+  single = names == ["."]
+  path = workdir / POPULATION_FILE
+  if single:
+    if path.is_file():
+      raise UserError(f"{workdir} holds a population ({path}); train it again with the same --seeds, pass one of its "
+                      "members' folders to the report or predict commands, or use another --workdir")
+    return
+  if (workdir / "config.json").is_file():
+    raise UserError(f"{workdir} holds a single run, not a population; pass another --workdir (or --restart)")
+  text = json.dumps({"members": names}, indent=2) + "\n"
+  try:
+    recorded = json.loads(path.read_text())["members"] if path.is_file() else None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it, or use --restart or another --workdir") from None
+  if recorded is not None and recorded != names:
+    raise UserError(f"{workdir} holds a population of {', '.join(recorded)}, not {', '.join(names)}; train the same "
+                    "members (e.g. the same --seeds), or pass --restart (the old one is moved aside) or another --workdir")
+  if recorded is None:
+    try:
+      path.write_text(text)
+    except OSError as e:
+      raise _os_error(e, "write", path) from None
 
 
 @contextlib.contextmanager

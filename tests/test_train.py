@@ -23,16 +23,18 @@ def mnist():
   return data.load(mnist_config())
 
 
-def jitted_train_step(dataset):
+def jitted_train_step(dataset, config):
   preprocess = train.Preprocess(dataset.mean, dataset.std, jnp.float32)
-  return jax.jit(lambda s, x, y: train.train_step(s, x, y, preprocess=preprocess, augment_fn=None, label_smoothing=0.0))
+  hyperparams = train.hyperparams_of(config)
+  return jax.jit(lambda s, x, y: train.train_step(s, x, y, hyperparams, config=config, preprocess=preprocess,
+                                                  augment_fn=None))
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
   config = mnist_config()
   model = models.create(config)
   state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
-  step = jitted_train_step(mnist)
+  step = jitted_train_step(mnist, config)
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
   losses = []
   for _ in range(30):
@@ -47,7 +49,7 @@ def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
   config = mnist_config(**{"ema_decay": 0.9, "model.name": model_name})
   model = models.create(config)
   state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
-  step = jitted_train_step(mnist)
+  step = jitted_train_step(mnist, config)
   expected = state.evaluated_variables()
   for i in range(1, 41):
     state, _ = step(state, mnist.train.images[8 * i:8 * i + 8], mnist.train.labels[8 * i:8 * i + 8])
@@ -62,7 +64,7 @@ def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
 def test_ema_decay_zero_evaluates_the_raw_weights(mnist):
   config = mnist_config(ema_decay=0.0)
   state = train.create_state(config, models.create(config), (28, 28, 1), steps_per_epoch=100)
-  state, _ = jitted_train_step(mnist)(state, mnist.train.images[:8], mnist.train.labels[:8])
+  state, _ = jitted_train_step(mnist, config)(state, mnist.train.images[:8], mnist.train.labels[:8])
   assert state.ema == {}
   assert state.evaluated_variables() == (state.params, state.batch_stats)
 

@@ -1,0 +1,80 @@
+"""Populations: configs that differ only in what the train step takes as data, trained at once by train.py.
+
+Members may differ in DATA_KEYS. Everything else (model, data, batch size, optimizer family,
+schedule, epochs, augmentation, weight averaging) fixes the shape of the compiled program and is
+shared; configs of different shapes form different populations (`groups`).
+"""
+
+import math
+
+import numpy as np
+
+from fluxdigits import config as configs
+from fluxdigits.errors import UserError
+
+DATA_KEYS = ("seed", "optimizer.learning_rate", "optimizer.weight_decay", "model.dropout_rate", "label_smoothing")
+# Figures of the members' summaries that WORKDIR/summary.json aggregates.
+AGGREGATED = ("test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "train_seconds")
+
+
+def shape_key(config) -> tuple:
+  """What a config shares with every member of its population."""
+  return tuple(sorted((k, v) for k, v in configs.flatten(config).items() if k not in DATA_KEYS))
+
+
+def check_shared_shape(members) -> None:
+  first = dict(shape_key(members[0]))
+  for member in members[1:]:
+    other = dict(shape_key(member))
+    differing = sorted(k for k in first if first[k] != other[k])
+    if differing:
+      raise UserError(f"population members differ in {', '.join(differing)}, which fix the compiled program; "
+                      f"members may differ only in {', '.join(DATA_KEYS)}")
+
+
+def groups(members) -> list[list[int]]:
+  """Indices of `members` grouped by shape, in order of first appearance."""
+  by_shape = {}
+  for i, member in enumerate(members):
+    by_shape.setdefault(shape_key(member), []).append(i)
+  return list(by_shape.values())
+
+
+def parse_seeds(text: str) -> list[int]:
+  """'0-7' or '0,3,5' or '1-3,9' -> the seeds, in order, each once."""
+  seeds = []
+  try:
+    for part in text.split(","):
+      first, sep, last = part.strip().partition("-")
+      seeds += range(int(first), int(last) + 1) if sep else [int(first)]
+  except ValueError:
+    raise UserError(f"--seeds {text!r} is not a list of seeds; write e.g. --seeds 0-7 or --seeds 0,3,5") from None
+  seeds = list(dict.fromkeys(seeds))
+  if not seeds or not all(0 <= s < 2**32 for s in seeds):
+    raise UserError(f"--seeds {text!r} names no seed in [0, 2**32); write e.g. --seeds 0-7")
+  return seeds
+
+
+def with_seeds(config, seeds) -> list:
+  return [configs.override(config, [f"seed={seed}"]) for seed in seeds]
+
+
+def aggregate(summaries: list[dict], names: list[str]) -> dict:
+  """Mean, standard deviation (ddof=1), min and max over the members of each AGGREGATED figure, and the members'."""
+  result = {"members": len(summaries)}
+  for key in AGGREGATED:
+    values = [s[key] for s in summaries if isinstance(s.get(key), (int, float))]
+    if values:
+      result[key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                     "min": float(np.min(values)), "max": float(np.max(values))}
+  result["per_member"] = {name: {k: s.get(k) for k in (*AGGREGATED, "stopped") if k in s}
+                          for name, s in zip(names, summaries)}
+  return result
+
+
+def describe(figure: dict, scale: float = 100.0, unit: str = "%") -> str:
+  """'98.71% ± 0.08% (min 98.60%, max 98.83%)'."""
+  if not figure or any(math.isnan(figure[k]) for k in ("mean", "std")):
+    return "-"
+  return (f"{figure['mean'] * scale:.2f}{unit} ± {figure['std'] * scale:.2f}{unit} "
+          f"(min {figure['min'] * scale:.2f}{unit}, max {figure['max'] * scale:.2f}{unit})")
