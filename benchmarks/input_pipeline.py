@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, train
+from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, optim, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT  # noqa: E402
@@ -34,7 +34,7 @@ def epoch_seconds(batch_size):
   steps = len(dataset.train) // batch_size
   model = models.create(config)
   preprocess = train.preprocess_for(config, dataset)
-  state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:], steps), mesh)
+  state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, steps)), mesh)
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
   chunk = min(config.steps_per_call, steps)
   chunk_starts = range(0, steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops

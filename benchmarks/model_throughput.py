@@ -82,14 +82,14 @@ def order(row: Row, n: int) -> np.ndarray:
 
 def run_fluxdigits(row: Row) -> dict:
   import jax
-  from fluxdigits import augment, checkpoint, data, mesh as meshes, models, train
+  from fluxdigits import augment, checkpoint, data, mesh as meshes, models, optim, train
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
   mesh = meshes.data_mesh()
   model = models.create(config)
   state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:],
-                                               len(dataset.train) // row.batch_size), mesh)
+                                               optim.create(config, len(dataset.train) // row.batch_size)), mesh)
   preprocess = train.preprocess_for(config, dataset)
   chunk = train.make_train_chunk(config, preprocess, augment.make(config))
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)

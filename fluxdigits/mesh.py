@@ -26,8 +26,26 @@ def check_divisible(batch_size: int, key: str, mesh: Mesh):
                     f"use a multiple of {devices}, e.g. --config.{key}={batch_size // devices * devices or devices}")
 
 
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def free_memory_bytes(mesh: Mesh) -> int | None:
+  """Memory one device of this process can still allocate: an accelerator's own, the host's for CPU devices."""
+  device = mesh.local_devices[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  try:
+    with open("/proc/meminfo") as f:
+      fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024 // max(len(mesh.local_devices), 1)
+  except (OSError, KeyError, ValueError):
+    return None
 
 
 def shard_batches(indices: np.ndarray, mesh: Mesh):

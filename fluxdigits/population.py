@@ -40,19 +40,23 @@ def groups(members) -> list[list[int]]:
   return list(by_shape.values())
 
 
+MAX_SEEDS = 65536
+
+
 def parse_seeds(text: str) -> list[int]:
   """'0-7' or '0,3,5' or '1-3,9' -> the seeds, in order, each once."""
+  usage = f"--seeds {text!r} is not a list of seeds in [0, 2**32); write e.g. --seeds 0-7 or --seeds 0,3,5"
   seeds = []
-  try:
-    for part in text.split(","):
-      first, sep, last = part.strip().partition("-")
-      seeds += range(int(first), int(last) + 1) if sep else [int(first)]
-  except ValueError:
-    raise UserError(f"--seeds {text!r} is not a list of seeds; write e.g. --seeds 0-7 or --seeds 0,3,5") from None
-  seeds = list(dict.fromkeys(seeds))
-  if not seeds or not all(0 <= s < 2**32 for s in seeds):
-    raise UserError(f"--seeds {text!r} names no seed in [0, 2**32); write e.g. --seeds 0-7")
-  return seeds
+  for part in text.split(","):
+    first, sep, last = part.strip().partition("-")
+    try:
+      first, last = int(first), int(last) if sep else int(first)
+    except ValueError:
+      raise UserError(usage) from None
+    if not 0 <= first <= last < 2**32 or len(seeds) + last - first >= MAX_SEEDS:
+      raise UserError(usage)
+    seeds += range(first, last + 1)
+  return list(dict.fromkeys(seeds))
 
 
 def with_seeds(config, seeds) -> list:

@@ -83,10 +83,12 @@ def preprocess_for(config, dataset: data.Dataset) -> Preprocess:
   return Preprocess(dataset.mean, dataset.std, models.compute_dtype(config))
 
 
-def create_states(members, model, image_shape, steps_per_epoch) -> TrainState:
-  """The members' fresh states, stacked: each from its own seed, with its own learning rate and weight decay."""
+def create_states(members, model, image_shape, tx) -> TrainState:
+  """The members' fresh states, stacked: each from its own seed, with its own learning rate and weight decay.
+
+  `tx` is optim.create()'s for the members: states compiled against must share that same object.
+  """
   config = members[0]
-  tx = optim.create(config, steps_per_epoch)
 
   # One compiled call: run op by op, the initialisers compile dozens of tiny programs (~2.5 s on a CPU).
   @jax.jit
@@ -110,7 +112,7 @@ def create_states(members, model, image_shape, steps_per_epoch) -> TrainState:
 
 def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
   """One run's fresh state (unstacked)."""
-  return checkpoint.member(create_states([config], model, image_shape, steps_per_epoch), 0)
+  return checkpoint.member(create_states([config], model, image_shape, optim.create(config, steps_per_epoch)), 0)
 
 
 def whiten_stem(state, images) -> TrainState:
@@ -249,17 +251,20 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
   model = models.create(config)
-  state = create_states(members, model, dataset.train.images.shape[1:], steps_per_epoch)
+  image_shape = dataset.train.images.shape[1:]
+  tx = optim.create(config, steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
-  if config.model.name == "airbench":
-    state = whiten_stem(state, preprocess(dataset.train.images[:1000]))
-  state = meshes.replicate(state, mesh)
   device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
                    "validation": meshes.replicate(dataset.validation.images, mesh),
                    "test": meshes.replicate(dataset.test.images, mesh)}
   hyperparams = meshes.replicate(member_hyperparams(members), mesh)
   active = meshes.replicate(np.ones(len(members), bool), mesh)
 
+  # Compiled against the shapes of the stacked state, so that a population too large for memory is refused
+  # before its states are made.
+  replicated = meshes.replicated_sharding(mesh)
+  state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape[1:]), x.dtype, sharding=replicated),
+                              create_states(members[:1], model, image_shape, tx))
   train_chunk = make_train_chunk(config, preprocess, augment.make(config))
   chunk = min(config.steps_per_call, steps_per_epoch)
   log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
@@ -267,11 +272,39 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   train_chunks = {}
   for length in {chunk, steps_per_epoch % chunk} - {0}:
     idx = meshes.shard_batches(np.zeros((len(members), length, config.batch_size), np.int32), mesh)
-    train_chunks[length] = train_chunk.lower(state, *device_images["train"], idx, hyperparams, active).compile()
+    train_chunks[length] = train_chunk.lower(state_shapes, *device_images["train"], idx, hyperparams, active).compile()
+  compile_seconds = time.perf_counter() - compile_start
+  _check_fits_in_memory(train_chunks[chunk], len(members), device_images, mesh)
+
+  state = create_states(members, model, image_shape, tx)
+  if config.model.name == "airbench":
+    state = whiten_stem(state, preprocess(dataset.train.images[:1000]))
+  state = meshes.replicate(state, mesh)
   trainer = Trainer(config, members, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
                     optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess, config.test_time_flip),
-                    device_images, hyperparams, time.perf_counter() - compile_start)
+                    device_images, hyperparams, compile_seconds)
   return trainer, state
+
+
+def _check_fits_in_memory(compiled, members: int, device_images, mesh):
+  """Raises UserError, naming the largest population that fits, when the compiled call needs more memory than a
+  device has free."""
+  analysis = compiled.memory_analysis()
+  available = meshes.free_memory_bytes(mesh)
+  if analysis is None or available is None:
+    return
+  needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes)
+  if needed <= available:
+    return
+  shared = sum(leaf.nbytes for leaf in jax.tree.leaves(device_images)) // mesh.devices.size
+  per_member = max(needed - shared, 1) / members
+  largest = int((available - shared) // per_member)
+  what = f"a population of {members}" if members > 1 else "this run"
+  advice = (f"the largest population that fits is {largest}: pass fewer members" if largest >= 1 else
+            "lower batch_size")
+  raise UserError(f"{what} needs about {needed / 2**30:.1f} GiB of memory per device ({per_member / 2**20:,.0f} MiB "
+                  f"per member), {available / 2**30:.1f} GiB are free; {advice}")
 
 
 def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tuple[TrainState, list, list]:
@@ -380,7 +413,7 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
       break
     epoch_start = time.perf_counter()
     state, rows, diverged = train_epoch(trainer, state, epoch, active)
-    stopped_now = False
+    trained = []
     for i in np.flatnonzero(active):
       if diverged[i] is not None:
         if single:
@@ -388,19 +421,21 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
                                  f"{pathlib.Path(member_dirs[i]) / 'checkpoints'}")
         progresses[i] = dataclasses.replace(progresses[i], stopped=f"diverged: {diverged[i]}")
         say(i, f"stopped: {progresses[i].stopped}")
-        stopped_now = True
         continue
       row = {"epoch": epoch, **rows[i], "val_loss": None, "val_accuracy": None,
              "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate,
                                                           int(state.step[i]), i)}
-      variables = checkpoint.member(state.evaluated_variables(), i)
       if len(trainer.dataset.validation):
-        val = evaluate(trainer, variables, "validation")
+        val = evaluate(trainer, checkpoint.member(state.evaluated_variables(), i), "validation")
         row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-      row["epoch_seconds"] = time.perf_counter() - epoch_start
+      trained.append((i, row))
+    # The population's epoch, every member's validation included: what each member's epoch cost.
+    epoch_seconds = time.perf_counter() - epoch_start
+    for i, row in trained:
+      row["epoch_seconds"] = epoch_seconds
       improved = row["val_accuracy"] is None or row["val_accuracy"] > progresses[i].best_val_accuracy
       if improved:
-        best_variables[i] = jax.tree.map(jnp.copy, variables)
+        best_variables[i] = jax.tree.map(jnp.copy, checkpoint.member(state.evaluated_variables(), i))
       progresses[i] = progresses[i].after_epoch(row, improved)
       if distributed.is_primary():
         with open(metrics_files[i], "a") as f:
@@ -412,7 +447,7 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
       progresses[i] = _early_stopped(progresses[i], members[i])
       if progresses[i].stopped:
         say(i, progresses[i].stopped)
-        stopped_now = True
+    stopped_now = any(progresses[i].stopped for i in np.flatnonzero(active))
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs or stopped_now:
       checkpoint.save(manager, state, tuple(progresses), members)
   return state, tuple(progresses), best_variables
@@ -450,9 +485,10 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
     state, progresses = resume(trainer, state, manager, workdir, log)
     if distributed.is_primary():
       for member_dir, member_config in zip(member_dirs, trainer.members):
+        member_dir.mkdir(exist_ok=True)
         workdirs.write_config(member_dir, member_config)
     state, progresses, best_variables = fit(trainer, state, progresses, manager, member_dirs, log, on_epoch)
-    if len(trainer.members) > 1:
+    if member_dirs != [workdir]:
       _write_member_checkpoints(trainer, manager, state, progresses, member_dirs)
   finally:
     checkpoint.close(manager, state)
@@ -524,7 +560,8 @@ def load_run(workdir, which: str = "best"):
   except (json.JSONDecodeError, UserError) as e:
     raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
   mngr = checkpoint.manager(workdir, config, create=False, this_process_only=True)
-  template = create_states([config], models.create(config), data.IMAGE_SHAPES[config.dataset.name], 1)
+  template = create_states([config], models.create(config), data.IMAGE_SHAPES[config.dataset.name],
+                           optim.create(config, 1))
   restored = checkpoint.restore_latest(mngr, template)
   if restored is None:
     raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")

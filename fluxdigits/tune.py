@@ -11,6 +11,7 @@ by default), so the command resumes after a crash and any number of workers can 
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import os
 import pathlib
 import socket
@@ -29,7 +30,7 @@ from fluxdigits.errors import TrainingDiverged, UserError
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 USAGE = ("python -m fluxdigits.tune SWEEP.py --trials N [--workdir DIR] [--sampler tpe|random|grid] "
-         "[--pruner median|hyperband|none] [--storage URL] [--config.KEY=VALUE ...]")
+         "[--pruner median|hyperband|none] [--population K] [--storage URL] [--config.KEY=VALUE ...]")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A dead worker's trial is failed (and re-queued) by another worker once its heartbeat is this old.
 HEARTBEAT_SECONDS = 10
@@ -48,12 +49,17 @@ def parse_args(argv):
   parser.add_argument("--workdir", help="tuning directory (default: runs/<sweep file stem>-tune)")
   parser.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
   parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+  parser.add_argument("--population", type=int, default=1, metavar="K",
+                      help="ask the sampler for K trials at a time and train those of one shape (model, batch size, "
+                           "optimizer, ...) at once, as one population (default 1: one trial at a time)")
   parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///WORKDIR/study.db); "
                                         "journal:PATH for a journal file")
   args, rest = parser.parse_known_args(argv)
   overrides = run.config_overrides(rest, USAGE)
   if args.trials < 1:
     raise UserError(f"--trials must be at least 1, got {args.trials}")
+  if args.population < 1:
+    raise UserError(f"--population must be at least 1, got {args.population}")
   if configs.smoke():
     args.trials = min(args.trials, configs.SMOKE_TRIALS)
   return args, overrides
@@ -240,57 +246,91 @@ def process_alive(pid) -> bool:
 # --- one trial -------------------------------------------------------------------------------------
 
 
+def start_trial(trial, sweep, base_config, workdir: pathlib.Path):
+  """(config, run directory) of an asked trial, recorded in its attributes; a re-queued trial gets its predecessor's."""
+  trial.set_user_attr("host", HOST)
+  trial.set_user_attr("pid", os.getpid())
+  trial.set_user_attr("interrupted", False)  # a resumed trial inherits its predecessor's attributes
+  sweep.space(trial)
+  config = with_values(base_config, trial.params)
+  number = directory_number(trial.study.get_trials(deepcopy=False)[trial.number])
+  trial.set_user_attr("directory", f"trials/{number:04d}")
+  trial_dir = workdir / "trials" / f"{number:04d}"
+  if number != trial.number:
+    print(f"trial {trial.number:04d} resumes trial {number:04d} ({trial_dir}) from its last checkpoint", flush=True)
+  trial_dir.mkdir(parents=True, exist_ok=True)
+  return config, trial_dir
+
+
+def trial_result(trial, summary: dict) -> float:
+  """The objective of a trained trial's summary; raises TrialPruned for one the pruner stopped or that diverged."""
+  stopped = summary.get("stopped", "")
+  if stopped.startswith("diverged"):
+    trial.set_user_attr("diverged", stopped)
+  if stopped.startswith((PRUNED, "diverged")):
+    raise optuna.TrialPruned(stopped)
+  return summary["best_val_accuracy"]
+
+
 def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
   def objective(trial):
-    trial.set_user_attr("host", HOST)
-    trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("interrupted", False)  # a resumed trial inherits its predecessor's attributes
-    sweep.space(trial)
-    config = with_values(base_config, trial.params)
-    frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-    number = directory_number(frozen)
-    trial.set_user_attr("directory", f"trials/{number:04d}")
-    trial_dir = workdir / "trials" / f"{number:04d}"
-    if number != trial.number:
-      print(f"trial {trial.number:04d} resumes trial {number:04d} ({trial_dir}) from its last checkpoint", flush=True)
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(trial_dir / "train.log", "a")
-
-    def log(line):
-      print(line, file=log_file, flush=True)
-
-    try:
-      summary = run.train_run(config, trial_dir, log=log, on_epoch=pruning(trial, config, prune), test=False)
-    except TrainingDiverged as e:
-      trial.set_user_attr("diverged", str(e))
-      raise optuna.TrialPruned(f"diverged: {e}") from None
-    except KeyboardInterrupt:
-      trial.set_user_attr("interrupted", True)
-      raise
-    finally:
-      log_file.close()
-    if summary.get("stopped", "").startswith(PRUNED):
-      raise optuna.TrialPruned(summary["stopped"])
-    return summary["best_val_accuracy"]
+    config, trial_dir = start_trial(trial, sweep, base_config, workdir)
+    with open(trial_dir / "train.log", "a") as log_file:
+      try:
+        summary = run.train_run(config, trial_dir, log=file_log(log_file), on_epoch=pruning(trial, config, prune),
+                                test=False)
+      except TrainingDiverged as e:
+        summary = {"stopped": f"diverged: {e}"}
+      except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        raise
+    return trial_result(trial, summary)
 
   return objective
 
 
-PRUNED = "pruned"
+def file_log(log_file):
+  return lambda line: print(line, file=log_file, flush=True)
 
 
-def pruning(trial, config, prune: bool):
-  """A run's on_epoch: reports each epoch's validation accuracy to the trial; says 'pruned ...' when the pruner stops it."""
+def train_population_of_trials(study, sweep, base_config, workdir: pathlib.Path, size: int, prune: bool, target: int):
+  """Asks the sampler for `size` trials and trains those of one shape together, a population each (population.py).
 
-  def on_epoch(row):
-    trial.report(row["val_accuracy"], row["epoch"])
-    # The last epoch is never pruned: it has been paid for, and the trial is complete.
-    if prune and row["epoch"] < config.num_epochs and trial.should_prune():
-      return (f"{PRUNED} after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the "
-              "other trials")
-    return None
-
-  return on_epoch
+  Each trial keeps its own run directory, reports each epoch to the pruner and is told its result as if trained
+  alone; the population's stacked checkpoints are in WORKDIR/populations/, so an interrupted one resumes.
+  """
+  from fluxdigits import population
+  trials = [study.ask() for _ in range(size)]
+  try:
+    started = [start_trial(trial, sweep, base_config, workdir) for trial in trials]
+    for group in population.groups([config for config, _ in started]):
+      members, member_dirs = [started[i][0] for i in group], [started[i][1] for i in group]
+      numbers = [int(d.name) for d in member_dirs]
+      name = f"{numbers[0]:04d}-{numbers[-1]:04d}-{len(numbers)}-{hashlib.sha1(str(numbers).encode()).hexdigest()[:8]}"
+      # A trial alone in its shape trains in its own directory, as without --population.
+      population_dir = workdir / "populations" / name if len(group) > 1 else member_dirs[0]
+      for i in group:
+        trials[i].set_user_attr("population", str(population_dir.relative_to(workdir)))
+      population_dir.mkdir(parents=True, exist_ok=True)
+      on_epoch = lambda member, row: pruning(trials[group[member]], members[member], prune)(row)
+      with open(population_dir / "train.log", "a") as log_file:
+        try:
+          summaries = run.train_members(members, population_dir, member_dirs, log=file_log(log_file),
+                                        on_epoch=on_epoch, test=False)
+        except TrainingDiverged as e:  # a population of one stops at once, as a run does
+          summaries = [{"stopped": f"diverged: {e}"}]
+      for i, summary in zip(group, summaries):
+        try:
+          frozen = study.tell(trials[i], trial_result(trials[i], summary))
+        except optuna.TrialPruned:
+          frozen = study.tell(trials[i], state=TrialState.PRUNED)
+        print(progress_line(study, frozen, target), flush=True)
+  except BaseException:
+    for trial in trials:
+      if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+    raise
 
 
 def best_value(trial):
@@ -339,10 +379,15 @@ def tune(args, overrides) -> pathlib.Path:
     if count(study, (*FINISHED, TrialState.RUNNING)) >= args.trials:
       study.stop()
 
-  if count(study, (*FINISHED, TrialState.RUNNING)) < args.trials:
-    start = time.perf_counter()
+  start = time.perf_counter()
+  if args.population > 1:
+    # Running trials count too, so that workers together end at the target instead of each overshooting it.
+    while (left := args.trials - count(study, (*FINISHED, TrialState.RUNNING))) > 0:
+      train_population_of_trials(study, sweep, base_config, workdir, min(args.population, left),
+                                 args.pruner != "none", args.trials)
+  elif count(study, (*FINISHED, TrialState.RUNNING)) < args.trials:
     study.optimize(make_objective(sweep, base_config, workdir, args.pruner != "none"), callbacks=[stop_at_target])
-    print(f"this worker tuned for {time.perf_counter() - start:.1f}s", flush=True)
+  print(f"this worker tuned for {time.perf_counter() - start:.1f}s", flush=True)
   from fluxdigits import tune_report
   return tune_report.write(study, args, overrides, workdir, args.trials)
 

@@ -185,7 +185,7 @@ def finished_summary(workdir: pathlib.Path, config) -> dict | None:
 
 def check_population(workdir: pathlib.Path, member_dirs) -> None:
   """Refuses a population in WORKDIR other than the one there (or a single run there); records it if new."""
-  names = [str(pathlib.Path(d).relative_to(workdir)) for d in member_dirs]
+  names = [os.path.relpath(d, workdir) for d in member_dirs]
   single = names == ["."]
   path = workdir / POPULATION_FILE
   if single:

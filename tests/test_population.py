@@ -1,0 +1,141 @@
+"""Populations on real MNIST: a member trains exactly as its single run, --seeds survives kill -9, tuning trains
+trials of one shape together, and bad input is refused."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fluxdigits import config as configs, population, run, train
+from fluxdigits.errors import UserError
+
+from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+
+CNN = str(EXPERIMENTS / "mnist_cnn.py")
+QUICK = ["--config.dataset.max_train_examples=6400", "--config.report=false"]
+
+
+def small_config(**overrides):
+  config = configs.load(CNN)
+  values = {"model.name": "cnn_dropout", "augment.name": "digits", "num_epochs": 2, "report": False,
+            "dataset.max_train_examples": 3200, **overrides}
+  return configs.validate(configs.override(config, [f"{k}={v}" for k, v in values.items()]))
+
+
+def metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_member_trains_exactly_as_its_single_run(tmp_path):
+  """Members differing in every data hyperparameter, with dropout and augmentation: each equals its own run."""
+  members = [small_config(seed=0),
+             small_config(**{"seed": 7, "optimizer.learning_rate": 2e-3, "optimizer.weight_decay": 1e-4,
+                             "model.dropout_rate": 0.4, "label_smoothing": 0.1})]
+  dirs = [tmp_path / "population" / "a", tmp_path / "population" / "b"]
+  together = run.train_members(members, tmp_path / "population", dirs, log=lambda *_: None)
+  alone = run.train_run(members[1], tmp_path / "alone", log=lambda *_: None)
+
+  assert together[0]["test_accuracy"] != together[1]["test_accuracy"]
+  for key in ("test_accuracy", "best_val_accuracy", "best_epoch", "epochs_run", "num_params"):
+    assert together[1][key] == pytest.approx(alone[key], abs=1e-3), key
+  assert together[1]["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-3)
+  for row_together, row_alone in zip(metrics(dirs[1]), metrics(tmp_path / "alone"), strict=True):
+    for key in ("train_loss", "val_loss", "learning_rate"):
+      assert row_together[key] == pytest.approx(row_alone[key], rel=1e-3), key
+  assert together[1]["test_accuracy"] >= 0.9
+  # A member's folder is a finished run like any other: its config, and its best state to load.
+  config, state, progress = train.load_run(dirs[1])
+  assert config.seed == 7 and config.model.dropout_rate == 0.4 and progress.epoch == 2
+  assert train.count_params(state.params) == alone["num_params"]
+
+
+def seeds_command(workdir, *args):
+  return [sys.executable, "-m", "fluxdigits.run", CNN, "--seeds", "0-2", "--workdir", str(workdir),
+          "--config.num_epochs=2", *QUICK, *args]
+
+
+def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_path):
+  whole = subprocess.run(seeds_command(tmp_path / "whole"), capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert whole.returncode == 0, whole.stderr
+  assert "test accuracy over 3 seeds:" in whole.stdout
+
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(seeds_command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "1").is_dir() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, "the population ended before it could be killed in its second epoch"
+  resumed = subprocess.run(seeds_command(workdir), capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming from epoch 1" in resumed.stdout
+
+  for seed in range(3):
+    assert read_summary(workdir / f"seed-{seed}")["test_accuracy"] == read_summary(tmp_path / "whole" / f"seed-{seed}")["test_accuracy"]
+    assert [row["epoch"] for row in metrics(workdir / f"seed-{seed}")] == [1, 2]
+    assert json.loads((workdir / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
+  summary = read_summary(workdir)
+  accuracies = [read_summary(workdir / f"seed-{seed}")["test_accuracy"] for seed in range(3)]
+  assert summary["members"] == 3
+  assert summary["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+  assert summary["test_accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
+  assert summary["test_accuracy"]["min"] == min(accuracies) and summary["test_accuracy"]["max"] == max(accuracies)
+  assert min(accuracies) > 0.9
+
+  # Other seeds in the same workdir are refused; a single run there too.
+  other = run_cli(CNN, "--seeds", "0-3", "--workdir", workdir, "--config.num_epochs=2", *QUICK)
+  assert other.returncode == 2 and "holds a population of seed-0, seed-1, seed-2" in other.stderr
+  single = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", *QUICK)
+  assert single.returncode == 2 and "holds a population" in single.stderr
+
+
+@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("5,1,5", [5, 1]), ("1-2,9", [1, 2, 9])])
+def test_seed_lists(text, seeds):
+  assert population.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a-b", "3-1", "-1", "0-4294967296"])
+def test_bad_seed_lists_are_one_line(text):
+  with pytest.raises(UserError, match="--seeds"):
+    population.parse_seeds(text)
+
+
+def test_members_of_another_shape_are_refused():
+  with pytest.raises(UserError, match="members differ in batch_size"):
+    population.check_shared_shape([small_config(), small_config(batch_size=64)])
+  assert population.groups([small_config(), small_config(batch_size=64), small_config(seed=3)]) == [[0, 2], [1]]
+
+
+def test_tuning_trains_trials_of_one_shape_together(tmp_path):
+  sweep = tmp_path / "digits.py"
+  sweep.write_text("from fluxdigits.config import defaults\n\n\ndef get_config():\n  return defaults()\n\n\n"
+                   "def space(trial):\n"
+                   "  trial.suggest_categorical('batch_size', [32, 64])\n"
+                   "  trial.suggest_float('optimizer.learning_rate', 5e-4, 2e-3, log=True)\n"
+                   "  trial.suggest_float('model.dropout_rate', 0.0, 0.3)\n")
+  workdir = tmp_path / "tuning"
+  result = subprocess.run([sys.executable, "-m", "fluxdigits.tune", str(sweep), "--workdir", str(workdir),
+                           "--trials", "4", "--population", "4", "--sampler", "random", "--pruner", "none",
+                           "--config.num_epochs=1", "--config.model.name=cnn_dropout", *QUICK[:1]],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert result.returncode == 0, result.stderr
+  import optuna
+  study = optuna.load_study(study_name="digits", storage=f"sqlite:///{workdir / 'study.db'}")
+  trials = study.get_trials()
+  assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+  by_batch = {}
+  for t in trials:
+    summary = read_summary(workdir / "trials" / f"{t.number:04d}")
+    assert summary["best_val_accuracy"] == t.value and t.value > 0.9
+    by_batch.setdefault(t.params["batch_size"], []).append(t)
+  # Trials of a batch size trained as one population, a trial alone in its own folder.
+  for batch_trials in by_batch.values():
+    places = {t.user_attrs["population"] for t in batch_trials}
+    assert len(places) == 1
+    assert places.pop().startswith("populations/") == (len(batch_trials) > 1)
+  assert (workdir / "tuning.md").is_file()
