@@ -246,6 +246,23 @@ def process_alive(pid) -> bool:
 # --- one trial -------------------------------------------------------------------------------------
 
 
+PRUNED = "pruned"
+
+
+def pruning(trial, config, prune: bool):
+  """A run's on_epoch: reports each epoch's validation accuracy to the trial; says 'pruned ...' when the pruner stops it."""
+
+  def on_epoch(row):
+    trial.report(row["val_accuracy"], row["epoch"])
+    # The last epoch is never pruned: it has been paid for, and the trial is complete.
+    if prune and row["epoch"] < config.num_epochs and trial.should_prune():
+      return (f"{PRUNED} after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the "
+              "other trials")
+    return None
+
+  return on_epoch
+
+
 def start_trial(trial, sweep, base_config, workdir: pathlib.Path):
   """(config, run directory) of an asked trial, recorded in its attributes; a re-queued trial gets its predecessor's."""
   trial.set_user_attr("host", HOST)

@@ -3,8 +3,10 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,6 +28,17 @@ def run_cli(*args, env=None, timeout=900, **popen):
   """`python -m fluxdigits.run ...` in a fresh process, as a user types it."""
   return subprocess.run([sys.executable, "-m", "fluxdigits.run", *map(str, args)], capture_output=True, text=True,
                         timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, **popen)
+
+
+def kill_once_written(command, path, what: str):
+  """Starts `command`, kills it with SIGKILL as soon as `path` exists, and checks it was still running then."""
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not pathlib.Path(path).is_dir() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, f"{what} ended before it could be killed"
 
 
 def read_summary(workdir) -> dict:

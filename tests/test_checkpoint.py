@@ -1,17 +1,14 @@
 import json
 import pathlib
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
 from fluxdigits import train
 from fluxdigits.errors import UserError
 
-from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 QUICK = ["--config.dataset.max_train_examples=12800", "--config.report=false"]
@@ -28,13 +25,7 @@ def test_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(tmp_pa
 
   workdir = tmp_path / "killed"
   command = [sys.executable, "-m", "fluxdigits.run", CNN, "--workdir", str(workdir), *args]
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (workdir / "checkpoints" / "1").is_dir() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed in its second epoch"
+  kill_once_written(command, workdir / "checkpoints" / "1", "the run, in its second epoch,")
   assert not (workdir / "summary.json").exists()
 
   resumed = run_cli(CNN, "--workdir", workdir, *args)

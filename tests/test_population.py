@@ -2,10 +2,8 @@
 trials of one shape together, and bad input is refused."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from fluxdigits import config as configs, population, run, train
 from fluxdigits.errors import UserError
 
-from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 QUICK = ["--config.dataset.max_train_examples=6400", "--config.report=false"]
@@ -64,13 +62,7 @@ def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_pa
   assert "test accuracy over 3 seeds:" in whole.stdout
 
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(seeds_command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (workdir / "checkpoints" / "1").is_dir() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert process.returncode == -signal.SIGKILL, "the population ended before it could be killed in its second epoch"
+  kill_once_written(seeds_command(workdir), workdir / "checkpoints" / "1", "the population, in its second epoch,")
   resumed = subprocess.run(seeds_command(workdir), capture_output=True, text=True, cwd=REPO, timeout=600)
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from epoch 1" in resumed.stdout

@@ -1,7 +1,6 @@
 """Predicting files and arrays with a run trained on real MNIST, the command line, and the exports."""
 
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap

@@ -2,19 +2,16 @@
 two workers on one storage, pruning, and bad input refused before anything trains."""
 
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 
 from fluxdigits import config as configs, tune
 
-from conftest import REPO
+from conftest import REPO, kill_once_written
 
 # A narrow space where every trial learns: the figures below can be asserted.
 GOOD_SPACE = '''
@@ -89,15 +86,8 @@ def test_sweep_end_to_end_chooses_on_validation_and_tests_only_the_chosen_trial(
 def test_killed_tuning_resumes_the_interrupted_trial_from_its_checkpoint(tmp_path):
   sweep, workdir = write_sweep(tmp_path, GOOD_SPACE), tmp_path / "tuning"
   args = ["--trials", 2, "--pruner", "none", "--config.num_epochs=3"]
-  process = subprocess.Popen(tune_command(sweep, workdir, *args), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (workdir / "trials" / "0001" / "checkpoints" / "1").is_dir() and process.poll() is None \
-      and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert process.returncode == -signal.SIGKILL, "tuning ended before it could be killed in trial 1"
+  kill_once_written(tune_command(sweep, workdir, *args), workdir / "trials" / "0001" / "checkpoints" / "1",
+                    "tuning, in trial 1,")
   assert not (workdir / "trials" / "0001" / "summary.json").exists()
 
   result = run_tune(sweep, workdir, *args)
