@@ -554,8 +554,8 @@ def load_run(workdir, which: str = "best"):
   workdir = pathlib.Path(workdir)
   config_file = workdir / "config.json"
   if (workdir / workdirs.POPULATION_FILE).is_file():
-    members = json.loads((workdir / workdirs.POPULATION_FILE).read_text()).get("members") or ["MEMBER"]
-    raise UserError(f"{workdir} is a population of runs; pass one of its members' folders, e.g. {workdir / members[0]}")
+    raise UserError(f"{workdir} is a population of runs ({workdir / workdirs.POPULATION_FILE} lists them); pass one "
+                    f"of its members' folders, e.g. {workdir / 'seed-0'}")
   if not config_file.is_file():
     raise UserError(f"{workdir} is not a fluxdigits run (no config.json); pass the --workdir of a training run")
   try:
