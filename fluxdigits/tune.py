@@ -28,6 +28,8 @@ from fluxdigits.errors import TrainingDiverged, UserError
 
 # Heartbeats, retries of dead trials and the matplotlib plots are "experimental" in Optuna 4 (stable for years).
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# --population asks and tells trials itself; its trials' workers are found dead by their pid (requeue_interrupted).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 USAGE = ("python -m fluxdigits.tune SWEEP.py --trials N [--workdir DIR] [--sampler tpe|random|grid] "
          "[--pruner median|hyperband|none] [--population K] [--storage URL] [--config.KEY=VALUE ...]")

