@@ -14,7 +14,7 @@ from fluxdigits.errors import UserError
 from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
-QUICK = ["--config.dataset.max_train_examples=6400", "--config.report=false"]
+QUICK = ["--config.dataset.max_train_examples=3200", "--config.report=false"]
 
 
 def small_config(**overrides):
@@ -58,14 +58,14 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path):
 
 
 def seeds_command(workdir, *args):
-  return [sys.executable, "-m", "fluxdigits.run", CNN, "--seeds", "0-2", "--workdir", str(workdir),
+  return [sys.executable, "-m", "fluxdigits.run", CNN, "--seeds", "0-1", "--workdir", str(workdir),
           "--config.num_epochs=2", *QUICK, *args]
 
 
 def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_path):
   whole = subprocess.run(seeds_command(tmp_path / "whole"), capture_output=True, text=True, cwd=REPO, timeout=600)
   assert whole.returncode == 0, whole.stderr
-  assert "test accuracy over 3 seeds:" in whole.stdout
+  assert "test accuracy over 2 seeds:" in whole.stdout
 
   workdir = tmp_path / "killed"
   kill_once_written(seeds_command(workdir), workdir / "checkpoints" / "1", "the population, in its second epoch,")
@@ -73,21 +73,21 @@ def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_pa
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from epoch 1" in resumed.stdout
 
-  for seed in range(3):
+  for seed in range(2):
     assert read_summary(workdir / f"seed-{seed}")["test_accuracy"] == read_summary(tmp_path / "whole" / f"seed-{seed}")["test_accuracy"]
     assert [row["epoch"] for row in metrics(workdir / f"seed-{seed}")] == [1, 2]
     assert json.loads((workdir / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
   summary = read_summary(workdir)
-  accuracies = [read_summary(workdir / f"seed-{seed}")["test_accuracy"] for seed in range(3)]
-  assert summary["members"] == 3
+  accuracies = [read_summary(workdir / f"seed-{seed}")["test_accuracy"] for seed in range(2)]
+  assert summary["members"] == 2
   assert summary["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
   assert summary["test_accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
   assert summary["test_accuracy"]["min"] == min(accuracies) and summary["test_accuracy"]["max"] == max(accuracies)
-  assert min(accuracies) > 0.9
+  assert min(accuracies) > 0.85
 
   # Other seeds in the same workdir are refused; a single run there too.
-  other = run_cli(CNN, "--seeds", "0-3", "--workdir", workdir, "--config.num_epochs=2", *QUICK)
-  assert other.returncode == 2 and "holds a population of seed-0, seed-1, seed-2" in other.stderr
+  other = run_cli(CNN, "--seeds", "0-2", "--workdir", workdir, "--config.num_epochs=2", *QUICK)
+  assert other.returncode == 2 and "holds a population of seed-0, seed-1" in other.stderr
   single = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", *QUICK)
   assert single.returncode == 2 and "holds a population" in single.stderr
 
