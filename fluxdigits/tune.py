@@ -173,6 +173,9 @@ def open_study(storage, name: str, space: dict, base_config, sampler, pruner) ->
     changed = sorted(k for k in set(space) | set(recorded_space) if space.get(k) != recorded_space.get(k))
     raise UserError(f"study {name!r} in this storage was made with another search space (differs in: {', '.join(changed)}); "
                     "keep the sweep's space as it was, or use another --workdir (or --storage)")
+  # A key added to fluxdigits after the study began is no change while it holds its default.
+  defaults = configs.flatten(configs.defaults())
+  recorded_base = {**{k: defaults[k] for k in set(base) - set(recorded_base) if k in defaults}, **recorded_base}
   changed = sorted(k for k in set(base) | set(recorded_base) if base.get(k) != recorded_base.get(k))
   if changed:
     shown = ", ".join(f"{k} ({recorded_base.get(k)!r} -> {base.get(k)!r})" for k in changed[:6])

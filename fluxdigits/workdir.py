@@ -133,6 +133,8 @@ def read_config(path: pathlib.Path) -> dict:
 def check_same_run(saved: dict, config, where) -> None:
   """Raises unless `config` may continue a run made with the flat config `saved`."""
   new = configs.flatten(config)
+  # A key added to fluxdigits after the run was made held its default then (or its VALUES_BEFORE_KEY_EXISTED).
+  saved = {**configs.flatten(configs.defaults()), **configs.VALUES_BEFORE_KEY_EXISTED, **saved}
   differing = sorted(k for k in set(saved) | set(new)
                      if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != new.get(k, "<absent>"))
   if differing:

@@ -129,7 +129,7 @@ def test_tuning_trains_trials_of_one_shape_together(tmp_path):
   by_batch = {}
   for t in trials:
     summary = read_summary(workdir / "trials" / f"{t.number:04d}")
-    assert summary["best_val_accuracy"] == t.value and t.value > 0.9
+    assert summary["best_val_accuracy"] == t.value and t.value > 0.8  # one epoch of 6,400 images
     by_batch.setdefault(t.params["batch_size"], []).append(t)
   # Trials of a batch size trained as one population, a trial alone in its own folder.
   for batch_trials in by_batch.values():
