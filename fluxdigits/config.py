@@ -200,6 +200,11 @@ def flatten(config: ml_collections.ConfigDict) -> dict:
   return {key: _get(config, key) for key in _flat_keys(config)}
 
 
+def with_keys_added_since(flat: dict) -> dict:
+  """A flat config written by an older fluxdigits, with the value each key added since had in effect then."""
+  return {**flatten(defaults()), **VALUES_BEFORE_KEY_EXISTED, **flat}
+
+
 def from_flat(flat: dict) -> ml_collections.ConfigDict:
   """The inverse of flatten(): a validated config from a run's config.json."""
   config = ml_collections.ConfigDict()

@@ -264,7 +264,7 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   # before its states are made.
   replicated = meshes.replicated_sharding(mesh)
   state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape[1:]), x.dtype, sharding=replicated),
-                              create_states(members[:1], model, image_shape, tx))
+                              jax.eval_shape(lambda: create_states(members[:1], model, image_shape, tx)))
   train_chunk = make_train_chunk(config, preprocess, augment.make(config))
   chunk = min(config.steps_per_call, steps_per_epoch)
   log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
@@ -425,17 +425,18 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
       row = {"epoch": epoch, **rows[i], "val_loss": None, "val_accuracy": None,
              "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate,
                                                           int(state.step[i]), i)}
+      variables = checkpoint.member(state.evaluated_variables(), i)
       if len(trainer.dataset.validation):
-        val = evaluate(trainer, checkpoint.member(state.evaluated_variables(), i), "validation")
+        val = evaluate(trainer, variables, "validation")
         row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-      trained.append((i, row))
+      trained.append((i, row, variables))
     # The population's epoch, every member's validation included: what each member's epoch cost.
     epoch_seconds = time.perf_counter() - epoch_start
-    for i, row in trained:
+    for i, row, variables in trained:
       row["epoch_seconds"] = epoch_seconds
       improved = row["val_accuracy"] is None or row["val_accuracy"] > progresses[i].best_val_accuracy
       if improved:
-        best_variables[i] = jax.tree.map(jnp.copy, checkpoint.member(state.evaluated_variables(), i))
+        best_variables[i] = jax.tree.map(jnp.copy, variables)
       progresses[i] = progresses[i].after_epoch(row, improved)
       if distributed.is_primary():
         with open(metrics_files[i], "a") as f:
@@ -518,10 +519,9 @@ def _write_member_checkpoints(trainer, manager, state, progresses, member_dirs):
   epochs = checkpoint.restore_epochs(manager, state, max(p.epoch for p in progresses),
                                      [e for p in progresses for e in (p.epoch, p.best_epoch)])
   for i, (member_dir, progress, member_config) in enumerate(zip(member_dirs, progresses, trainer.members)):
-    best = progress.history[progress.best_epoch - 1] if progress.best_epoch else None
     at_best = checkpoint.Progress(epoch=progress.best_epoch, best_val_accuracy=progress.best_val_accuracy,
                                   best_epoch=progress.best_epoch, history=progress.history[:progress.best_epoch])
-    saves = [(at_best, progress.best_epoch)] if best is not None and progress.best_epoch != progress.epoch else []
+    saves = [(at_best, progress.best_epoch)] if 0 < progress.best_epoch != progress.epoch else []
     member_manager = checkpoint.manager(member_dir, member_config)
     try:
       for member_progress, epoch in [*saves, (progress, progress.epoch)]:
@@ -532,10 +532,9 @@ def _write_member_checkpoints(trainer, manager, state, progresses, member_dirs):
       checkpoint.close(member_manager, state)
 
 
-def train_and_evaluate(config, workdir, log=print, on_epoch=None, test=True) -> dict:
+def train_and_evaluate(config, workdir, log=print, test=True) -> dict:
   """Trains one run as `config` says in WORKDIR (a population of one); returns its summary."""
-  member_on_epoch = None if on_epoch is None else lambda i, row: on_epoch(row)
-  return train_population([config], workdir, [workdir], log, member_on_epoch, test)[0]
+  return train_population([config], workdir, [workdir], log, test=test)[0]
 
 
 def _epoch_line(row, num_epochs):

@@ -173,9 +173,7 @@ def open_study(storage, name: str, space: dict, base_config, sampler, pruner) ->
     changed = sorted(k for k in set(space) | set(recorded_space) if space.get(k) != recorded_space.get(k))
     raise UserError(f"study {name!r} in this storage was made with another search space (differs in: {', '.join(changed)}); "
                     "keep the sweep's space as it was, or use another --workdir (or --storage)")
-  # A key added to fluxdigits after the study began is no change while it holds its default.
-  defaults = configs.flatten(configs.defaults())
-  recorded_base = {**{k: defaults[k] for k in set(base) - set(recorded_base) if k in defaults}, **recorded_base}
+  recorded_base = configs.with_keys_added_since(recorded_base)
   changed = sorted(k for k in set(base) | set(recorded_base) if base.get(k) != recorded_base.get(k))
   if changed:
     shown = ", ".join(f"{k} ({recorded_base.get(k)!r} -> {base.get(k)!r})" for k in changed[:6])
@@ -334,11 +332,11 @@ def train_population_of_trials(study, sweep, base_config, workdir: pathlib.Path,
       for i in group:
         trials[i].set_user_attr("population", str(population_dir.relative_to(workdir)))
       population_dir.mkdir(parents=True, exist_ok=True)
-      on_epoch = lambda member, row: pruning(trials[group[member]], members[member], prune)(row)
+      pruners = [pruning(trials[i], started[i][0], prune) for i in group]
       with open(population_dir / "train.log", "a") as log_file:
         try:
           summaries = run.train_members(members, population_dir, member_dirs, log=file_log(log_file),
-                                        on_epoch=on_epoch, test=False)
+                                        on_epoch=lambda member, row: pruners[member](row), test=False)
         except TrainingDiverged as e:  # a population of one stops at once, as a run does
           summaries = [{"stopped": f"diverged: {e}"}]
       for i, summary in zip(group, summaries):

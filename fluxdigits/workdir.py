@@ -127,14 +127,13 @@ def read_config(path: pathlib.Path) -> dict:
     raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
   if not isinstance(saved, dict):
     raise UserError(f"{path} holds {type(saved).__name__}, not a JSON object of config keys; {fix}")
-  return {**configs.VALUES_BEFORE_KEY_EXISTED, **saved}
+  return saved
 
 
 def check_same_run(saved: dict, config, where) -> None:
   """Raises unless `config` may continue a run made with the flat config `saved`."""
   new = configs.flatten(config)
-  # A key added to fluxdigits after the run was made held its default then (or its VALUES_BEFORE_KEY_EXISTED).
-  saved = {**configs.flatten(configs.defaults()), **configs.VALUES_BEFORE_KEY_EXISTED, **saved}
+  saved = configs.with_keys_added_since(saved)
   differing = sorted(k for k in set(saved) | set(new)
                      if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != new.get(k, "<absent>"))
   if differing:
