@@ -6,6 +6,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NUM_CLASSES = 10
@@ -109,8 +110,49 @@ def _conv_stride1_backward(padding, residuals, grad):
 
 conv_stride1.defvjp(_conv_stride1_forward, _conv_stride1_backward)
 
-# From this many input channels on, a stride-1 3x3 convolution is `conv_stride1`; below, one matmul
-# of its patches, whose 9x larger patch array is cheap when the channels are few.
+# Winograd F(2x2, 3x3) (Lavin and Gray 2015): input tiles of 4x4 map to outputs of 2x2 through
+# V = B^T d B, M = V U (U = G g G^T, one matmul per tile position), Y = A^T M A.
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def _combine(matrix, arrays):
+  """[sum_j matrix[i, j] * arrays[j] for each row i], written as adds and negations where the entry is +-1."""
+  rows = []
+  for coefficients in matrix:
+    terms = [a if c == 1 else -a if c == -1 else a * c for c, a in zip(coefficients, arrays) if c != 0]
+    rows.append(functools.reduce(jnp.add, terms))
+  return rows
+
+
+def winograd_conv3x3(x, kernel, padding):
+  """A stride-1 3x3 convolution with an even output size, as Winograd F(2x2, 3x3): the values of lax's.
+
+  2.25x fewer multiplications than a direct convolution, all of them in 16 matmuls of (tiles,
+  channels) @ (channels, features); the transforms are adds over strided slices. With no XLA
+  convolution anywhere, JAX's autodiff of it is matmuls and adds too: XLA:CPU runs the gradient
+  convolutions of `lax.conv_general_dilated` 50-70x slower inside the train loop's lax.scan.
+  """
+  n, h, w, channels = x.shape
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = h + 2, w + 2
+  tiles_h, tiles_w = (h - 2) // 2, (w - 2) // 2
+  rows = [x[:, i:i + 2 * tiles_h - 1:2] for i in range(4)]
+  transformed = []
+  for row in _combine(_WINOGRAD_BT, rows):
+    transformed += _combine(_WINOGRAD_BT, [row[:, :, j:j + 2 * tiles_w - 1:2] for j in range(4)])
+  v = jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
+  u = jnp.einsum("ai,ijcf,bj->abcf", _WINOGRAD_G, kernel, _WINOGRAD_G).reshape(16, channels, -1)
+  m = jnp.einsum("tpc,tcf->tpf", v, u).reshape(4, 4, n, tiles_h, tiles_w, -1)
+  out_rows = [jnp.stack(_combine(_WINOGRAD_AT, list(row)), axis=3) for row in _combine(_WINOGRAD_AT, list(m))]
+  return jnp.stack(out_rows, axis=2).reshape(n, 2 * tiles_h, 2 * tiles_w, -1)
+
+
+# From this many input channels on, a stride-1 3x3 convolution is `winograd_conv3x3` (even output
+# sizes) or `conv_stride1`; below, one matmul of its patches, whose 9x larger patch array is cheap
+# when the channels are few.
 CONV_MIN_CHANNELS = 16
 
 
@@ -137,6 +179,9 @@ class Conv3x3(nn.Module):
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
     x = x.astype(self.dtype)
     if channels >= CONV_MIN_CHANNELS and self.strides == 1:
+      if h % 2 == 0 and w % 2 == 0:  # an even output: SAME keeps the size, VALID takes 2 off
+        y = winograd_conv3x3(x, kernel, self.padding)
+        return y if bias is None else y + bias
       return conv_stride1(x, kernel, bias, self.padding)
     patches = _patches(x, self.strides, self.padding, with_ones=self.use_bias)
     weights = kernel.reshape(9 * channels, self.features)
