@@ -84,7 +84,7 @@ def _conv(x, kernel, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def conv_stride1(x, kernel, bias, padding):
-  """A stride-1 3x3 convolution whose forward pass and input gradient are both XLA forward convolutions."""
+  """A stride-1 3x3 convolution whose forward pass and both gradients are XLA forward convolutions."""
   y = _conv(x, kernel, padding)
   return y if bias is None else y + bias
 
@@ -94,18 +94,17 @@ def _conv_stride1_forward(x, kernel, bias, padding):
 
 
 def _conv_stride1_backward(padding, residuals, grad):
-  # Inside the train loop's lax.scan, XLA:CPU runs the convolutions of JAX's own gradient rules (input
-  # dilated or batch and feature swapped) 50-70x slower than a forward convolution: here the input
-  # gradient is a forward convolution with the flipped kernel, and the kernel (and bias) gradient
-  # one matmul of the patches.
+  # Inside a while loop (the train loop's lax.scan) XLA:CPU leaves the convolutions of JAX's own
+  # gradient rules in their non-canonical dimension orders and runs them 20-70x slower than the same
+  # program unrolled, where they are canonicalised. Here both gradients are written as canonical
+  # (NHWC, HWIO) forward convolutions: the input gradient with the flipped kernel, the kernel
+  # gradient with batch and channels swapped (the output gradient as a kernel over the input).
   x, kernel, bias = residuals
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
   input_grad = _conv(grad, flipped, "SAME" if padding == "SAME" else ((2, 2), (2, 2)))
-  patches = _patches(x, 1, padding, with_ones=bias is not None)
-  features = kernel.shape[-1]
-  weight_grad = patches.reshape(-1, patches.shape[-1]).T @ grad.reshape(-1, features)
-  kernel_grad = weight_grad[:9 * x.shape[-1]].reshape(kernel.shape)
-  return input_grad, kernel_grad, None if bias is None else weight_grad[-1]
+  kernel_grad = _conv(x.transpose(3, 1, 2, 0), grad.transpose(1, 2, 0, 3),
+                      ((1, 1), (1, 1)) if padding == "SAME" else "VALID").transpose(1, 2, 0, 3)
+  return input_grad, kernel_grad, None if bias is None else grad.sum((0, 1, 2))
 
 
 conv_stride1.defvjp(_conv_stride1_forward, _conv_stride1_backward)
@@ -127,18 +126,18 @@ def _combine(matrix, arrays):
 
 
 def winograd_conv3x3(x, kernel, padding):
-  """A stride-1 3x3 convolution with an even output size, as Winograd F(2x2, 3x3): the values of lax's.
+  """A stride-1 3x3 convolution as Winograd F(2x2, 3x3): the values of lax's, to float rounding.
 
   2.25x fewer multiplications than a direct convolution, all of them in 16 matmuls of (tiles,
-  channels) @ (channels, features); the transforms are adds over strided slices. With no XLA
-  convolution anywhere, JAX's autodiff of it is matmuls and adds too: XLA:CPU runs the gradient
-  convolutions of `lax.conv_general_dilated` 50-70x slower inside the train loop's lax.scan.
+  channels) @ (channels, features); the transforms are adds over strided slices, and JAX's
+  autodiff of it is matmuls and adds too. An odd output size is computed one row or column larger
+  and cropped.
   """
   n, h, w, channels = x.shape
-  if padding == "SAME":
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    h, w = h + 2, w + 2
-  tiles_h, tiles_w = (h - 2) // 2, (w - 2) // 2
+  out_h, out_w = (h, w) if padding == "SAME" else (h - 2, w - 2)
+  tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+  before = 1 if padding == "SAME" else 0
+  x = jnp.pad(x, ((0, 0), (before, 2 * tiles_h + 2 - h - before), (before, 2 * tiles_w + 2 - w - before), (0, 0)))
   rows = [x[:, i:i + 2 * tiles_h - 1:2] for i in range(4)]
   transformed = []
   for row in _combine(_WINOGRAD_BT, rows):
@@ -147,13 +146,15 @@ def winograd_conv3x3(x, kernel, padding):
   u = jnp.einsum("ai,ijcf,bj->abcf", _WINOGRAD_G, kernel, _WINOGRAD_G).reshape(16, channels, -1)
   m = jnp.einsum("tpc,tcf->tpf", v, u).reshape(4, 4, n, tiles_h, tiles_w, -1)
   out_rows = [jnp.stack(_combine(_WINOGRAD_AT, list(row)), axis=3) for row in _combine(_WINOGRAD_AT, list(m))]
-  return jnp.stack(out_rows, axis=2).reshape(n, 2 * tiles_h, 2 * tiles_w, -1)
+  return jnp.stack(out_rows, axis=2).reshape(n, 2 * tiles_h, 2 * tiles_w, -1)[:, :out_h, :out_w]
 
 
-# From this many input channels on, a stride-1 3x3 convolution is `winograd_conv3x3` (even output
-# sizes) or `conv_stride1`; below, one matmul of its patches, whose 9x larger patch array is cheap
-# when the channels are few.
+# Stride-1 3x3 convolutions by input channels, from the measured forward-and-backward times of each
+# formulation inside a lax.scan (benchmarks/NOTES.md): below 16 one matmul of the 3x3 patches
+# (im2col), whose 9x larger patch array is cheap when the channels are few; from 16 `conv_stride1`;
+# from 32 `winograd_conv3x3`, whose transforms cost more than the multiplications they save below.
 CONV_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 32
 
 
 class Conv3x3(nn.Module):
@@ -163,7 +164,8 @@ class Conv3x3(nn.Module):
   a column of ones appended when there is a bias, so that the bias is a row of the same matmul.
   There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
   slower, and a bias gradient (a reduction over all positions) as slow as the rest of the step;
-  here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1`.
+  here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1` or
+  `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS).
   """
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -178,10 +180,10 @@ class Conv3x3(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
     x = x.astype(self.dtype)
+    if channels >= WINOGRAD_MIN_CHANNELS and self.strides == 1:
+      y = winograd_conv3x3(x, kernel, self.padding)
+      return y if bias is None else y + bias
     if channels >= CONV_MIN_CHANNELS and self.strides == 1:
-      if h % 2 == 0 and w % 2 == 0:  # an even output: SAME keeps the size, VALID takes 2 off
-        y = winograd_conv3x3(x, kernel, self.padding)
-        return y if bias is None else y + bias
       return conv_stride1(x, kernel, bias, self.padding)
     patches = _patches(x, self.strides, self.padding, with_ones=self.use_bias)
     weights = kernel.reshape(9 * channels, self.features)

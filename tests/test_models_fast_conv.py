@@ -11,9 +11,10 @@ from fluxdigits import models
 
 @pytest.mark.parametrize("channels, features, strides, padding, use_bias", [
     (1, 32, 1, "VALID", True), (3, 8, 1, "VALID", True), (32, 64, 1, "VALID", True),
-    (3, 16, 1, "SAME", False), (16, 32, 2, "SAME", False), (4, 8, 2, "VALID", True), (16, 16, 1, "SAME", False)])
-# An odd output size takes conv_stride1 for >= 16 channels at stride 1, an even one winograd_conv3x3.
-@pytest.mark.parametrize("height, width", [(11, 8), (12, 10)])
+    (3, 16, 1, "SAME", False), (16, 32, 2, "SAME", False), (4, 8, 2, "VALID", True), (16, 16, 1, "SAME", False),
+    (16, 8, 1, "VALID", True), (48, 8, 1, "SAME", True)])
+# Odd and even output sizes: winograd_conv3x3 crops an odd one.
+@pytest.mark.parametrize("height, width", [(11, 8), (12, 9)])
 def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, strides, padding, use_bias, height, width):
   x = jax.random.normal(jax.random.key(0), (2, height, width, channels))
   fast = models.Conv3x3(features, models.KERAS_INIT, strides=strides, padding=padding, use_bias=use_bias)
@@ -27,11 +28,14 @@ def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, 
   def loss(module, params, x):
     return jnp.sum(jnp.sin(module.apply(params, x)))
 
-  # Outputs of about 10: Winograd's transforms round to within ~3e-5 of a direct sum (1e-4 in a gradient).
-  np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-4)
+  # Winograd's transforms round differently from a direct sum: errors of ~2e-6 of the largest value.
+  def assert_close(actual, desired):
+    np.testing.assert_allclose(actual, desired, rtol=1e-4, atol=2e-5 * np.abs(desired).max())
+
+  assert_close(fast.apply(params, x), reference.apply(params, x))
   grads = jax.grad(loss, argnums=(1, 2))(fast, params, x)
   reference_grads = jax.grad(loss, argnums=(1, 2))(reference, params, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-4), grads, reference_grads)
+  jax.tree.map(assert_close, grads, reference_grads)
 
 
 def test_conv3x3_computes_in_its_dtype_and_keeps_float32_parameters():
@@ -64,8 +68,11 @@ def test_conv1x1_matches_flax_conv_with_the_same_parameters(size, strides):
   reference = nn.Conv(5, (1, 1), (strides, strides), use_bias=False)
   params = fast.init(jax.random.key(1), x)
   jax.tree.map(np.testing.assert_array_equal, params, reference.init(jax.random.key(1), x))
-  # Outputs of about 10: Winograd's transforms round to within ~3e-5 of a direct sum (1e-4 in a gradient).
-  np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-4)
+  # Winograd's transforms round differently from a direct sum: errors of ~2e-6 of the largest value.
+  def assert_close(actual, desired):
+    np.testing.assert_allclose(actual, desired, rtol=1e-4, atol=2e-5 * np.abs(desired).max())
+
+  assert_close(fast.apply(params, x), reference.apply(params, x))
   loss = lambda module, params, x: jnp.sum(jnp.sin(module.apply(params, x)))
   grads = jax.grad(loss, argnums=(1, 2))(fast, params, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads,
