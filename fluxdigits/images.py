@@ -11,14 +11,21 @@ import pathlib
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 
 from fluxdigits.errors import UserError
 
-# Larger images are decoded reduced where the format allows (JPEG: 1/2 to 1/8 while decoding);
-# others this large are refused rather than decoded whole.
+# Larger images are reduced on load, before any conversion, to a longer side of REDUCED_SIDE to
+# 2*REDUCED_SIDE-1: JPEGs while decoding (1/2 to 1/8), then any format by averaging blocks of pixels
+# a strip at a time, so memory stays near the image decoded in its own mode (1 byte a pixel for
+# grayscale and palettes, 2 for 16-bit grayscale, 4 for colour, alpha and 32-bit). An image whose
+# decoded pixels would take more than MAX_DECODED_BYTES is refused (2 GiB: about 2 gigapixels of
+# grayscale, 500 megapixels of colour).
 MAX_DECODED_PIXELS = 40_000_000
+REDUCED_SIDE = 2048  # twice WORK_SIDE: reducing loses nothing the ink finder would see
+MAX_DECODED_BYTES = 2 << 30
+STRIP_BYTES = 64 << 20  # a strip of a large image converted at once, in its working mode
 WORK_SIDE = 1024  # longer side the ink is found at: enough for a thin pen line, cheap to filter
 MIN_WORK_SIDE = 256  # tiny images (e.g. 28x28) are enlarged so the filters have room
 BOX = 20  # MNIST: the digit's longer side
@@ -63,12 +70,19 @@ def _load(path) -> Image.Image:
       warnings.simplefilter("ignore")
       image = Image.open(path)
       image = next(ImageSequence.Iterator(image))  # animated GIF/PNG/WebP: the first frame
-      if _too_large(image):
-        image.draft(image.mode, (image.width // 8 or 1, image.height // 8 or 1))  # JPEG only; others unchanged
-      if _too_large(image):
-        raise UserError(f"{path}: {image.width}x{image.height} pixels is too large to decode safely; "
-                        f"save it below {MAX_DECODED_PIXELS // 1_000_000} megapixels (or as JPEG)")
+      large = image.width * image.height > MAX_DECODED_PIXELS
+      factor = _reduction(image) if large else 1
+      if factor > 1:  # JPEG only: decoded at 1/2-1/8, no smaller than the reduction asks; others unchanged
+        image.draft(image.mode, ((image.width + factor - 1) // factor, (image.height + factor - 1) // factor))
+      need = image.width * image.height * _bytes_per_pixel(image.mode)
+      if need > MAX_DECODED_BYTES:
+        raise UserError(f"{path}: {image.width}x{image.height} pixels ({image.mode}) would take "
+                        f"{need / 2**30:.1f} GiB to decode, over the {MAX_DECODED_BYTES >> 30} GiB limit; save it smaller")
       image.load()
+      factor = _reduction(image) if large else 1  # what JPEG's decoding left to do
+      if factor > 1:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        image = _reduce(image, factor)
   except FileNotFoundError:
     raise UserError(f"{path}: no such file") from None
   except IsADirectoryError:
@@ -77,12 +91,56 @@ def _load(path) -> Image.Image:
     raise UserError(f"{path}: not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP ...)") from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     raise UserError(f"{path}: truncated or corrupt image ({e}); save it again") from None
-  image = ImageOps.exif_transpose(image)
+  if factor > 1:
+    method = _ORIENTATIONS.get(orientation)
+    image = image.transpose(method) if method is not None else image
+  else:
+    image = ImageOps.exif_transpose(image)
   return _flatten_modes(image)
 
 
-def _too_large(image) -> bool:
-  return image.width * image.height > MAX_DECODED_PIXELS
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}  # EXIF orientation, as ImageOps.exif_transpose applies it
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16/32-bit grayscale: scaled to 8-bit
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _reduction(image) -> int:
+  """The factor that brings a large image's longer side to REDUCED_SIDE..2*REDUCED_SIDE-1."""
+  return max(1, max(image.size) // REDUCED_SIDE)
+
+
+def _bytes_per_pixel(mode) -> int:
+  """Pillow's in-memory pixel size of a decoded image."""
+  return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+  """The image averaged over factor x factor blocks, as L, RGB or RGBA (16/32-bit scaled as
+  _flatten_modes does), converting one strip of rows at a time so no full-size copy is made."""
+  if image.mode in _WIDE_MODES:
+    scale = 255.0 / (65535.0 if image.getextrema()[1] > 255 else 255.0)
+    working, final = "F", "L"
+  elif image.mode in _ALPHA_MODES or "transparency" in image.info:
+    working, final = "RGBa", "RGBA"  # premultiplied, so transparent pixels' colour does not bleed in
+  else:
+    working, final = ("L", "L") if image.mode in ("1", "L") else ("RGB", "RGB")  # palette, CMYK, YCbCr ...
+  width, height = image.size
+  rows = max(1, STRIP_BYTES // (4 * width) // factor) * factor
+  reduced = Image.new(working, ((width + factor - 1) // factor, (height + factor - 1) // factor))
+  for top in range(0, height, rows):
+    strip = image.crop((0, top, width, min(top + rows, height)))
+    if working == "F":
+      strip = Image.fromarray(np.asarray(strip, np.float32) * np.float32(scale), "F")
+    elif working == "RGBa":
+      strip = strip.convert("RGBA").convert("RGBa")
+    elif strip.mode != working:
+      strip = strip.convert(working)
+    reduced.paste(strip.reduce(factor), (0, top // factor))
+  if working == "F":
+    return Image.fromarray(np.clip(np.round(np.asarray(reduced)), 0, 255).astype(np.uint8), "L")
+  return reduced.convert(final) if final != working else reduced
 
 
 def _flatten_modes(image: Image.Image) -> Image.Image:

@@ -1,4 +1,11 @@
-"""Image files into MNIST's format: polarity, centring, odd modes and bad files, on synthetic images."""
+"""Image files into MNIST's format: polarity, centring, odd modes, huge and bad files, on synthetic images."""
+
+import json
+import pathlib
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -7,6 +14,7 @@ from scipy import ndimage
 
 from fluxdigits import images
 from fluxdigits.errors import UserError
+from conftest import REPO
 
 
 def drawn_seven(size=(300, 400), ink=20, paper=235, width=12, offset=(0, 0)):
@@ -102,14 +110,77 @@ def _save(path, image):
   return path
 
 
-def test_huge_jpeg_is_reduced_on_load_and_huge_png_refused(tmp_path):
+def test_huge_jpeg_is_reduced_while_decoding(tmp_path):
   big = drawn_seven(size=(300, 400)).resize((12000, 16000), Image.Resampling.NEAREST)
   big.save(tmp_path / "big.jpg", quality=50)
-  check_mnist_like(images.read_mnist(tmp_path / "big.jpg"))
-  big.save(tmp_path / "big.png", compress_level=1)
   del big
-  with pytest.raises(UserError, match="big.png: 12000x16000 pixels is too large"):
-    images.read_mnist(tmp_path / "big.png")
+  check_mnist_like(images.read_mnist(tmp_path / "big.jpg"))
+
+
+# Peak resident memory of a fresh process reading one file as predict does. VmHWM, not ru_maxrss:
+# Linux carries the parent's high-water mark into ru_maxrss across fork and exec.
+PEAK_MEMORY = """
+import json, sys
+def peak_kib():
+  return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+from fluxdigits import images
+before = peak_kib()
+digit = images.read_mnist(sys.argv[1])
+print(json.dumps({"before_kib": before, "peak_kib": peak_kib(), "digit": digit.tolist()}))
+"""
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_20000x20000_png_is_downscaled_on_load_with_bounded_memory(tmp_path):
+  path = tmp_path / "huge.png"
+  image = Image.new("L", (20000, 20000), 235)  # 400 megapixels, 381 MiB decoded; the file is 2 MB
+  ImageDraw.Draw(image).line([(5000, 4000), (14000, 4000), (8500, 17000)], fill=20, width=900)  # a '7'
+  image.save(path, compress_level=1)
+  del image
+  result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(path)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  got = json.loads(result.stdout)
+  check_mnist_like(np.array(got["digit"], np.uint8))
+  growth_mib, peak_mib = (got["peak_kib"] - got["before_kib"]) / 1024, got["peak_kib"] / 1024
+  # The image decoded as it is (381 MiB) and strips of it; a full-size float or RGB copy would add 1.5 GiB.
+  assert growth_mib < 1024 and peak_mib < 2560, (growth_mib, peak_mib)
+
+
+def test_reduction_keeps_every_mode_and_the_orientation(tmp_path, monkeypatch):
+  seven = drawn_seven()
+  reference = images.read_mnist(_save(tmp_path / "ref.png", seven)).astype(int)
+  rgba = Image.new("RGBA", seven.size, (0, 0, 0, 0))
+  rgba.putalpha(Image.eval(seven, lambda v: 255 - v))
+  palette = seven.convert("P")
+  palette.info["transparency"] = palette.getpixel((0, 0))
+  variants = {"l.png": seven, "one.png": seven.point(lambda v: 255 * (v > 128)).convert("1"), "palette.png": palette,
+              "rgb.png": seven.convert("RGB"), "cmyk.jpg": seven.convert("CMYK"), "alpha.png": rgba,
+              "la.png": rgba.convert("LA"), "sixteen.png": Image.fromarray(np.asarray(seven, np.uint16) * 257),
+              "float.tif": Image.fromarray(np.asarray(seven, np.float32), "F")}
+  for name, image in variants.items():
+    _save(tmp_path / name, image)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+  seven.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png", exif=exif.tobytes())
+  # Reduction as for a huge image, on 300x400 ones: halved, in strips of a few rows.
+  monkeypatch.setattr(images, "MAX_DECODED_PIXELS", 1000)
+  monkeypatch.setattr(images, "REDUCED_SIDE", 150)
+  monkeypatch.setattr(images, "STRIP_BYTES", 5000)
+  for name in [*variants, "turned.png"]:
+    assert images._load(tmp_path / name).size == (150, 200), name
+    got = images.read_mnist(tmp_path / name).astype(int)
+    assert np.abs(got - reference).mean() < 12, name
+
+
+def test_a_file_over_the_decoding_limit_is_refused_before_decoding(tmp_path):
+  png = bytearray(_save(tmp_path / "small.png", drawn_seven()).read_bytes())
+  png[16:24] = struct.pack(">II", 50000, 50000)  # IHDR's width and height: 2.5 gigapixels, 2.3 GiB as L
+  png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))
+  (tmp_path / "bomb.png").write_bytes(png)
+  with pytest.raises(UserError, match=r"bomb.png: 50000x50000 pixels \(L\) would take 2.3 GiB to decode, "
+                                      r"over the 2 GiB limit"):
+    images.read_mnist(tmp_path / "bomb.png")
 
 
 def test_a_number_is_split_left_to_right(tmp_path):
