@@ -10,7 +10,8 @@ the timed steps only. fluxdigits runs its own compiled train chunk (`train.make_
 batch gathered on the device, the weights' moving average updated every step), compiled ahead of
 time; its compile time is reported on its own. After the same number of steps both evaluate their
 raw weights (BatchNorm with running statistics) on the whole test split. Each (system, row) runs in
-a fresh process, one after another, so no framework's thread pool competes with another's.
+a fresh process, one after another, so no framework's thread pool competes with another's; the two
+systems alternate --repeats times (3) and each keeps its median images/s (all runs are in the JSON).
 
   pip install -e ".[bench]" && python benchmarks/model_throughput.py
 """
@@ -247,6 +248,7 @@ def table(results) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based) of ROWS, or 'all'")
+  parser.add_argument("--repeats", type=int, default=3, help="runs of each system per row, alternating; the median is kept")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--one", help=argparse.SUPPRESS)  # SYSTEM:ROW, run in this process, JSON to stdout
   args = parser.parse_args()
@@ -261,15 +263,22 @@ def main():
     row = ROWS[index]
     result = {"model": row.name, "dataset": row.dataset or "mnist", "experiment": row.experiment,
               "batch_size": row.batch_size, "warmup_steps": row.warmup_steps, "timed_steps": row.timed_steps}
+    runs = {system: [] for system in SYSTEMS}
+    # The systems alternate, so that a drift of the machine's speed (20-40% over an hour here) falls on both.
+    for repeat in range(args.repeats):
+      for system in SYSTEMS:
+        print(f"{system}: {label(row)}, {row.warmup_steps} + {row.timed_steps} steps, run {repeat + 1} of {args.repeats} ...",
+              file=sys.stderr, flush=True)
+        out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{index}"], check=True, capture_output=True,
+                             text=True, cwd=ROOT).stdout
+        runs[system].append(json.loads(out.strip().splitlines()[-1]))
     for system in SYSTEMS:
-      print(f"{system}: {label(row)}, {row.warmup_steps} + {row.timed_steps} steps ...", file=sys.stderr, flush=True)
-      out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{index}"], check=True, capture_output=True,
-                           text=True, cwd=ROOT).stdout
-      result[system] = json.loads(out.strip().splitlines()[-1])
+      speeds = [run["train_images_per_s"] for run in runs[system]]
+      result[system] = {**runs[system][0], "train_images_per_s": float(np.median(speeds)), "runs_images_per_s": speeds}
     results.append(result)
     print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
   device = device_name()
-  record = {"device": device, "date": datetime.date.today().isoformat(), "results": results}
+  record = {"device": device, "date": datetime.date.today().isoformat(), "repeats": args.repeats, "results": results}
   path = write_record(record, args.out, "-model-throughput")
   print(f"{device}\n\n{table(results)}\n\n-> {path}")
 
