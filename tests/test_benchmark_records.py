@@ -1,0 +1,101 @@
+"""benchmarks/experiments.py: the README's tables rendered from records, and real-digit scoring (no training)."""
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fluxdigits
+from fluxdigits.errors import UserError
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+_spec = importlib.util.spec_from_file_location("experiments_script", REPO / "benchmarks" / "experiments.py")
+experiments = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(experiments)
+
+
+def record(name, test_accuracy, digits=None):
+  r = {"experiment": name, "date": "2026-11-24", "wall_seconds": 1.0, "source": f"python benchmarks/experiments.py {name}",
+       "summary": {"test_accuracy": test_accuracy, "test_loss": 0.1, "epochs_run": 1, "num_epochs": 1,
+                   "num_params": 10, "train_seconds": 1.0}}
+  if digits is not None:
+    r["real_digits"] = digits
+  return r
+
+
+def digits(files, correct, **sources):
+  return {"files": files, "correct": correct, "top1": correct / files,
+          "sources": {s: {"files": n, "correct": c, "top1": c / n} for s, (n, c) in sources.items()}}
+
+
+def test_real_digits_table_has_a_row_per_measured_record_and_a_column_per_source():
+  records = [record("mnist_mlp", 0.9804, digits(20, 18, krisut=(10, 9), dfak0=(10, 9))),
+             record("mnist_cnn_deep", 0.9955),  # recorded before real digits were measured: no row
+             record("mnist_fast", 0.9912, digits(20, 19, krisut=(10, 9), dfak0=(10, 10)))]
+  assert experiments.digits_table(records).splitlines() == [
+      "| run | MNIST test | all 20 | dfak0 (10 drawings) | krisut (10 photos, coloured paper) |",
+      "| --- | ---: | ---: | ---: | ---: |",
+      "| `mnist_mlp` | 98.04% | 90.0% | 90.0% | 90.0% |",
+      "| `mnist_fast` | 99.12% | **95.0%** | 100.0% | 90.0% |"]
+
+
+def test_counts_that_differ_between_records_go_in_the_cells():
+  records = [record("a", 0.9, digits(4, 2, newsource=(4, 2))), record("b", 0.9, digits(5, 5, newsource=(3, 3), other=(2, 2)))]
+  header, _, a, b = experiments.digits_table(records).splitlines()
+  assert header == "| run | MNIST test | all | newsource | other (2) |"
+  assert a == "| `a` | 90.00% | 50.0% of 4 | 50.0% of 4 |  |"
+  assert b == "| `b` | 90.00% | **100.0% of 5** | 100.0% of 3 | 100.0% |"
+  assert experiments.digits_table([record("c", 0.9)]) == "No experiment has real-digit figures recorded yet."
+
+
+def test_text_between_markers_is_replaced_and_the_rest_kept():
+  text = "before\nA\nold\nB after\n"
+  assert experiments.replace_between(text, "A", "B", "new") == "before\nA\nnew\nB after\n"
+  with pytest.raises(SystemExit):
+    experiments.replace_between("no markers", "A", "B", "new")
+
+
+def test_readme_tables_are_the_recorded_ones():
+  readme = (REPO / "README.md").read_text()
+  records = experiments.read_records()
+  for start, end, rendered in [(experiments.START, experiments.END, experiments.table(records)),
+                               (experiments.DIGITS_START, experiments.DIGITS_END, experiments.digits_table(records))]:
+    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == rendered, (
+        "README.md's table differs from benchmarks/results/experiments/: run python benchmarks/experiments.py")
+
+
+class FakeClassifier:
+  class_names = tuple("0123456789")
+
+  def prepare(self, path):
+    if "broken" in path.name:
+      raise UserError(f"{path}: truncated or corrupt image")
+    return np.full((28, 28, 1), int(path.name[0]), np.uint8)
+
+  def predict(self, images):
+    guesses = [9 if int(image[0, 0, 0]) == 4 else int(image[0, 0, 0]) for image in images]  # every 4 read as a 9
+    return np.eye(10, dtype=np.float32)[guesses] * 0.9 + 0.01
+
+
+def test_real_digits_scored_per_source_with_unreadable_files_as_misses(tmp_path, monkeypatch, capsys):
+  for name in ["3_alice_1.png", "4_alice_2.png", "5_bob_1.png", "6_bob_broken.png", "notes.png"]:
+    Image.new("L", (8, 8), 255).save(tmp_path / name)
+  (tmp_path / "readme.txt").write_text("not an image suffix: not looked at")
+  monkeypatch.setattr(fluxdigits, "load_classifier", lambda workdir: FakeClassifier())
+  result = experiments.evaluate_real_digits("unused-workdir", tmp_path)
+  assert (result["files"], result["correct"], result["top1"]) == (4, 2, 0.5)
+  assert result["sources"] == {"alice": {"files": 2, "correct": 1, "top1": 0.5},
+                               "bob": {"files": 2, "correct": 1, "top1": 0.5}}
+  assert [(m["file"], m["label"], m["predicted"]) for m in result["misclassified"]] == [("4_alice_2.png", "4", "9")]
+  assert [e["file"] for e in result["errors"]] == ["6_bob_broken.png"]
+  assert result["unlabelled"] == ["notes.png"]
+  assert "could not be read" in capsys.readouterr().err
+  assert experiments.source_of("4_krisut_1.png") == "krisut" and experiments.source_of("7.png") == "(no source)"
+
+
+def test_absent_folder_records_nothing_and_says_so(tmp_path, capsys):
+  assert experiments.evaluate_real_digits("unused-workdir", tmp_path / "absent") is None
+  assert "absent" in capsys.readouterr().err
