@@ -151,10 +151,12 @@ def winograd_conv3x3(x, kernel, padding):
 
 # Stride-1 3x3 convolutions by input channels, from the measured forward-and-backward times of each
 # formulation inside a lax.scan (benchmarks/NOTES.md): below 16 one matmul of the 3x3 patches
-# (im2col), whose 9x larger patch array is cheap when the channels are few; from 16 `conv_stride1`;
-# from 32 `winograd_conv3x3`, whose transforms cost more than the multiplications they save below.
+# (im2col), whose 9x larger patch array is cheap when the channels are few; from 16 `conv_stride1`
+# (ResNet-20's 16-channel stage: 13 ms against Winograd's 21); from 24 `winograd_conv3x3`, whose
+# transforms cost more than the multiplications they save at 16 channels, and which beats
+# conv_stride1's kernel-gradient convolution 4x on airbench's 24-channel 32x32 layers.
 CONV_MIN_CHANNELS = 16
-WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_CHANNELS = 24
 
 
 class Conv3x3(nn.Module):
