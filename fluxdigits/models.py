@@ -143,7 +143,8 @@ def winograd_conv3x3(x, kernel, padding):
   for row in _combine(_WINOGRAD_BT, rows):
     transformed += _combine(_WINOGRAD_BT, [row[:, :, j:j + 2 * tiles_w - 1:2] for j in range(4)])
   v = jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
-  u = jnp.einsum("ai,ijcf,bj->abcf", _WINOGRAD_G, kernel, _WINOGRAD_G).reshape(16, channels, -1)
+  g = jnp.asarray(_WINOGRAD_G, kernel.dtype)  # a float32 constant would promote bf16 (mixed_precision) to float32
+  u = jnp.einsum("ai,ijcf,bj->abcf", g, kernel, g).reshape(16, channels, -1)
   m = jnp.einsum("tpc,tcf->tpf", v, u).reshape(4, 4, n, tiles_h, tiles_w, -1)
   out_rows = [jnp.stack(_combine(_WINOGRAD_AT, list(row)), axis=3) for row in _combine(_WINOGRAD_AT, list(m))]
   return jnp.stack(out_rows, axis=2).reshape(n, 2 * tiles_h, 2 * tiles_w, -1)[:, :out_h, :out_w]
