@@ -44,8 +44,16 @@ def _is_failed_save_echo(exc_type, exc) -> bool:
   return exc_type is RuntimeError and str(exc) == "Event loop is closed"
 
 
-def _quiet_failed_saves():
-  """Installs the filter above, and drops the 'Event loop is closed' echoes of a failed save (once per process)."""
+def _is_abandoned_read(unraisable) -> bool:
+  # When one array of a damaged checkpoint fails to read, orbax abandons its other reads, and each of those
+  # coroutines raises once more when it is collected, long after restore_latest turned the failure into a warning.
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and "/orbax/" in code.co_filename
+
+
+def _quiet_orbax_echoes():
+  """Installs the filter above, and drops the 'Event loop is closed' echoes of a failed save and the abandoned
+  reads of a damaged checkpoint (once per process)."""
   absl_logger = logging.getLogger("absl")
   if any(isinstance(f, _WithoutFailedSaveTracebacks) for f in absl_logger.filters):
     return
@@ -53,7 +61,8 @@ def _quiet_failed_saves():
     logger.addFilter(_WithoutFailedSaveTracebacks())
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
   sys.excepthook = lambda t, e, tb: None if _is_failed_save_echo(t, e) else excepthook(t, e, tb)
-  sys.unraisablehook = lambda u: None if _is_failed_save_echo(u.exc_type, u.exc_value) else unraisablehook(u)
+  sys.unraisablehook = lambda u: (None if _is_failed_save_echo(u.exc_type, u.exc_value) or _is_abandoned_read(u)
+                                 else unraisablehook(u))
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
@@ -114,7 +123,7 @@ def manager(workdir, config, create: bool = True, this_process_only: bool = Fals
   mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"),
                                options=options)
   signals.finish_saves_before_exit(mngr)
-  _quiet_failed_saves()
+  _quiet_orbax_echoes()
   return mngr
 
 
