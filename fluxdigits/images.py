@@ -11,7 +11,7 @@ import pathlib
 import warnings
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 
 from fluxdigits.errors import UserError
@@ -81,8 +81,9 @@ def _load(path) -> Image.Image:
       image.load()
       factor = _reduction(image) if large else 1  # what JPEG's decoding left to do
       if factor > 1:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        exif = image.getexif()
         image = _reduce(image, factor)
+        image.info["exif"] = exif.tobytes()  # so that exif_transpose below turns the reduced image too
   except FileNotFoundError:
     raise UserError(f"{path}: no such file") from None
   except IsADirectoryError:
@@ -91,17 +92,9 @@ def _load(path) -> Image.Image:
     raise UserError(f"{path}: not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP ...)") from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     raise UserError(f"{path}: truncated or corrupt image ({e}); save it again") from None
-  if factor > 1:
-    method = _ORIENTATIONS.get(orientation)
-    image = image.transpose(method) if method is not None else image
-  else:
-    image = ImageOps.exif_transpose(image)
-  return _flatten_modes(image)
+  return _flatten_modes(ImageOps.exif_transpose(image))
 
 
-_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-                 8: Image.Transpose.ROTATE_90}  # EXIF orientation, as ImageOps.exif_transpose applies it
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16/32-bit grayscale: scaled to 8-bit
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
