@@ -125,24 +125,53 @@ def _combine(matrix, arrays):
   return rows
 
 
+def _winograd_input_tiles(x, tiles_h: int, tiles_w: int):
+  """V = B^T d B for every 4x4 tile d (stride 2) of the padded `x`: (16, tiles, channels)."""
+  n, _, _, channels = x.shape
+  blocks = x.reshape(n, tiles_h + 1, 2, tiles_w + 1, 2, channels)  # a tile spans two blocks each way
+  rows = [blocks[:, :tiles_h, 0], blocks[:, :tiles_h, 1], blocks[:, 1:, 0], blocks[:, 1:, 1]]
+  transformed = []
+  for row in _combine(_WINOGRAD_BT, rows):
+    transformed += _combine(_WINOGRAD_BT, [row[:, :, :tiles_w, 0], row[:, :, :tiles_w, 1], row[:, :, 1:, 0], row[:, :, 1:, 1]])
+  return jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
+
+
+def _overlap_add(tile_parts, axis: int):
+  """Positions 2t + s of the padded image along `axis` (tiles t, s = 0, 1) from the four tile parts
+  k = 0..3 of each tile: part s of tile t plus part 2 + s of tile t - 1."""
+  pad = lambda a, before: jnp.pad(a, [(before, 1 - before) if d == axis else (0, 0) for d in range(a.ndim)])
+  phases = [pad(tile_parts[s], 0) + pad(tile_parts[2 + s], 1) for s in (0, 1)]
+  stacked = jnp.stack(phases, axis=axis + 1)
+  return stacked.reshape(*stacked.shape[:axis], -1, *stacked.shape[axis + 2:])
+
+
+def _winograd_input_tiles_backward(tiles_h, tiles_w, n, grad):
+  # JAX's autodiff of the strided slices above pads each of the 16 tile gradients to the image's
+  # size and adds them; written directly, the tiles' overlaps are two pad-and-add passes.
+  grad = grad.reshape(4, 4, n, tiles_h, tiles_w, -1)
+  bt_transposed = _WINOGRAD_BT.T
+  rows = [_overlap_add(_combine(bt_transposed, list(row)), axis=2) for row in grad]
+  return (_overlap_add(_combine(bt_transposed, rows), axis=1),)
+
+
+winograd_input_tiles = jax.custom_vjp(_winograd_input_tiles, nondiff_argnums=(1, 2))
+winograd_input_tiles.defvjp(lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x, tiles_h, tiles_w), x.shape[0]),
+                            _winograd_input_tiles_backward)
+
+
 def winograd_conv3x3(x, kernel, padding):
   """A stride-1 3x3 convolution as Winograd F(2x2, 3x3): the values of lax's, to float rounding.
 
   2.25x fewer multiplications than a direct convolution, all of them in 16 matmuls of (tiles,
-  channels) @ (channels, features); the transforms are adds over strided slices, and JAX's
-  autodiff of it is matmuls and adds too. An odd output size is computed one row or column larger
-  and cropped.
+  channels) @ (channels, features); the transforms are adds over slices, their gradients too. An
+  odd output size is computed one row or column larger and cropped.
   """
   n, h, w, channels = x.shape
   out_h, out_w = (h, w) if padding == "SAME" else (h - 2, w - 2)
   tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
   before = 1 if padding == "SAME" else 0
   x = jnp.pad(x, ((0, 0), (before, 2 * tiles_h + 2 - h - before), (before, 2 * tiles_w + 2 - w - before), (0, 0)))
-  rows = [x[:, i:i + 2 * tiles_h - 1:2] for i in range(4)]
-  transformed = []
-  for row in _combine(_WINOGRAD_BT, rows):
-    transformed += _combine(_WINOGRAD_BT, [row[:, :, j:j + 2 * tiles_w - 1:2] for j in range(4)])
-  v = jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
+  v = winograd_input_tiles(x, tiles_h, tiles_w)
   g = jnp.asarray(_WINOGRAD_G, kernel.dtype)  # a float32 constant would promote bf16 (mixed_precision) to float32
   u = jnp.einsum("ai,ijcf,bj->abcf", g, kernel, g).reshape(16, channels, -1)
   m = jnp.einsum("tpc,tcf->tpf", v, u).reshape(4, 4, n, tiles_h, tiles_w, -1)
