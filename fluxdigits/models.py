@@ -146,7 +146,7 @@ def _overlap_add(tile_parts, axis: int):
 
 
 def _winograd_input_tiles_backward(tiles_h, tiles_w, n, grad):
-  # JAX's autodiff of the strided slices above pads each of the 16 tile gradients to the image's
+  # JAX's autodiff of the slices above pads each of the 16 tile gradients to the image's
   # size and adds them; written directly, the tiles' overlaps are two pad-and-add passes.
   grad = grad.reshape(4, 4, n, tiles_h, tiles_w, -1)
   bt_transposed = _WINOGRAD_BT.T
