@@ -125,37 +125,44 @@ def _combine(matrix, arrays):
   return rows
 
 
-def _winograd_input_tiles(x, tiles_h: int, tiles_w: int):
-  """V = B^T d B for every 4x4 tile d (stride 2) of the padded `x`: (16, tiles, channels)."""
-  n, _, _, channels = x.shape
-  blocks = x.reshape(n, tiles_h + 1, 2, tiles_w + 1, 2, channels)  # a tile spans two blocks each way
-  rows = [blocks[:, :tiles_h, 0], blocks[:, :tiles_h, 1], blocks[:, 1:, 0], blocks[:, 1:, 1]]
-  transformed = []
-  for row in _combine(_WINOGRAD_BT, rows):
-    transformed += _combine(_WINOGRAD_BT, [row[:, :, :tiles_w, 0], row[:, :, :tiles_w, 1], row[:, :, 1:, 0], row[:, :, 1:, 1]])
-  return jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
+def _tile_parts(blocks, axis: int):
+  """The four parts k = 0..3 of each 4-pixel tile along `axis`, where the padded image is split into
+  (blocks, 2) at `axis`: part s of tile t is position s of block t, part 2 + s position s of block t + 1."""
+  tiles = blocks.shape[axis] - 1
+  return [lax.index_in_dim(lax.slice_in_dim(blocks, start, start + tiles, axis=axis), s, axis + 1, keepdims=False)
+          for start in (0, 1) for s in (0, 1)]
 
 
 def _overlap_add(tile_parts, axis: int):
-  """Positions 2t + s of the padded image along `axis` (tiles t, s = 0, 1) from the four tile parts
-  k = 0..3 of each tile: part s of tile t plus part 2 + s of tile t - 1."""
+  """The transpose of _tile_parts, merged back: positions 2t + s of the padded image along `axis`
+  receive part s of tile t plus part 2 + s of tile t - 1."""
   pad = lambda a, before: jnp.pad(a, [(before, 1 - before) if d == axis else (0, 0) for d in range(a.ndim)])
   phases = [pad(tile_parts[s], 0) + pad(tile_parts[2 + s], 1) for s in (0, 1)]
   stacked = jnp.stack(phases, axis=axis + 1)
   return stacked.reshape(*stacked.shape[:axis], -1, *stacked.shape[axis + 2:])
 
 
-def _winograd_input_tiles_backward(tiles_h, tiles_w, n, grad):
-  # JAX's autodiff of the slices above pads each of the 16 tile gradients to the image's
-  # size and adds them; written directly, the tiles' overlaps are two pad-and-add passes.
-  grad = grad.reshape(4, 4, n, tiles_h, tiles_w, -1)
+def _winograd_input_tiles(x, tiles_h: int, tiles_w: int):
+  """V = B^T d B for every 4x4 tile d (stride 2) of the padded `x`: (16, tiles, channels)."""
+  n, _, _, channels = x.shape
+  blocks = x.reshape(n, tiles_h + 1, 2, tiles_w + 1, 2, channels)  # a tile spans two blocks each way
+  transformed = []
+  for row in _combine(_WINOGRAD_BT, _tile_parts(blocks, axis=1)):
+    transformed += _combine(_WINOGRAD_BT, _tile_parts(row, axis=2))
+  return jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
+
+
+def _winograd_input_tiles_backward(tiles_h, tiles_w, _, grad):
+  # JAX's autodiff of _tile_parts' slices pads each of the 16 tile gradients to the image's size
+  # and adds them; written directly, the tiles' overlaps are two pad-and-add passes.
+  grad = grad.reshape(4, 4, -1, tiles_h, tiles_w, grad.shape[-1])
   bt_transposed = _WINOGRAD_BT.T
   rows = [_overlap_add(_combine(bt_transposed, list(row)), axis=2) for row in grad]
   return (_overlap_add(_combine(bt_transposed, rows), axis=1),)
 
 
 winograd_input_tiles = jax.custom_vjp(_winograd_input_tiles, nondiff_argnums=(1, 2))
-winograd_input_tiles.defvjp(lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x, tiles_h, tiles_w), x.shape[0]),
+winograd_input_tiles.defvjp(lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x, tiles_h, tiles_w), None),
                             _winograd_input_tiles_backward)
 
 
