@@ -48,7 +48,8 @@ def _is_abandoned_read(unraisable) -> bool:
   # When one array of a damaged checkpoint fails to read, orbax abandons its other reads, and each of those
   # coroutines raises once more when it is collected, long after restore_latest turned the failure into a warning.
   code = getattr(unraisable.object, "cr_code", None)
-  return code is not None and "/orbax/" in code.co_filename
+  closed_unfinished = isinstance(getattr(unraisable.exc_value, "__cause__", None), GeneratorExit)
+  return closed_unfinished and code is not None and "/orbax/" in code.co_filename
 
 
 def _quiet_orbax_echoes():
