@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 AUGMENTATIONS = ("none", "digits", "cifar")
 RESNET_DEPTHS = (18, 20)
+BATCHNORM_MODELS = ("resnet", "airbench")
 # The value a key had in effect before it existed: a config.json written by an older fluxdigits
 # lacks the key, and that run's checkpoints were made that way.
 VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0}
@@ -44,6 +45,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.validation_fraction = 0.1
   # Training steps fused into one compiled call (a lax.scan): removes per-step dispatch cost.
   c.steps_per_call = 200
+  # Compute each batch's gradient in this many equal slices, one after another, and average them:
+  # the same gradient (dropout masks aside), with a working set that fits a CPU's cache (cnn_deep
+  # on 2 cores: 4 slices of 32 train ~20% faster than one batch of 128). Not for BatchNorm models.
+  c.microbatches = 1
   # Stop after this many epochs without a better validation accuracy; 0 never stops early.
   c.patience = 0
   c.label_smoothing = 0.0
@@ -262,8 +267,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   one_of("model.depth", RESNET_DEPTHS)
   # jax.random.key and numpy's generators take the seed as an unsigned 32-bit number.
   _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32), got {c.seed}")
-  for key in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
+  for key in ("num_epochs", "batch_size", "microbatches", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
     _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
+  _require(c.batch_size % c.microbatches == 0,
+           f"batch_size={c.batch_size} is not divisible by microbatches={c.microbatches}; use a divisor of the batch size")
+  _require(c.microbatches == 1 or c.model.name not in BATCHNORM_MODELS,
+           f"microbatches={c.microbatches} would normalise each slice alone in {c.model.name}'s BatchNorm; "
+           "use microbatches=1 with BatchNorm models")
   _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
   _require(c.dataset.max_train_examples >= 0, "dataset.max_train_examples must be >= 0 (0 uses every example)")
   _require(c.model.width >= 1, f"model.width must be at least 1, got {c.model.width}")

@@ -150,15 +150,38 @@ def train_step(state: TrainState, images, labels, hyperparams, *, config, prepro
   x = preprocess(images, augment_rng, augment_fn)
   model = models.create(config, dropout_rate=hyperparams["dropout_rate"])
 
-  def loss_fn(params):
+  def loss_fn(params, x, labels, dropout_rng):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
                                   rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     return cross_entropy(logits, labels, hyperparams["label_smoothing"]).mean(), (logits, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if config.microbatches == 1:
+    (loss, (logits, updates)), grads = grad_fn(state.params, x, labels, dropout_rng)
+  else:
+    (loss, logits), grads = microbatch_gradients(grad_fn, state.params, x, labels, dropout_rng, config.microbatches)
+    updates = {}  # config.validate refuses microbatches with BatchNorm models
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
   correct = (logits.argmax(-1) == labels).sum()
   return state, (loss, correct)
+
+
+def microbatch_gradients(grad_fn, params, x, labels, rng, slices: int):
+  """grad_fn's mean loss, logits and gradients over the batch, computed slice after slice (a lax.scan)
+  and averaged: the batch's own gradient, with each slice's working set small enough for a CPU's cache.
+
+  Slice m holds examples m, m + slices, m + 2 * slices, ...: on a mesh every device keeps its rows.
+  """
+  split = lambda a: a.reshape(-1, slices, *a.shape[1:]).swapaxes(0, 1)
+
+  def accumulate(total, inputs):
+    (loss, (logits, _)), grads = grad_fn(params, *inputs)
+    return jax.tree.map(jnp.add, total, (loss, grads)), logits
+
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), logits = jax.lax.scan(accumulate, zero, (split(x), split(labels), jax.random.split(rng, slices)))
+  loss, grads = jax.tree.map(lambda total: total / slices, (loss, grads))
+  return (loss, logits.swapaxes(0, 1).reshape(-1, logits.shape[-1])), grads
 
 
 def make_train_chunk(config, preprocess, augment_fn):

@@ -46,6 +46,7 @@ def test_overrides_are_typed_by_the_default_value():
     ("validation_fraction=1.5", "validation_fraction must be in [0, 1)"),
     ("ema_decay=1.0", "ema_decay must be in [0, 1) (0 turns weight averaging off)"),
     ("optimizer.learning_rate=-1", "optimizer.learning_rate must be > 0"),
+    ("microbatches=5", "batch_size=32 is not divisible by microbatches=5; use a divisor of the batch size"),
 ])
 def test_bad_overrides_give_one_line_and_exit_code_2(assignment, message, capsys, tmp_path):
   assert run.main([CNN, "--workdir", str(tmp_path / "run"), f"--config.{assignment}"]) == 2
@@ -116,10 +117,11 @@ def test_faults_inside_experiment_files_give_one_line_and_exit_code_2(source, me
     ("optimizer.learning_rate=1e999", "must be a finite number, got inf"),
     ("num_epochs=2.5", "expected an integer, got '2.5'"),
     ("schedule.warmup_epochs=7", "schedule.warmup_epochs must be in [0, num_epochs=5), got 7.0"),
+    ("model.name=resnet,microbatches=2", "microbatches=2 would normalise each slice alone in resnet's BatchNorm"),
 ])
 def test_values_that_would_fail_after_compiling_are_refused_up_front(assignment, message):
   with pytest.raises(UserError) as error:
-    configs.validate(configs.override(configs.load(CNN), [assignment]))
+    configs.validate(configs.override(configs.load(CNN), assignment.split(",")))
   assert message in str(error.value)
 
 

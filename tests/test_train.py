@@ -44,6 +44,19 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
   assert int(correct) > 0.9 * 64 and int(state.step) == 30
 
 
+def test_microbatches_give_the_whole_batch_step(mnist):
+  """Four slices of 16 average to the gradient of the batch of 64: same loss, predictions and weights."""
+  whole, sliced = mnist_config(), mnist_config(microbatches=4)
+  state = train.create_state(whole, models.create(whole), (28, 28, 1), steps_per_epoch=100)
+  images, labels = mnist.train.images[:64], mnist.train.labels[:64]
+  one_state, (one_loss, one_correct) = jitted_train_step(mnist, whole)(state, images, labels)
+  four_state, (four_loss, four_correct) = jitted_train_step(mnist, sliced)(state, images, labels)
+  assert float(four_loss) == pytest.approx(float(one_loss), rel=1e-5) and int(four_correct) == int(one_correct)
+  moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()), one_state.params, state.params)
+  differ = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), four_state.params, one_state.params)
+  assert all(d <= 1e-3 * m for d, m in zip(jax.tree.leaves(differ), jax.tree.leaves(moved)))
+
+
 @pytest.mark.parametrize("model_name", ["cnn", "resnet"])
 def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
   config = mnist_config(**{"ema_decay": 0.9, "model.name": model_name})
