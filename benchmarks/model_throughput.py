@@ -3,7 +3,8 @@
 For each row (model, dataset, batch size) both systems train the same architecture from the same
 init family (Glorot-uniform for the Keras-style digit models; LeCun-normal convolutions and Dense
 for the ResNets, BatchNorm scale 1 and bias 0, momentum 0.9, epsilon 1e-5) with the experiment's
-optimizer at its peak rate held constant, on the same real images already in memory (standardised
+optimizer at its peak rate held constant (fluxdigits also with the experiment's `microbatches`: the
+same gradient of the same batch, computed in slices), on the same real images already in memory (standardised
 as fluxdigits standardises them), in the same order (fluxdigits' `data.train_batches`), without
 augmentation or label smoothing. Each system runs WARM-UP steps, then TIMED steps; images/s counts
 the timed steps only. fluxdigits runs its own compiled train chunk (`train.make_train_chunk`: the
@@ -118,7 +119,7 @@ def run_fluxdigits(row: Row) -> dict:
                                meshes.replicate(dataset.test.images, mesh),
                                len(dataset.test), config.eval_batch_size, mesh)
   return {"train_images_per_s": row.timed_steps * row.batch_size / seconds, "compile_s": compile_s,
-          "test_accuracy": float((logits.argmax(-1) == dataset.test.labels).mean())}
+          "microbatches": config.microbatches, "test_accuracy": float((logits.argmax(-1) == dataset.test.labels).mean())}
 
 
 def pytorch_model(config, channels: int, image_size: int):
