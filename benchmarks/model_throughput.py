@@ -1,4 +1,4 @@
-"""Every model family the experiments use, trained by fluxdigits and by PyTorch eager on the same CPU.
+"""Every model family the experiments use, trained by fluxdigits and by PyTorch eager on the same CPU (or GPU).
 
 For each row (model, dataset, batch size) both systems train the same architecture from the same
 init family (Glorot-uniform for the Keras-style digit models; LeCun-normal convolutions and Dense
@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from step_throughput import device_name, write_record  # noqa: E402  (one home for the machine's name and the JSON)
+from step_throughput import config_overrides, device_name, write_record  # noqa: E402  (one home for the machine's name and the JSON)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Row:
   timed_steps: int
   dataset: str = ""  # '' keeps the experiment's dataset
   depth: int = 0  # 0 keeps the experiment's ResNet depth
+  overrides: tuple = ()  # KEY=VALUE config overrides from the command line, e.g. microbatches=1 on a GPU
 
 
 ROWS = [
@@ -71,7 +72,7 @@ def row_config(row: Row):
     config.dataset.name = row.dataset
   if row.depth:
     config.model.depth = row.depth
-  return configs.validate(config)
+  return configs.validate(configs.override(config, list(row.overrides)))
 
 
 def order(row: Row, n: int) -> np.ndarray:
@@ -196,19 +197,20 @@ def run_pytorch(row: Row) -> dict:
   import torch
   from fluxdigits import data
   torch.manual_seed(0)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
 
   def standardised_nchw(images):
     x = (images.astype(np.float32) / 255.0 - np.asarray(dataset.mean, np.float32)) / np.asarray(dataset.std, np.float32)
-    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
 
   train_x, test_x = standardised_nchw(dataset.train.images), standardised_nchw(dataset.test.images)
-  train_y = torch.from_numpy(dataset.train.labels.astype(np.int64))
-  model = pytorch_model(config, train_x.shape[1], train_x.shape[2])
+  train_y = torch.from_numpy(dataset.train.labels.astype(np.int64)).to(device)
+  model = pytorch_model(config, train_x.shape[1], train_x.shape[2]).to(device)
   optimizer = pytorch_optimizer(config, model)
-  batches = torch.from_numpy(batches.astype(np.int64))
+  batches = torch.from_numpy(batches.astype(np.int64)).to(device)
 
   def train_steps(steps):
     model.train()
@@ -216,6 +218,8 @@ def run_pytorch(row: Row) -> dict:
       optimizer.zero_grad(set_to_none=True)
       torch.nn.functional.cross_entropy(model(train_x[idx]), train_y[idx]).backward()
       optimizer.step()
+    if device.type == "cuda":
+      torch.cuda.synchronize()  # a GPU's steps are queued: the clock stops when they are done
 
   train_steps(batches[:row.warmup_steps])
   start = time.perf_counter()
@@ -223,12 +227,19 @@ def run_pytorch(row: Row) -> dict:
   seconds = time.perf_counter() - start
   model.eval()
   with torch.no_grad():
-    predictions = torch.cat([model(test_x[i:i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).numpy()
+    predictions = torch.cat([model(test_x[i:i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).cpu().numpy()
   return {"train_images_per_s": row.timed_steps * row.batch_size / seconds, "compile_s": 0.0,
           "test_accuracy": float((predictions == dataset.test.labels).mean())}
 
 
 RUNNERS = {"fluxdigits": run_fluxdigits, "pytorch": run_pytorch}
+
+
+def adapted(row: Row, steps_scale: int, overrides: list[str]) -> Row:
+  """The row with steps_scale times the steps (an accelerator's step takes milliseconds: CPU counts time too little)
+  and the command line's config overrides."""
+  return dataclasses.replace(row, warmup_steps=row.warmup_steps * steps_scale, timed_steps=row.timed_steps * steps_scale,
+                             overrides=tuple(overrides))
 
 
 def label(row: Row) -> str:
@@ -250,18 +261,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based) of ROWS, or 'all'")
   parser.add_argument("--repeats", type=int, default=3, help="runs of each system per row, alternating; the median is kept")
+  parser.add_argument("--steps-scale", type=int, default=1, help="multiply each row's warm-up and timed steps (GPU: 20)")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--one", help=argparse.SUPPRESS)  # SYSTEM:ROW, run in this process, JSON to stdout
-  args = parser.parse_args()
+  args, unknown = parser.parse_known_args()
+  overrides = config_overrides(parser, unknown)
   if args.one:
     system, index = args.one.split(":")
-    print(json.dumps(RUNNERS[system](ROWS[int(index)])))
+    print(json.dumps(RUNNERS[system](adapted(ROWS[int(index)], args.steps_scale, overrides))))
     return
 
   indices = range(len(ROWS)) if args.rows == "all" else map(int, args.rows.split(","))
   results = []
   for index in indices:
-    row = ROWS[index]
+    row = adapted(ROWS[index], args.steps_scale, overrides)
     result = {"model": row.name, "dataset": row.dataset or "mnist", "experiment": row.experiment,
               "batch_size": row.batch_size, "warmup_steps": row.warmup_steps, "timed_steps": row.timed_steps}
     runs = {system: [] for system in SYSTEMS}
@@ -270,8 +283,8 @@ def main():
       for system in SYSTEMS:
         print(f"{system}: {label(row)}, {row.warmup_steps} + {row.timed_steps} steps, run {repeat + 1} of {args.repeats} ...",
               file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{index}"], check=True, capture_output=True,
-                             text=True, cwd=ROOT).stdout
+        out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{index}", "--steps-scale", str(args.steps_scale), *unknown],
+                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
         runs[system].append(json.loads(out.strip().splitlines()[-1]))
     for system in SYSTEMS:
       speeds = [run["train_images_per_s"] for run in runs[system]]
@@ -279,7 +292,8 @@ def main():
     results.append(result)
     print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
   device = device_name()
-  record = {"device": device, "date": datetime.date.today().isoformat(), "repeats": args.repeats, "results": results}
+  record = {"device": device, "date": datetime.date.today().isoformat(), "repeats": args.repeats,
+            "steps_scale": args.steps_scale, "overrides": overrides, "results": results}
   path = write_record(record, args.out, "-model-throughput")
   print(f"{device}\n\n{table(results)}\n\n-> {path}")
 

@@ -3,10 +3,11 @@
 For each model and K, a child process trains a population of K seeds through fluxdigits' own loop
 (`train.build`, `train.train_epoch`) for one warm-up epoch and one timed epoch of --examples
 training images; K = 1 is the sequential run's epoch. The ratio is the population's member-images/s
-over the single run's images/s. Memory per member: the growth of the child's peak resident set from
-K = 1 to K, per added member (the state, its optimizer moments and activations), and the state's own size.
+over the single run's images/s. Memory per member: the growth of the child's peak memory from K = 1
+to K, per added member (the state, its optimizer moments and activations; the accelerator's own
+memory on a GPU or TPU, the resident set on CPU), and the state's own size.
 
-  python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400]
+  python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--config.KEY=VALUE ...]
 """
 
 import argparse
@@ -19,18 +20,18 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from step_throughput import ROOT, device_name, write_record  # noqa: E402
+from step_throughput import ROOT, config_overrides, device_name, write_record  # noqa: E402
 
 EXPERIMENTS = {"mlp": "mnist_mlp", "cnn": "mnist_cnn", "cnn_deep": "mnist_cnn_deep"}
 
 
-def measure(model: str, members: int, examples: int) -> dict:
+def measure(model: str, members: int, examples: int, overrides: list[str]) -> dict:
   """One population's timed epoch, in this process."""
   import jax
   import numpy as np
   from fluxdigits import checkpoint, config as configs, population, train
   base = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / f"{EXPERIMENTS[model]}.py")),
-                                           [f"dataset.max_train_examples={examples}"]))
+                                           [f"dataset.max_train_examples={examples}", *overrides]))
   trainer, state = train.build(population.with_seeds(base, range(members)), log=lambda *_: None)
   active = [True] * members
   state, _, _ = train.train_epoch(trainer, state, 1, active)
@@ -40,24 +41,28 @@ def measure(model: str, members: int, examples: int) -> dict:
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
   member_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(checkpoint.member(state, 0)))
+  device_stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; none on CPU
   return {"model": model, "members": members, "batch_size": base.batch_size,
           "member_images_per_s": members * trainer.steps_per_epoch * base.batch_size / seconds,
           "epoch_s": seconds, "compile_s": trainer.compile_seconds, "state_mib_per_member": member_bytes / 2**20,
           "train_accuracy": float(np.mean([r["train_accuracy"] for r in rows])),
-          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "peak_memory": "device" if "peak_bytes_in_use" in device_stats else "host RSS",
+          "peak_mib": (device_stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in device_stats
+                       else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def child(model: str, members: int, examples: int) -> dict:
-  out = subprocess.run([sys.executable, __file__, "--one", f"{model}:{members}", "--examples", str(examples)],
+def child(model: str, members: int, examples: int, overrides: list[str]) -> dict:
+  out = subprocess.run([sys.executable, __file__, "--one", f"{model}:{members}", "--examples", str(examples),
+                        *(f"--config.{o}" for o in overrides)],
                        check=True, capture_output=True, text=True, cwd=ROOT).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
 def table(results) -> str:
-  rows = ["| model | batch | members | member-images/s | vs one run | compile s | state MiB/member | peak RSS MiB/added member |",
+  rows = ["| model | batch | members | member-images/s | vs one run | compile s | state MiB/member | peak MiB/added member |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in results:
-    added = "" if r["rss_mib_per_added_member"] is None else f"{r['rss_mib_per_added_member']:.0f}"
+    added = "" if r["mib_per_added_member"] is None else f"{r['mib_per_added_member']:.0f}"
     rows.append(f"| {r['model']} | {r['batch_size']} | {r['members']} | {r['member_images_per_s']:,.0f} | "
                 f"{r['vs_one_run']:.2f}x | {r['compile_s']:.1f} | {r['state_mib_per_member']:.1f} | {added} |")
   return "\n".join(rows)
@@ -70,26 +75,27 @@ def main():
   parser.add_argument("--examples", type=int, default=6400, help="training images of the timed epoch")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:K, run in this process, JSON to stdout
-  args = parser.parse_args()
+  args, unknown = parser.parse_known_args()
+  overrides = config_overrides(parser, unknown)
   if args.one:
     model, members = args.one.split(":")
-    print(json.dumps(measure(model, int(members), args.examples)))
+    print(json.dumps(measure(model, int(members), args.examples, overrides)))
     return
   results = []
   for model in args.models.split(","):
     # Side by side: the single run, then each population, then the single run again (the machine drifts).
-    single = [child(model, 1, args.examples)]
-    populations = [child(model, int(k), args.examples) for k in args.members.split(",")]
-    single.append(child(model, 1, args.examples))
+    single = [child(model, 1, args.examples, overrides)]
+    populations = [child(model, int(k), args.examples, overrides) for k in args.members.split(",")]
+    single.append(child(model, 1, args.examples, overrides))
     one = max(single, key=lambda r: r["member_images_per_s"])
     for r in [one, *populations]:
       r["vs_one_run"] = r["member_images_per_s"] / one["member_images_per_s"]
-      r["rss_mib_per_added_member"] = ((r["peak_rss_mib"] - one["peak_rss_mib"]) / (r["members"] - 1)
-                                       if r["members"] > 1 else None)
+      r["mib_per_added_member"] = ((r["peak_mib"] - one["peak_mib"]) / (r["members"] - 1)
+                                   if r["members"] > 1 else None)
       results.append(r)
       print(json.dumps(r), flush=True)
   record = {"device": device_name(), "date": datetime.date.today().isoformat(), "examples": args.examples,
-            "results": results}
+            "overrides": overrides, "results": results}
   path = write_record(record, args.out, "-population")
   print(table(results))
   print(f"-> {path}")

@@ -122,12 +122,27 @@ RUNNERS = {"fluxdigits": run_fluxdigits, "pytorch": run_pytorch, "keras": run_ke
 
 
 def device_name() -> str:
+  """The accelerator JAX will use, else the CPU. Asked of nvidia-smi, not of JAX: a parent process that started JAX
+  would take the GPU's memory from the children it times."""
+  try:
+    gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                          check=True).stdout.split("\n")
+    return f"{gpus[0].strip()} (GPU)"
+  except (OSError, subprocess.CalledProcessError):
+    pass
   model = platform.processor() or "cpu"
   try:
     model = re.search(r"model name\s*:\s*(.*)", pathlib.Path("/proc/cpuinfo").read_text()).group(1)
   except (OSError, AttributeError):
     pass
   return f"{model} {os.cpu_count()} cores (CPU)"
+
+
+def config_overrides(parser, unknown: list[str]) -> list[str]:
+  """The command line's --config.KEY=VALUE arguments as KEY=VALUE; any other unknown argument is an error."""
+  if any(not a.startswith("--config.") for a in unknown):
+    parser.error(f"unknown arguments {unknown}; config overrides are written --config.KEY=VALUE")
+  return [a.removeprefix("--config.") for a in unknown]
 
 
 def slug(text: str) -> str:

@@ -204,7 +204,8 @@ class Conv3x3(nn.Module):
   There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
   slower, and a bias gradient (a reduction over all positions) as slow as the rest of the step;
   here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1` or
-  `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS).
+  `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS). These formulations are for XLA:CPU; on a
+  GPU or TPU lax's own convolution (cuDNN, the TPU's convolution units) is the fast one.
   """
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -219,6 +220,9 @@ class Conv3x3(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
     x = x.astype(self.dtype)
+    if jax.default_backend() != "cpu":
+      y = lax.conv_general_dilated(x, kernel, (self.strides,) * 2, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return y if bias is None else y + bias
     if channels >= WINOGRAD_MIN_CHANNELS and self.strides == 1:
       y = winograd_conv3x3(x, kernel, self.padding)
       return y if bias is None else y + bias

@@ -38,6 +38,19 @@ def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, 
   jax.tree.map(assert_close, grads, reference_grads)
 
 
+@pytest.mark.parametrize("channels, strides, padding, use_bias", [(1, 1, "VALID", True), (32, 1, "SAME", False),
+                                                                  (16, 2, "SAME", False)])
+def test_conv3x3_on_an_accelerator_is_lax_s_convolution(monkeypatch, channels, strides, padding, use_bias):
+  x = jax.random.normal(jax.random.key(0), (2, 12, 9, channels))
+  reference = nn.Conv(8, (3, 3), (strides, strides), padding=padding, use_bias=use_bias)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), reference.init(jax.random.key(1), x))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  module = models.Conv3x3(8, strides=strides, padding=padding, use_bias=use_bias)
+  jaxpr = str(jax.make_jaxpr(module.apply)(params, x))
+  assert "conv_general_dilated" in jaxpr and "custom_vjp" not in jaxpr
+  np.testing.assert_allclose(module.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
 # im2col, conv_stride1 and winograd_conv3x3: each computes in bf16 under mixed_precision.
 @pytest.mark.parametrize("channels", [2, 16, 32])
 def test_conv3x3_computes_in_its_dtype_and_keeps_float32_parameters(channels):
