@@ -78,8 +78,14 @@ def _patches(x, strides, padding, with_ones):
   return jnp.concatenate(patches, axis=-1)
 
 
-def _conv(x, kernel, padding):
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv(x, kernel, padding, strides=1):
+  return lax.conv_general_dilated(x, kernel, (strides, strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _on_accelerator() -> bool:
+  """The layers below are formulated for XLA:CPU; on a GPU or TPU lax's own convolution (cuDNN, the TPU's
+  convolution units) is the fast one."""
+  return jax.default_backend() != "cpu"
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -204,8 +210,7 @@ class Conv3x3(nn.Module):
   There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
   slower, and a bias gradient (a reduction over all positions) as slow as the rest of the step;
   here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1` or
-  `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS). These formulations are for XLA:CPU; on a
-  GPU or TPU lax's own convolution (cuDNN, the TPU's convolution units) is the fast one.
+  `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS). On a GPU or TPU, lax's convolution.
   """
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -220,8 +225,8 @@ class Conv3x3(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
     x = x.astype(self.dtype)
-    if jax.default_backend() != "cpu":
-      y = lax.conv_general_dilated(x, kernel, (self.strides,) * 2, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if _on_accelerator():
+      y = _conv(x, kernel, self.padding, self.strides)
       return y if bias is None else y + bias
     if channels >= WINOGRAD_MIN_CHANNELS and self.strides == 1:
       y = winograd_conv3x3(x, kernel, self.padding)
@@ -239,7 +244,8 @@ class Conv1x1(nn.Module):
   """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False).
 
   One matmul of the strided pixels: XLA:CPU's convolution computes the kernel gradient of the
-  strided 1x1 convolution about 30x slower than this matmul does.
+  strided 1x1 convolution about 30x slower than this matmul does. On a GPU or TPU, lax's convolution
+  (jaxlib 0.11.2's GPU compiler fails a check on this matmul inside ResNet's step).
   """
   features: int
   strides: int = 1
@@ -249,6 +255,8 @@ class Conv1x1(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32)
     s = self.strides
+    if _on_accelerator():
+      return _conv(x.astype(self.dtype), kernel.astype(self.dtype), "VALID", s)
     return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 

@@ -286,18 +286,34 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   # Compiled against the shapes of the stacked state, so that a population too large for memory is refused
   # before its states are made.
   replicated = meshes.replicated_sharding(mesh)
-  state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape[1:]), x.dtype, sharding=replicated),
-                              jax.eval_shape(lambda: create_states(members[:1], model, image_shape, tx)))
+  member_state = jax.eval_shape(lambda: create_states(members[:1], model, image_shape, tx))
   train_chunk = make_train_chunk(config, preprocess, augment.make(config))
   chunk = min(config.steps_per_call, steps_per_epoch)
+
+  def compile_chunk(length, population):
+    state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((population, *x.shape[1:]), x.dtype, sharding=replicated),
+                                member_state)
+    idx = meshes.shard_batches(np.zeros((population, length, config.batch_size), np.int32), mesh)
+    return train_chunk.lower(state_shapes, *device_images["train"], idx, jax.tree.map(lambda x: x[:population], hyperparams),
+                             active[:population]).compile()
+
   log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
   compile_start = time.perf_counter()
-  train_chunks = {}
-  for length in {chunk, steps_per_epoch % chunk} - {0}:
-    idx = meshes.shard_batches(np.zeros((len(members), length, config.batch_size), np.int32), mesh)
-    train_chunks[length] = train_chunk.lower(state_shapes, *device_images["train"], idx, hyperparams, active).compile()
+  try:
+    train_chunks = {length: compile_chunk(length, len(members)) for length in {chunk, steps_per_epoch % chunk} - {0}}
+  except jax.errors.JaxRuntimeError as e:
+    # A GPU's compiler runs the largest operations while it autotunes them, so a population too large for memory
+    # fails there, before any memory analysis: smaller populations' compiled calls tell how many fit.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    smaller = sorted({min(k, len(members) - 1) for k in (2, 4)} - {0})
+    _refuse_too_large({k: _memory_needed(compile_chunk(chunk, k)) for k in smaller}, len(members), mesh, e)
   compile_seconds = time.perf_counter() - compile_start
-  _check_fits_in_memory(train_chunks[chunk], len(members), device_images, mesh)
+  needed = _memory_needed(train_chunks[chunk])
+  available = meshes.free_memory_bytes(mesh)
+  if needed is not None and available is not None and needed > available:
+    half = {len(members) // 2: _memory_needed(compile_chunk(chunk, len(members) // 2))} if len(members) > 1 else {}
+    _refuse_too_large({len(members): needed, **half}, len(members), mesh)
 
   state = create_states(members, model, image_shape, tx)
   if config.model.name == "airbench":
@@ -309,25 +325,37 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   return trainer, state
 
 
-def _check_fits_in_memory(compiled, members: int, device_images, mesh):
-  """Raises UserError, naming the largest population that fits, when the compiled call needs more memory than a
-  device has free."""
+def _memory_needed(compiled) -> int | None:
+  """Bytes of device memory a compiled call needs: its arguments, outputs and temporaries, less the donated."""
   analysis = compiled.memory_analysis()
-  available = meshes.free_memory_bytes(mesh)
-  if analysis is None or available is None:
-    return
-  needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
-            - analysis.alias_size_in_bytes)
-  if needed <= available:
-    return
-  shared = sum(leaf.nbytes for leaf in jax.tree.leaves(device_images)) // mesh.devices.size
-  per_member = max(needed - shared, 1) / members
-  largest = int((available - shared) // per_member)
+  if analysis is None:
+    return None
+  return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+          - analysis.alias_size_in_bytes)
+
+
+def _refuse_too_large(needed: dict, members: int, mesh, compile_error=None):
+  """Raises UserError naming the largest population that fits a device's free memory, from what the compiled calls
+  of one or two population sizes need ({size: bytes}): a line through two sizes, since the data is shared and the
+  rest grows per member; from one size, its bytes per member (an overestimate, so the advice errs on the safe side)."""
+  available = meshes.free_memory_bytes(mesh) or 0
+  sizes = sorted(k for k, v in needed.items() if v is not None)
+  if len(sizes) >= 2:
+    small, large = sizes[-2:]
+    per_member = max((needed[large] - needed[small]) / (large - small), 1)
+    fixed = needed[large] - per_member * large
+  elif sizes:
+    per_member, fixed = needed[sizes[0]] / sizes[0], 0
+  else:
+    per_member, fixed = float("inf"), 0
+  largest = int((available - fixed) // per_member) if per_member != float("inf") else 0
   what = f"a population of {members}" if members > 1 else "this run"
   advice = (f"the largest population that fits is {largest}: pass fewer members" if largest >= 1 else
             "lower batch_size")
-  raise UserError(f"{what} needs about {needed / 2**30:.1f} GiB of memory per device ({per_member / 2**20:,.0f} MiB "
-                  f"per member), {available / 2**30:.1f} GiB are free; {advice}")
+  need = ("ran out of device memory while compiling" if compile_error is not None else
+          f"needs about {(fixed + per_member * members) / 2**30:.1f} GiB of memory per device ({per_member / 2**20:,.0f} MiB "
+          "per member)")
+  raise UserError(f"{what} {need}, {available / 2**30:.1f} GiB are free; {advice}") from compile_error
 
 
 def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tuple[TrainState, list, list]:

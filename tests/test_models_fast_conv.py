@@ -51,6 +51,16 @@ def test_conv3x3_on_an_accelerator_is_lax_s_convolution(monkeypatch, channels, s
   np.testing.assert_allclose(module.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
+def test_conv1x1_on_an_accelerator_is_lax_s_convolution(monkeypatch):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  reference = nn.Conv(5, (1, 1), (2, 2), use_bias=False)
+  params = reference.init(jax.random.key(1), x)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  module = models.Conv1x1(5, 2)
+  assert "conv_general_dilated" in str(jax.make_jaxpr(module.apply)(params, x))
+  np.testing.assert_allclose(module.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
 # im2col, conv_stride1 and winograd_conv3x3: each computes in bf16 under mixed_precision.
 @pytest.mark.parametrize("channels", [2, 16, 32])
 def test_conv3x3_computes_in_its_dtype_and_keeps_float32_parameters(channels):

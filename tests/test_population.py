@@ -2,9 +2,11 @@
 trials of one shape together, and bad input is refused."""
 
 import json
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -137,3 +139,46 @@ def test_tuning_trains_trials_of_one_shape_together(tmp_path):
     assert len(places) == 1
     assert places.pop().startswith("populations/") == (len(batch_trials) > 1)
   assert (workdir / "tuning.md").is_file()
+
+
+def largest_that_fits(error) -> int:
+  return int(re.search(r"the largest population that fits is (\d+)", str(error)).group(1))
+
+
+def test_a_population_too_large_for_memory_is_refused_naming_the_largest_that_fits(monkeypatch):
+  # 400 MiB free: MNIST's 55 MB on the device and a few members of the seed CNN (~20 MiB each at batch 32) fit.
+  monkeypatch.setattr(train.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
+  base = small_config(**{"model.name": "cnn"})
+  with pytest.raises(UserError, match=r"a population of 256 needs about .* GiB of memory per device .* 0\.4 GiB are "
+                                      r"free; the largest population that fits is \d+: pass fewer members") as refused:
+    train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
+  largest = largest_that_fits(refused.value)
+  assert 2 <= largest < 256
+  trainer, state = train.build(population.with_seeds(base, range(largest)), log=lambda *_: None)
+  assert jax.tree.leaves(state.params)[0].shape[0] == largest
+  with pytest.raises(UserError, match="largest population that fits"):
+    train.build(population.with_seeds(base, range(largest + 1)), log=lambda *_: None)
+
+
+def test_a_population_that_runs_out_of_memory_while_compiling_is_refused_the_same_way(monkeypatch):
+  """On a GPU the compiler's autotuner runs the largest operations: a population too large fails there first."""
+  monkeypatch.setattr(train.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
+  compile_for_real = jax.stages.Lowered.compile
+  calls = []
+
+  def out_of_memory_once(lowered, *args, **kwargs):
+    calls.append(lowered)
+    if len(calls) == 1:
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 61.05GiB")
+    return compile_for_real(lowered, *args, **kwargs)
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", out_of_memory_once)
+  base = small_config(**{"model.name": "cnn"})
+  with pytest.raises(UserError, match="a population of 256 ran out of device memory while compiling, 0.4 GiB are free; "
+                                      "the largest population that fits is") as refused:
+    train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_for_real)
+  with pytest.raises(UserError) as estimated_from_256:
+    train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
+  # Populations of 2 and 4 give the per-member cost that populations of 128 and 256 give.
+  assert abs(largest_that_fits(refused.value) - largest_that_fits(estimated_from_256.value)) <= 1
