@@ -184,29 +184,38 @@ def finished_summary(workdir: pathlib.Path, config) -> dict | None:
   return summary
 
 
+def _listed(names) -> str:
+  return ", ".join(names) if len(names) <= 8 else f"{', '.join(names[:3])}, ..., {names[-1]} ({len(names)} members)"
+
+
 def check_population(workdir: pathlib.Path, member_dirs) -> None:
-  """Refuses a population in WORKDIR other than the one there (or a single run there); records it if new."""
+  """Refuses a population in WORKDIR other than the one there (or a single run there); records it if new.
+
+  A recorded population none of whose members has started (one refused as too large for memory, say) holds
+  nothing to lose: another takes its place."""
   names = [os.path.relpath(d, workdir) for d in member_dirs]
   single = names == ["."]
   path = workdir / POPULATION_FILE
-  if single:
-    if path.is_file():
-      raise UserError(f"{workdir} holds a population ({path}); train it again with the same --seeds, pass one of its "
-                      "members' folders to the report or predict commands, or use another --workdir")
-    return
-  if (workdir / "config.json").is_file():
-    raise UserError(f"{workdir} holds a single run, not a population; pass another --workdir (or --restart)")
-  text = json.dumps({"members": names}, indent=2) + "\n"
   try:
     recorded = json.loads(path.read_text())["members"] if path.is_file() else None
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it, or use --restart or another --workdir") from None
+  if recorded is not None and recorded != names and not any(is_run(workdir / name) for name in recorded):
+    recorded = None
+  if single:
+    if recorded is not None:
+      raise UserError(f"{workdir} holds a population ({path}); train it again with the same --seeds, pass one of its "
+                      "members' folders to the report or predict commands, or use another --workdir")
+    path.unlink(missing_ok=True)
+    return
+  if (workdir / "config.json").is_file():
+    raise UserError(f"{workdir} holds a single run, not a population; pass another --workdir (or --restart)")
   if recorded is not None and recorded != names:
-    raise UserError(f"{workdir} holds a population of {', '.join(recorded)}, not {', '.join(names)}; train the same "
+    raise UserError(f"{workdir} holds a population of {_listed(recorded)}, not {_listed(names)}; train the same "
                     "members (e.g. the same --seeds), or pass --restart (the old one is moved aside) or another --workdir")
   if recorded is None:
     try:
-      path.write_text(text)
+      path.write_text(json.dumps({"members": names}, indent=2) + "\n")
     except OSError as e:
       raise _os_error(e, "write", path) from None
 

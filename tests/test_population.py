@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from fluxdigits import config as configs, population, run, train
+from fluxdigits import config as configs, population, run, train, workdir as workdirs
 from fluxdigits.errors import UserError
 
 from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
@@ -182,3 +182,18 @@ def test_a_population_that_runs_out_of_memory_while_compiling_is_refused_the_sam
     train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
   # Populations of 2 and 4 give the per-member cost that populations of 128 and 256 give.
   assert abs(largest_that_fits(refused.value) - largest_that_fits(estimated_from_256.value)) <= 1
+
+
+def test_a_population_that_never_started_gives_its_workdir_to_another(tmp_path):
+  """A population refused as too large leaves only its record; the next command may train another there."""
+  workdir = tmp_path / "population"
+  workdir.mkdir()
+  too_many = [workdir / f"seed-{seed}" for seed in range(20000)]
+  workdirs.check_population(workdir, too_many)
+  workdirs.check_population(workdir, too_many[:3])
+  assert json.loads((workdir / "population.json").read_text())["members"] == ["seed-0", "seed-1", "seed-2"]
+  (workdir / "seed-0").mkdir()
+  (workdir / "seed-0" / "config.json").write_text("{}")
+  with pytest.raises(UserError, match=r"holds a population of seed-0, seed-1, seed-2, not seed-0, seed-1, seed-2, \.\.\., "
+                                      r"seed-19999 \(20000 members\); train the same members"):
+    workdirs.check_population(workdir, too_many)
