@@ -294,8 +294,10 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
     state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((population, *x.shape[1:]), x.dtype, sharding=replicated),
                                 member_state)
     idx = meshes.shard_batches(np.zeros((population, length, config.batch_size), np.int32), mesh)
-    return train_chunk.lower(state_shapes, *device_images["train"], idx, jax.tree.map(lambda x: x[:population], hyperparams),
-                             active[:population]).compile()
+    member_data = (hyperparams, active)
+    if population < len(members):  # a smaller population's call, compiled for its memory need only
+      member_data = jax.tree.map(lambda x: x[:population], member_data)
+    return train_chunk.lower(state_shapes, *device_images["train"], idx, *member_data).compile()
 
   log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
   compile_start = time.perf_counter()
