@@ -6,8 +6,8 @@ the host only starts a call per chunk and reads back its per-step losses.
 
 A population is K configs that differ only in what can be data (seed, learning rate, weight decay,
 dropout rate, label smoothing: see population.py), trained at once: their states are stacked along
-a leading member axis and the compiled call runs the same step under `jax.vmap`. A single run is a
-population of one, through the same functions.
+a leading member axis and the compiled call runs the same step over them (`members_in_parallel`). A
+single run is a population of one, through the same functions.
 """
 
 import dataclasses
@@ -184,12 +184,20 @@ def microbatch_gradients(grad_fn, params, x, labels, rng, slices: int):
   return (loss, logits.swapaxes(0, 1).reshape(-1, logits.shape[-1])), grads
 
 
+def members_in_parallel(config) -> bool:
+  """Whether a population's members step together under jax.vmap, or one after another inside the compiled call
+  (jax.lax.map). On a CPU one convolutional member's step already fills the cores: 8 seed CNNs or 8 cnn_deep under
+  vmap trained at 0.72-0.73x the images/s of one run (their activations leave the caches), one after another at
+  1.00-1.03x; the MLP gained from vmap (1.18x). On an H100 vmap gave 256 seed CNNs 2.39x (benchmarks/NOTES.md)."""
+  return jax.default_backend() != "cpu" or config.model.name == "mlp"
+
+
 def make_train_chunk(config, preprocess, augment_fn):
   """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams, active members)
   -> (stacked state, per-member per-step (loss, correct)).
 
-  A population of one runs its steps as they are; a larger one runs them under jax.vmap, and members
-  no longer active (stopped early, pruned, diverged) keep their state.
+  A population of one runs its steps as they are; a larger one runs them for every member (`members_in_parallel`),
+  and members no longer active (stopped early, pruned, diverged) keep their state.
   """
   step = functools.partial(train_step, config=config, preprocess=preprocess, augment_fn=augment_fn)
 
@@ -202,8 +210,12 @@ def make_train_chunk(config, preprocess, augment_fn):
       one, outputs = member_steps(checkpoint.member(state, 0), images, labels, batch_indices[0],
                                   checkpoint.member(hyperparams, 0))
       return checkpoint.stack([one]), jax.tree.map(lambda x: x[None], outputs)
-    trained, outputs = jax.vmap(member_steps, in_axes=(0, None, None, 0, 0))(state, images, labels, batch_indices,
-                                                                            hyperparams)
+    if members_in_parallel(config):
+      trained, outputs = jax.vmap(member_steps, in_axes=(0, None, None, 0, 0))(state, images, labels, batch_indices,
+                                                                              hyperparams)
+    else:
+      trained, outputs = jax.lax.map(lambda member: member_steps(member[0], images, labels, *member[1:]),
+                                     (state, batch_indices, hyperparams))
     kept = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
     return jax.tree.map(kept, trained, state), outputs
 
