@@ -188,7 +188,7 @@ def members_in_parallel(config) -> bool:
   """Whether a population's members step together under jax.vmap, or one after another inside the compiled call
   (jax.lax.map). On a CPU one convolutional member's step already fills the cores: 8 seed CNNs or 8 cnn_deep under
   vmap trained at 0.72-0.73x the images/s of one run (their activations leave the caches), one after another at
-  1.00-1.03x; the MLP gained from vmap (1.18x). On an H100 vmap gave 256 seed CNNs 2.39x (benchmarks/NOTES.md)."""
+  0.98-1.03x; the MLP gained from vmap (1.18-1.24x). On an H100 vmap gave 256 seed CNNs 2.39x (benchmarks/NOTES.md)."""
   return jax.default_backend() != "cpu" or config.model.name == "mlp"
 
 
