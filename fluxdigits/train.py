@@ -312,6 +312,7 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
     return train_chunk.lower(state_shapes, *device_images["train"], idx, *member_data).compile()
 
   log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
+  available = meshes.free_memory_bytes(mesh)
   compile_start = time.perf_counter()
   try:
     train_chunks = {length: compile_chunk(length, len(members)) for length in {chunk, steps_per_epoch % chunk} - {0}}
@@ -321,13 +322,12 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     smaller = sorted({min(k, len(members) - 1) for k in (2, 4)} - {0})
-    _refuse_too_large({k: _memory_needed(compile_chunk(chunk, k)) for k in smaller}, len(members), mesh, e)
+    _refuse_too_large({k: _memory_needed(compile_chunk(chunk, k)) for k in smaller}, len(members), available, e)
   compile_seconds = time.perf_counter() - compile_start
   needed = _memory_needed(train_chunks[chunk])
-  available = meshes.free_memory_bytes(mesh)
   if needed is not None and available is not None and needed > available:
     half = {len(members) // 2: _memory_needed(compile_chunk(chunk, len(members) // 2))} if len(members) > 1 else {}
-    _refuse_too_large({len(members): needed, **half}, len(members), mesh)
+    _refuse_too_large({len(members): needed, **half}, len(members), available)
 
   state = create_states(members, model, image_shape, tx)
   if config.model.name == "airbench":
@@ -348,11 +348,12 @@ def _memory_needed(compiled) -> int | None:
           - analysis.alias_size_in_bytes)
 
 
-def _refuse_too_large(needed: dict, members: int, mesh, compile_error=None):
-  """Raises UserError naming the largest population that fits a device's free memory, from what the compiled calls
-  of one or two population sizes need ({size: bytes}): a line through two sizes, since the data is shared and the
-  rest grows per member; from one size, its bytes per member (an overestimate, so the advice errs on the safe side)."""
-  available = meshes.free_memory_bytes(mesh) or 0
+def _refuse_too_large(needed: dict, members: int, available: int | None, compile_error=None):
+  """Raises UserError naming the largest population that fits in `available` bytes (a device's free memory), from
+  what the compiled calls of one or two population sizes need ({size: bytes}): a line through two sizes, since the
+  data is shared and the rest grows per member; from one size, its bytes per member (an overestimate, so the advice
+  errs on the safe side)."""
+  available = available or 0
   sizes = sorted(k for k, v in needed.items() if v is not None)
   if len(sizes) >= 2:
     small, large = sizes[-2:]
