@@ -4,7 +4,12 @@ The same code runs on 1 CPU, 1 GPU, 8 TPU cores or the hosts of a multi-process 
 XLA inserts the cross-device reductions (gradients, BatchNorm statistics) that the shardings imply.
 Every process computes the same host arrays (data, batch indices) and places only what its own
 devices hold.
+
+On a CPU, fluxdigits asks JAX for one device per core: a population's members then train side by side
+on them (`member_lanes`), while single runs and evaluation keep to the first.
 """
+
+import os
 
 import jax
 import numpy as np
@@ -14,9 +19,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fluxdigits.errors import UserError
 
 
+def _claim_cpu_cores() -> int:
+  """Makes JAX's CPU backend one device per core; returns how many (1 where the user chose the count with
+  JAX_NUM_CPU_DEVICES or XLA_FLAGS, or where JAX already ran something in this process)."""
+  if os.environ.get("JAX_NUM_CPU_DEVICES") or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 1
+  cores = len(os.sched_getaffinity(0))
+  try:
+    jax.config.update("jax_num_cpu_devices", cores)
+  except RuntimeError:
+    return 1
+  return cores
+
+
+# One compiled call per CPU device, running at once, fills two cores better than one call whose every op is split
+# over them: 2 seed CNNs 1.15-1.29x, 2 cnn_deep 1.36-1.41x the images/s of one run (benchmarks/NOTES.md).
+CPU_LANES = _claim_cpu_cores()
+
+
 def data_mesh(local: bool = False) -> Mesh:
-  """Over the whole job's devices, or this process's alone (`local`: work one process does by itself)."""
-  return Mesh(np.array(jax.local_devices() if local else jax.devices()), ("data",))
+  """Over the whole job's devices, or this process's alone (`local`: work one process does by itself); on a CPU
+  whose devices are fluxdigits' lanes, over each process's first."""
+  devices = jax.local_devices() if local else jax.devices()
+  if CPU_LANES > 1 and devices[0].platform == "cpu":
+    devices = [d for d in devices if d == jax.local_devices(d.process_index)[0]]
+  return Mesh(np.array(devices), ("data",))
+
+
+def member_lanes(members: int) -> Mesh | None:
+  """The CPU devices a population of `members`, run one member after another, is split over (a 'members' mesh);
+  None on accelerators, in multi-process jobs and where there is one lane or one member."""
+  lanes = min(CPU_LANES, members)
+  if lanes < 2 or jax.default_backend() != "cpu" or jax.process_count() > 1:
+    return None
+  return Mesh(np.array(jax.local_devices()[:lanes]), ("members",))
 
 
 def check_divisible(batch_size: int, key: str, mesh: Mesh):
@@ -62,6 +98,6 @@ def to_host(array) -> np.ndarray:
 
 
 def describe() -> str:
-  devices = jax.devices()
+  devices = data_mesh().devices.ravel()
   processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
   return f"{len(devices)}x {devices[0].device_kind} ({devices[0].platform}){processes}"

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from fluxdigits import (augment, checkpoint, config as configs, data, distributed, mesh as meshes, models, optim,
@@ -192,19 +193,20 @@ def members_in_parallel(config) -> bool:
   return jax.default_backend() != "cpu" or config.model.name == "mlp"
 
 
-def make_train_chunk(config, preprocess, augment_fn):
+def make_train_chunk(config, preprocess, augment_fn, lanes=None):
   """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams, active members)
   -> (stacked state, per-member per-step (loss, correct)).
 
   A population of one runs its steps as they are; a larger one runs them for every member (`members_in_parallel`),
-  and members no longer active (stopped early, pruned, diverged) keep their state.
+  and members no longer active (stopped early, pruned, diverged) keep their state. With `lanes` (a 'members' mesh of
+  CPU devices, mesh.member_lanes) the members are split evenly over the lanes, which run at once: each lane's share is
+  padded with inactive copies of member 0, whose results are dropped.
   """
   step = functools.partial(train_step, config=config, preprocess=preprocess, augment_fn=augment_fn)
 
   def member_steps(state, images, labels, batch_indices, hyperparams):
     return jax.lax.scan(lambda s, idx: step(s, images[idx], labels[idx], hyperparams), state, batch_indices)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def train_chunk(state, images, labels, batch_indices, hyperparams, active):
     if checkpoint.population_size(state) == 1:
       one, outputs = member_steps(checkpoint.member(state, 0), images, labels, batch_indices[0],
@@ -219,7 +221,21 @@ def make_train_chunk(config, preprocess, augment_fn):
     kept = lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
     return jax.tree.map(kept, trained, state), outputs
 
-  return train_chunk
+  if lanes is None:
+    return jax.jit(train_chunk, donate_argnums=0)
+  split = P("members")
+  in_lanes = jax.shard_map(train_chunk, mesh=lanes, in_specs=(split, P(), P(), split, split, split), out_specs=split,
+                           check_vma=False)
+
+  def train_chunk_in_lanes(state, images, labels, batch_indices, hyperparams, active):
+    members = checkpoint.population_size(state)
+    padding = -members % lanes.size
+    pad = lambda x, fill=None: jnp.concatenate([x, jnp.repeat(x[:1] if fill is None else fill, padding, 0)])
+    state, batch_indices, hyperparams = jax.tree.map(pad, (state, batch_indices, hyperparams))
+    trained, outputs = in_lanes(state, images, labels, batch_indices, hyperparams, pad(active, jnp.zeros(1, bool)))
+    return jax.tree.map(lambda x: x[:members], (trained, outputs))
+
+  return jax.jit(train_chunk_in_lanes, donate_argnums=0, out_shardings=meshes.replicated_sharding(lanes))
 
 
 def make_predict(apply_fn, preprocess, flip=False):
@@ -268,8 +284,9 @@ class Trainer:
   train_chunks: dict  # steps per call -> the compiled lax.scan of train steps (the last call of an epoch may be shorter)
   relative_rate: Any  # step -> multiplier of the peak learning rate
   predict: Any
-  device_images: dict  # split name -> its images on the devices ('train' with its labels)
-  hyperparams: dict  # member_hyperparams() on the devices
+  device_images: dict  # split name -> its images on the devices ('train' with its labels, on train_mesh)
+  hyperparams: dict  # member_hyperparams() on train_mesh
+  lanes: Any  # the CPU devices the members are split over (mesh.member_lanes), or None: the train calls run on mesh
   compile_seconds: float
 
 
@@ -289,39 +306,43 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   image_shape = dataset.train.images.shape[1:]
   tx = optim.create(config, steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
-  device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
+  lanes = None if members_in_parallel(config) else meshes.member_lanes(len(members))
+  train_mesh = lanes or mesh
+  device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), train_mesh),
                    "validation": meshes.replicate(dataset.validation.images, mesh),
                    "test": meshes.replicate(dataset.test.images, mesh)}
-  hyperparams = meshes.replicate(member_hyperparams(members), mesh)
-  active = meshes.replicate(np.ones(len(members), bool), mesh)
+  hyperparams = meshes.replicate(member_hyperparams(members), train_mesh)
+  active = meshes.replicate(np.ones(len(members), bool), train_mesh)
 
   # Compiled against the shapes of the stacked state, so that a population too large for memory is refused
   # before its states are made.
-  replicated = meshes.replicated_sharding(mesh)
+  replicated = meshes.replicated_sharding(train_mesh)
   member_state = jax.eval_shape(lambda: create_states(members[:1], model, image_shape, tx))
-  train_chunk = make_train_chunk(config, preprocess, augment.make(config))
+  train_chunk = make_train_chunk(config, preprocess, augment.make(config), lanes)
   chunk = min(config.steps_per_call, steps_per_epoch)
 
   def compile_chunk(length, population):
     state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((population, *x.shape[1:]), x.dtype, sharding=replicated),
                                 member_state)
-    idx = meshes.shard_batches(np.zeros((population, length, config.batch_size), np.int32), mesh)
+    idx = _place_batches(np.zeros((population, length, config.batch_size), np.int32), mesh, lanes)
     member_data = (hyperparams, active)
     if population < len(members):  # a smaller population's call, compiled for its memory need only
       member_data = jax.tree.map(lambda x: x[:population], member_data)
     return train_chunk.lower(state_shapes, *device_images["train"], idx, *member_data).compile()
 
-  log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else ""))
-  available = meshes.free_memory_bytes(mesh)
+  log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else "")
+      + (f" side by side on {lanes.size} CPU devices" if lanes else ""))
+  available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
   compile_start = time.perf_counter()
   try:
     train_chunks = {length: compile_chunk(length, len(members)) for length in {chunk, steps_per_epoch % chunk} - {0}}
   except jax.errors.JaxRuntimeError as e:
     # A GPU's compiler runs the largest operations while it autotunes them, so a population too large for memory
-    # fails there, before any memory analysis: smaller populations' compiled calls tell how many fit.
+    # fails there, before any memory analysis: smaller populations' compiled calls (2 and 4 members a device) tell
+    # how many fit.
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    smaller = sorted({min(k, len(members) - 1) for k in (2, 4)} - {0})
+    smaller = sorted({min(k * (lanes.size if lanes else 1), len(members) - 1) for k in (2, 4)} - {0})
     _refuse_too_large({k: _memory_needed(compile_chunk(chunk, k)) for k in smaller}, len(members), available, e)
   compile_seconds = time.perf_counter() - compile_start
   needed = _memory_needed(train_chunks[chunk])
@@ -335,8 +356,14 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   state = meshes.replicate(state, mesh)
   trainer = Trainer(config, members, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
                     optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess, config.test_time_flip),
-                    device_images, hyperparams, compile_seconds)
+                    device_images, hyperparams, lanes, compile_seconds)
   return trainer, state
+
+
+def _place_batches(indices: np.ndarray, mesh, lanes):
+  """(members, steps, batch) indices for a train call: split along the batch over the data mesh, or whole in every
+  lane."""
+  return meshes.replicate(indices, lanes) if lanes else meshes.shard_batches(indices, mesh)
 
 
 def _memory_needed(compiled) -> int | None:
@@ -383,13 +410,15 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
   active = np.array(active, bool)
   diverged = [None] * len(members)
   loss_sums, correct_sums = np.zeros(len(members)), np.zeros(len(members), np.int64)
+  if trainer.lanes:
+    state = meshes.replicate(state, trainer.lanes)
   with tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
             dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_primary()) as bar:
     for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
       idx = batches[:, start:start + trainer.steps_per_call]
       state, (losses, corrects) = trainer.train_chunks[idx.shape[1]](
-          state, *trainer.device_images["train"], meshes.shard_batches(idx, trainer.mesh), trainer.hyperparams,
-          meshes.replicate(active, trainer.mesh))
+          state, *trainer.device_images["train"], _place_batches(idx, trainer.mesh, trainer.lanes), trainer.hyperparams,
+          meshes.replicate(active, trainer.lanes or trainer.mesh))
       losses, corrects = np.asarray(losses), np.asarray(corrects)
       first_step = start + (epoch - 1) * trainer.steps_per_epoch
       for i in np.flatnonzero(active):
@@ -403,6 +432,8 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
         break
       bar.set_postfix(loss=f"{loss_sums[active].mean() / done:.4f}",
                       acc=f"{correct_sums[active].mean() / (done * config.batch_size):.4f}")
+  if trainer.lanes:
+    state = meshes.replicate(state, trainer.mesh)
   rows = []
   for i, m in enumerate(members):
     row = {"train_loss": loss_sums[i] / trainer.steps_per_epoch,

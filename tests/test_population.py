@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from fluxdigits import config as configs, population, run, train, workdir as workdirs
+from fluxdigits import checkpoint, config as configs, mesh as meshes, population, run, train, workdir as workdirs
 from fluxdigits.errors import UserError
 
 from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
@@ -60,6 +60,27 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path, model):
   config, state, progress = train.load_run(dirs[1])
   assert config.seed == 7 and config.model.dropout_rate == 0.4 and progress.epoch == 2
   assert train.count_params(state.params) == alone["num_params"]
+
+
+def test_a_cpu_population_is_split_over_one_device_per_core():
+  """Three members on two lanes (padded to four): each ends its epoch exactly as the same config built alone."""
+  if meshes.CPU_LANES < 2:
+    pytest.skip("one CPU core: a population runs on one device")
+  members = [small_config(**{"model.name": "cnn", "seed": seed, "optimizer.learning_rate": rate})
+             for seed, rate in ((0, 1e-3), (1, 2e-3), (2, 5e-4))]
+  trainer, state = train.build(members, log=lambda *_: None)
+  assert trainer.lanes.size == 2 and len(meshes.data_mesh().devices) == 1
+  state, rows, _ = train.train_epoch(trainer, state, 1, [True, True, False])
+  assert state.params["Dense_0"]["kernel"].sharding == meshes.replicated_sharding(trainer.mesh)
+  for i in range(3):
+    alone, alone_state = train.build(members[i:i + 1], log=lambda *_: None)
+    assert alone.lanes is None
+    if i < 2:
+      alone_state, alone_rows, _ = train.train_epoch(alone, alone_state, 1, [True])
+      assert rows[i]["train_loss"] == pytest.approx(alone_rows[0]["train_loss"], rel=1e-5)
+    # An inactive member keeps its state.
+    for ours, theirs in zip(jax.tree.leaves(checkpoint.member(state, i)), jax.tree.leaves(alone_state)):
+      np.testing.assert_allclose(ours, theirs[0], rtol=1e-4, atol=1e-5)
 
 
 def seeds_command(workdir, *args):
@@ -183,7 +204,7 @@ def test_a_population_that_runs_out_of_memory_while_compiling_is_refused_the_sam
   monkeypatch.setattr(jax.stages.Lowered, "compile", compile_for_real)
   with pytest.raises(UserError) as estimated_from_256:
     train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
-  # Populations of 2 and 4 give the per-member cost that populations of 128 and 256 give.
+  # Populations of 2 and 4 members a device give the per-member cost that populations of 128 and 256 give.
   assert abs(largest_that_fits(refused.value) - largest_that_fits(estimated_from_256.value)) <= 1
 
 
