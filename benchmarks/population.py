@@ -7,7 +7,7 @@ over the single run's images/s. Memory per member: the growth of the child's pea
 to K, per added member (the state, its optimizer moments and activations; the accelerator's own
 memory on a GPU or TPU, the resident set on CPU), and the state's own size.
 
-  python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--config.KEY=VALUE ...]
+  python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--tag NAME] [--config.KEY=VALUE ...]
 """
 
 import argparse
@@ -74,6 +74,7 @@ def main():
   parser.add_argument("--members", default="8", help="population sizes to compare with one run, e.g. 8 or 8,64,256")
   parser.add_argument("--examples", type=int, default=6400, help="training images of the timed epoch")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:K, run in this process, JSON to stdout
   args, unknown = parser.parse_known_args()
   overrides = config_overrides(parser, unknown)
@@ -96,7 +97,7 @@ def main():
       print(json.dumps(r), flush=True)
   record = {"device": device_name(), "date": datetime.date.today().isoformat(), "examples": args.examples,
             "overrides": overrides, "results": results}
-  path = write_record(record, args.out, "-population")
+  path = write_record(record, args.out, "-population" + (f"-{args.tag}" if args.tag else ""))
   print(table(results))
   print(f"-> {path}")
 
