@@ -89,7 +89,7 @@ def run_fluxdigits(row: Row) -> dict:
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
-  mesh = meshes.data_mesh()
+  mesh = train.data_mesh_for(config)
   model = models.create(config)
   state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:],
                                                optim.create(config, len(dataset.train) // row.batch_size)), mesh)

@@ -5,8 +5,9 @@ XLA inserts the cross-device reductions (gradients, BatchNorm statistics) that t
 Every process computes the same host arrays (data, batch indices) and places only what its own
 devices hold.
 
-On a CPU, fluxdigits asks JAX for one device per core: a population's members then train side by side
-on them (`member_lanes`), while single runs and evaluation keep to the first.
+On a CPU, fluxdigits asks JAX for one device per core: a population's members train side by side on them
+(`member_lanes`), runs of models with long steps split their batches over them (train.data_mesh_for), and the
+rest keeps to the first.
 """
 
 import os
@@ -33,16 +34,19 @@ def _claim_cpu_cores() -> int:
 
 
 # One compiled call per CPU device, running at once, fills two cores better than one call whose every op is split
-# over them: 2 seed CNNs 1.15-1.29x, 2 cnn_deep 1.36-1.41x the images/s of one run (benchmarks/NOTES.md).
+# over them, where steps are long: 8 cnn_deep members 1.2-1.3x the images/s of one run, one cnn_deep run with its
+# batch split over two devices 1.17-1.32x (benchmarks/NOTES.md).
 CPU_LANES = _claim_cpu_cores()
 
 
-def data_mesh(local: bool = False) -> Mesh:
-  """Over the whole job's devices, or this process's alone (`local`: work one process does by itself); on a CPU
-  whose devices are fluxdigits' lanes, over each process's first."""
+def data_mesh(local: bool = False, batch_sizes: tuple = ()) -> Mesh:
+  """Over the whole job's devices, or this process's alone (`local`: work one process does by itself). On a CPU
+  whose devices are fluxdigits' (one per core): over as many of each process's as divide every size in `batch_sizes`,
+  the first alone where none are given."""
   devices = jax.local_devices() if local else jax.devices()
   if CPU_LANES > 1 and devices[0].platform == "cpu":
-    devices = [d for d in devices if d == jax.local_devices(d.process_index)[0]]
+    count = max(n for n in range(1, CPU_LANES + 1) if all(size % n == 0 for size in batch_sizes)) if batch_sizes else 1
+    devices = [d for d in devices if jax.local_devices(d.process_index).index(d) < count]
   return Mesh(np.array(devices), ("data",))
 
 
@@ -97,7 +101,7 @@ def to_host(array) -> np.ndarray:
   return multihost_utils.process_allgather(array, tiled=True)
 
 
-def describe() -> str:
-  devices = data_mesh().devices.ravel()
+def describe(mesh: Mesh) -> str:
+  devices = mesh.devices.ravel()
   processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
   return f"{len(devices)}x {devices[0].device_kind} ({devices[0].platform}){processes}"

@@ -193,6 +193,18 @@ def members_in_parallel(config) -> bool:
   return jax.default_backend() != "cpu" or config.model.name == "mlp"
 
 
+# Models whose runs on a CPU split each batch over fluxdigits' one device per core: their steps are long enough for
+# two calls at once to fill two cores better than one (cnn_deep 1.17-1.32x, ResNet-20 1.18-1.25x the images/s of one
+# device); for the MLP and the seed CNN, whose steps take about a millisecond, two devices were 0.3-0.8x.
+BATCH_OVER_CPU_CORES = ("cnn_deep", "resnet", "airbench")
+
+
+def data_mesh_for(config):
+  """The devices a run of `config` splits its batches over (mesh.data_mesh)."""
+  split = config.model.name in BATCH_OVER_CPU_CORES
+  return meshes.data_mesh(batch_sizes=(config.batch_size, config.eval_batch_size) if split else ())
+
+
 def make_train_chunk(config, preprocess, augment_fn, lanes=None):
   """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams, active members)
   -> (stacked state, per-member per-step (loss, correct)).
@@ -295,7 +307,7 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   members = tuple(members)
   population.check_shared_shape(members)
   config = members[0]
-  mesh = meshes.data_mesh()
+  mesh = data_mesh_for(config)
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   dataset = data.load(config, log)
@@ -330,7 +342,7 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
       member_data = jax.tree.map(lambda x: x[:population], member_data)
     return train_chunk.lower(state_shapes, *device_images["train"], idx, *member_data).compile()
 
-  log(f"compiling the train step for {meshes.describe()}" + (f", {len(members)} members" if len(members) > 1 else "")
+  log(f"compiling the train step for {meshes.describe(mesh)}" + (f", {len(members)} members" if len(members) > 1 else "")
       + (f" side by side on {lanes.size} CPU devices" if lanes else ""))
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
   compile_start = time.perf_counter()
@@ -603,7 +615,7 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
         "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
         "compile_seconds": trainer.compile_seconds,
         "num_params": count_params(checkpoint.member(state.params, i)), "dataset": trainer.config.dataset.name,
-        "model": trainer.config.model.name, "device": meshes.describe(),
+        "model": trainer.config.model.name, "device": meshes.describe(trainer.mesh),
     } | ({"stopped": progress.stopped} if progress.stopped else {})
     if distributed.is_primary():
       (member_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -191,6 +191,18 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
   assert summary["num_params"] == 11_173_962 and summary["dataset"] == "cifar10"
 
 
+def test_long_step_models_split_their_batches_over_the_cpu_cores():
+  """cnn_deep, the ResNets and airbench's net use fluxdigits' one CPU device per core; short steps keep to one."""
+  if meshes.CPU_LANES < 2:
+    pytest.skip("one CPU core")
+  deep = configs.validate(configs.load(str(EXPERIMENTS / "mnist_cnn_deep.py")))
+  assert train.data_mesh_for(deep).devices.size == meshes.CPU_LANES
+  odd = configs.validate(configs.override(deep, ["batch_size=127", "microbatches=1"]))
+  assert train.data_mesh_for(odd).devices.size == 1  # no device count divides it: one device, and no error
+  assert train.data_mesh_for(configs.validate(configs.load(CNN))).devices.size == 1
+  assert meshes.data_mesh().devices.size == 1
+
+
 def test_four_devices_match_one_device(tmp_path):
   args = ["--config.num_epochs=1", "--config.dataset.max_train_examples=6400", "--config.report=false"]
   one = run_cli(CNN, "--workdir", tmp_path / "one", *args)
