@@ -263,6 +263,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3, help="runs of each system per row, alternating; the median is kept")
   parser.add_argument("--steps-scale", type=int, default=1, help="multiply each row's warm-up and timed steps (GPU: 20)")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # SYSTEM:ROW, run in this process, JSON to stdout
   args, unknown = parser.parse_known_args()
   overrides = config_overrides(parser, unknown)
@@ -294,7 +295,7 @@ def main():
   device = device_name()
   record = {"device": device, "date": datetime.date.today().isoformat(), "repeats": args.repeats,
             "steps_scale": args.steps_scale, "overrides": overrides, "results": results}
-  path = write_record(record, args.out, "-model-throughput")
+  path = write_record(record, args.out, "-model-throughput" + (f"-{args.tag}" if args.tag else ""))
   print(f"{device}\n\n{table(results)}\n\n-> {path}")
 
 
