@@ -295,7 +295,7 @@ def main():
   device = device_name()
   record = {"device": device, "date": datetime.date.today().isoformat(), "repeats": args.repeats,
             "steps_scale": args.steps_scale, "overrides": overrides, "results": results}
-  path = write_record(record, args.out, "-model-throughput" + (f"-{args.tag}" if args.tag else ""))
+  path = write_record(record, args.out, "-model-throughput", args.tag)
   print(f"{device}\n\n{table(results)}\n\n-> {path}")
 
 

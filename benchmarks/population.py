@@ -97,7 +97,7 @@ def main():
       print(json.dumps(r), flush=True)
   record = {"device": device_name(), "date": datetime.date.today().isoformat(), "examples": args.examples,
             "overrides": overrides, "results": results}
-  path = write_record(record, args.out, "-population" + (f"-{args.tag}" if args.tag else ""))
+  path = write_record(record, args.out, "-population", args.tag)
   print(table(results))
   print(f"-> {path}")
 

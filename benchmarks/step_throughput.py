@@ -149,11 +149,11 @@ def slug(text: str) -> str:
   return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def write_record(record: dict, out: str, suffix: str = "") -> pathlib.Path:
-  """record as benchmarks/results-style JSON: OUT/DATE-DEVICE[SUFFIX].json."""
+def write_record(record: dict, out: str, suffix: str = "", tag: str = "") -> pathlib.Path:
+  """record as benchmarks/results-style JSON: OUT/DATE-DEVICE[SUFFIX][-TAG].json (a tag keeps runs of one day apart)."""
   out_dir = pathlib.Path(out)
   out_dir.mkdir(parents=True, exist_ok=True)
-  path = out_dir / f"{record['date']}-{slug(record['device'])}{suffix}.json"
+  path = out_dir / f"{record['date']}-{slug(record['device'])}{suffix}{f'-{tag}' if tag else ''}.json"
   path.write_text(json.dumps(record, indent=2) + "\n")
   return path
 
