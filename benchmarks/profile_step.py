@@ -57,7 +57,7 @@ def main():
   row = model_throughput.ROWS[args.row]
   config = model_throughput.row_config(row)
   dataset = data.load(config)
-  mesh = meshes.data_mesh()
+  mesh = train.data_mesh_for(config)  # the mesh model_throughput times the row on
   state = meshes.replicate(train.create_states([config], models.create(config), dataset.train.images.shape[1:],
                                                optim.create(config, 100)), mesh)
   chunk = train.make_train_chunk(config, train.preprocess_for(config, dataset), augment.make(config))
