@@ -615,7 +615,7 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
         "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
         "compile_seconds": trainer.compile_seconds,
         "num_params": count_params(checkpoint.member(state.params, i)), "dataset": trainer.config.dataset.name,
-        "model": trainer.config.model.name, "device": meshes.describe(trainer.mesh),
+        "model": trainer.config.model.name, "device": meshes.describe(trainer.lanes or trainer.mesh),
     } | ({"stopped": progress.stopped} if progress.stopped else {})
     if distributed.is_primary():
       (member_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -101,6 +101,8 @@ def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_pa
 
   for seed in range(2):
     assert read_summary(workdir / f"seed-{seed}")["test_accuracy"] == read_summary(tmp_path / "whole" / f"seed-{seed}")["test_accuracy"]
+    # Where the members trained: side by side, one CPU device per core (one device on a one-core machine).
+    assert read_summary(workdir / f"seed-{seed}")["device"] == f"{min(meshes.CPU_LANES, 2)}x cpu (cpu)"
     assert [row["epoch"] for row in metrics(workdir / f"seed-{seed}")] == [1, 2]
     assert json.loads((workdir / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
   summary = read_summary(workdir)
