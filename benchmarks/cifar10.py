@@ -5,7 +5,7 @@ epochs) would take a day on a CPU, so it trains on its first `--resnet-examples`
 epoch; the full run is projected as that run's fixed costs (start-up, data, compile, test pass)
 plus 40 full epochs at the measured seconds per training image.
 
-  python benchmarks/cifar10.py [--resnet-examples 1280] [--skip-fast] [--skip-resnet] [--config.KEY=VALUE ...]
+  python benchmarks/cifar10.py [--resnet-examples 1280] [--skip-fast] [--skip-resnet] [--tag TAG] [--config.KEY=VALUE ...]
 
 Overrides apply to cifar10_fast.
 """
@@ -41,17 +41,18 @@ def main():
   parser.add_argument("--skip-fast", action="store_true")
   parser.add_argument("--skip-resnet", action="store_true")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  parser.add_argument("--tag", default="", help="appended to the results files' names, so runs of one day stay apart")
   args, overrides = parser.parse_known_args()
   if not args.skip_fast:
     fast = time_run(ROOT / "experiments" / "cifar10_fast.py", overrides, args.target)
-    print(f"{describe(fast)} -> {write_run_record(fast, args.out, 'time-to-accuracy')}")
+    print(f"{describe(fast)} -> {write_run_record(fast, args.out, 'time-to-accuracy', args.tag)}")
   if args.skip_resnet:
     return
   experiment = ROOT / "experiments" / "cifar10_resnet.py"
   partial = time_run(experiment, ["--config.num_epochs=1", "--config.schedule.warmup_epochs=0.5",
                                   f"--config.dataset.max_train_examples={args.resnet_examples}"])
   resnet = {**partial, **project_full_run(partial, experiment)}
-  path = write_run_record(resnet, args.out, "projected")
+  path = write_run_record(resnet, args.out, "projected", args.tag)
   print(f"{resnet['experiment']}: {resnet['images_per_s']:.1f} training images/s, {resnet['projected_epoch_s'] / 60:.0f} min "
         f"per epoch; {resnet['projected_epochs']} epochs projected to {resnet['projected_run_s'] / 3600:.1f} h -> {path}")
 

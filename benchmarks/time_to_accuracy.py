@@ -42,9 +42,9 @@ def time_run(experiment, overrides, target=None) -> dict:
   }
 
 
-def write_run_record(record, out, kind) -> pathlib.Path:
-  """benchmarks/results/DATE-DEVICE-EXPERIMENT-KIND.json"""
-  return write_record(record, out, f"-{slug(pathlib.Path(record['experiment']).stem)}-{kind}")
+def write_run_record(record, out, kind, tag="") -> pathlib.Path:
+  """benchmarks/results/DATE-DEVICE-EXPERIMENT-KIND[-TAG].json"""
+  return write_record(record, out, f"-{slug(pathlib.Path(record['experiment']).stem)}-{kind}", tag)
 
 
 def describe(record) -> str:
@@ -59,9 +59,10 @@ def main():
   parser.add_argument("--experiment", default=str(ROOT / "experiments" / "mnist_fast.py"))
   parser.add_argument("--target", type=float, default=0.99)
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
   args, overrides = parser.parse_known_args()
   record = time_run(args.experiment, overrides, args.target)
-  path = write_run_record(record, args.out, "time-to-accuracy")
+  path = write_run_record(record, args.out, "time-to-accuracy", args.tag)
   print(f"{describe(record)} -> {path}")
 
 
