@@ -193,15 +193,19 @@ def members_in_parallel(config) -> bool:
   return jax.default_backend() != "cpu" or config.model.name == "mlp"
 
 
-# Models whose runs on a CPU split each batch over fluxdigits' one device per core: their steps are long enough for
-# two calls at once to fill two cores better than one (cnn_deep 1.17-1.32x, ResNet-20 1.18-1.25x the images/s of one
-# device); for the MLP and the seed CNN, whose steps take about a millisecond, two devices were 0.3-0.8x.
-BATCH_OVER_CPU_CORES = ("cnn_deep", "resnet", "airbench")
+def splits_batch_over_cpu_cores(config) -> bool:
+  """Whether a run on a CPU splits each batch over fluxdigits' one device per core (benchmarks/NOTES.md).
+
+  The narrow nets with long steps do: two calls at once fill two cores better than one (cnn_deep 1.17-1.32x,
+  ResNet-20 1.18-1.25x the images/s of one device). Not the MLP and the seed CNN, whose steps take about a
+  millisecond (two devices: 0.3-0.8x), nor ResNet-18 and airbench's net, whose wide matmuls already keep both
+  cores busy (two devices: 0.83-1.0x and 0.95-1.03x)."""
+  return config.model.name == "cnn_deep" or (config.model.name == "resnet" and config.model.depth == 20)
 
 
 def data_mesh_for(config):
   """The devices a run of `config` splits its batches over (mesh.data_mesh)."""
-  split = config.model.name in BATCH_OVER_CPU_CORES
+  split = splits_batch_over_cpu_cores(config)
   return meshes.data_mesh(batch_sizes=(config.batch_size, config.eval_batch_size) if split else ())
 
 

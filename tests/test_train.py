@@ -192,11 +192,15 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
 
 
 def test_long_step_models_split_their_batches_over_the_cpu_cores():
-  """cnn_deep, the ResNets and airbench's net use fluxdigits' one CPU device per core; short steps keep to one."""
+  """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core; short steps and wide nets keep to one."""
   if meshes.CPU_LANES < 2:
     pytest.skip("one CPU core")
   deep = configs.validate(configs.load(str(EXPERIMENTS / "mnist_cnn_deep.py")))
   assert train.data_mesh_for(deep).devices.size == meshes.CPU_LANES
+  resnet20 = configs.validate(configs.load(str(EXPERIMENTS / "mnist_resnet.py")))
+  assert train.data_mesh_for(resnet20).devices.size == meshes.CPU_LANES
+  for wide in ("cifar10_resnet.py", "cifar10_fast.py"):  # ResNet-18, airbench's net
+    assert train.data_mesh_for(configs.validate(configs.load(str(EXPERIMENTS / wide)))).devices.size == 1
   odd = configs.validate(configs.override(deep, ["batch_size=127", "microbatches=1"]))
   assert train.data_mesh_for(odd).devices.size == 1  # no device count divides it: one device, and no error
   assert train.data_mesh_for(configs.validate(configs.load(CNN))).devices.size == 1
