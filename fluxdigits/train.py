@@ -305,6 +305,11 @@ class Trainer:
   lanes: Any  # the CPU devices the members are split over (mesh.member_lanes), or None: the train calls run on mesh
   compile_seconds: float
 
+  @property
+  def train_mesh(self):
+    """The devices the train calls run on: the lanes, or the data mesh."""
+    return self.lanes or self.mesh
+
 
 def build(members, log=print) -> tuple[Trainer, TrainState]:
   """Loads the data, places it on the devices and compiles the train calls; returns them with fresh stacked states."""
@@ -434,7 +439,7 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
       idx = batches[:, start:start + trainer.steps_per_call]
       state, (losses, corrects) = trainer.train_chunks[idx.shape[1]](
           state, *trainer.device_images["train"], _place_batches(idx, trainer.mesh, trainer.lanes), trainer.hyperparams,
-          meshes.replicate(active, trainer.lanes or trainer.mesh))
+          meshes.replicate(active, trainer.train_mesh))
       losses, corrects = np.asarray(losses), np.asarray(corrects)
       first_step = start + (epoch - 1) * trainer.steps_per_epoch
       for i in np.flatnonzero(active):
@@ -619,7 +624,7 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
         "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
         "compile_seconds": trainer.compile_seconds,
         "num_params": count_params(checkpoint.member(state.params, i)), "dataset": trainer.config.dataset.name,
-        "model": trainer.config.model.name, "device": meshes.describe(trainer.lanes or trainer.mesh),
+        "model": trainer.config.model.name, "device": meshes.describe(trainer.train_mesh),
     } | ({"stopped": progress.stopped} if progress.stopped else {})
     if distributed.is_primary():
       (member_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
