@@ -28,15 +28,31 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 DISK_ERROR_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large")
 
 
-class _WithoutFailedSaveTracebacks(logging.Filter):
-  """Orbax logs each failed write of a save from its threads, a traceback each (hundreds of lines on a full
-  disk), and asyncio logs the same failures of orbax's tasks once more when they are collected; save() and
-  close() turn the failure into one line, so those records are dropped."""
+class _WithoutOrbaxEchoes(logging.Filter):
+  """Drops the log records that repeat a checkpoint failure save(), close() or restore_latest already turned into
+  one line: orbax logs each failed write of a save from its threads, a traceback each (hundreds of lines on a full
+  disk), and asyncio logs the failures of orbax's tasks once more when they are collected (a damaged checkpoint's
+  abandoned reads, whenever the collector gets to them)."""
 
   def filter(self, record):
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
     from_orbax = "/orbax/" in record.pathname or "/orbax/" in text
-    return not (from_orbax and any(t in text for t in DISK_ERROR_TEXTS))
+    if from_orbax and any(t in text for t in DISK_ERROR_TEXTS):
+      return False
+    return not (record.name == "asyncio" and record.exc_info and _raised_in_orbax(record.exc_info[1]))
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      if "/orbax/" in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
+  return False
 
 
 def _is_failed_save_echo(exc_type, exc) -> bool:
@@ -56,10 +72,10 @@ def _quiet_orbax_echoes():
   """Installs the filter above, and drops the 'Event loop is closed' echoes of a failed save and the abandoned
   reads of a damaged checkpoint (once per process)."""
   absl_logger = logging.getLogger("absl")
-  if any(isinstance(f, _WithoutFailedSaveTracebacks) for f in absl_logger.filters):
+  if any(isinstance(f, _WithoutOrbaxEchoes) for f in absl_logger.filters):
     return
   for logger in (absl_logger, logging.getLogger("asyncio")):
-    logger.addFilter(_WithoutFailedSaveTracebacks())
+    logger.addFilter(_WithoutOrbaxEchoes())
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
   sys.excepthook = lambda t, e, tb: None if _is_failed_save_echo(t, e) else excepthook(t, e, tb)
   sys.unraisablehook = lambda u: (None if _is_failed_save_echo(u.exc_type, u.exc_value) or _is_abandoned_read(u)
