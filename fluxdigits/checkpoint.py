@@ -15,6 +15,7 @@ import math
 import pathlib
 import shutil
 import sys
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
@@ -42,17 +43,18 @@ class _WithoutOrbaxEchoes(logging.Filter):
     return not (record.name == "asyncio" and record.exc_info and _raised_in_orbax(record.exc_info[1]))
 
 
-def _raised_in_orbax(exc: BaseException | None) -> bool:
+def _chain(e: BaseException | None):
+  """`e` and the exceptions it was raised from or during, newest first."""
   seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    tb = exc.__traceback__
-    while tb is not None:
-      if "/orbax/" in tb.tb_frame.f_code.co_filename:
-        return True
-      tb = tb.tb_next
-    exc = exc.__cause__ or exc.__context__
-  return False
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  return any("/orbax/" in frame.f_code.co_filename for e in _chain(exc)
+             for frame, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _is_failed_save_echo(exc_type, exc) -> bool:
@@ -146,15 +148,12 @@ def manager(workdir, config, create: bool = True, this_process_only: bool = Fals
 
 def _disk_error(e: BaseException) -> OSError | None:
   """The OSError of a full or unwritable disk behind `e` (orbax wraps it in its own exceptions), if any."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
+  for e in _chain(e):
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
       return e
     for number, text in zip((errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG), DISK_ERROR_TEXTS):
       if text in str(e):
         return OSError(number, text)
-    e = e.__cause__ or e.__context__
   return None
 
 
