@@ -1,13 +1,16 @@
 """The classifiers, as flax.linen modules: `model(x, train=...)` maps normalised images to logits."""
 
 import functools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax._src.random import threefry2x32  # JAX's own unrolled threefry (private; jax is pinned to 0.10.x)
 
 NUM_CLASSES = 10
 # Keras' default kernel initialiser: the seed notebooks' recipes (learning rates, epochs) were
@@ -261,8 +264,43 @@ class Conv1x1(nn.Module):
     return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 
+def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
+  """The bits of JAX's default PRNG, threefry2x32, for `shape` (the same bits: its counters are a
+  row-major iota), computed as one unrolled pass inside a one-trip loop.
+
+  jax 0.10 lowers threefry on a CPU as a loop of five steps, each a pass over the whole array: 0.85 ms
+  for a dropout mask of 173k values, against 0.14 ms unrolled (upstream unrolled it later,
+  jax-ml/jax#37872). Unrolled but free to fuse, the hash was copied into every fusion that reads the
+  mask, 16 of them before a Winograd convolution, and the step got slower. Fusion does not cross a loop,
+  and this loop's start is a value XLA cannot know, so XLA keeps it (benchmarks/NOTES.md, "Dropout's
+  masks").
+  """
+  size = math.prod(shape)
+  if bit_width != 32 or size >= 2 ** 32:
+    return _THREEFRY.random_bits(key_data, bit_width, shape)
+
+  def one_pass(state):
+    trips, _ = state
+    counts = lax.iota(jnp.uint32, size).reshape(shape)
+    high, low = threefry2x32._threefry2x32_lowering(key_data[0], key_data[1], jnp.zeros_like(counts), counts,
+                                                    use_rolled_loops=False)
+    return trips + 1, high ^ low
+
+  start = jnp.minimum(key_data[0], jnp.uint32(0))  # always 0, but no constant XLA could use to drop the loop
+  return lax.while_loop(lambda state: state[0] < 1, one_pass, (start, jnp.zeros(shape, jnp.uint32)))[1]
+
+
+_THREEFRY = jax.extend.random.threefry_prng_impl
+_THREEFRY_IN_ONE_PASS = jax.extend.random.define_prng_impl(
+    key_shape=_THREEFRY.key_shape, seed=_THREEFRY.seed, split=_THREEFRY.split, fold_in=_THREEFRY.fold_in,
+    random_bits=_threefry_bits_in_one_pass, name="threefry2x32_in_one_pass", tag="fd1")
+
+
 class Dropout(nn.Module):
-  """nn.Dropout's masks and values, with a rate that may be traced: a population member's rate is data, not shape."""
+  """nn.Dropout's masks and values, with a rate that may be traced: a population member's rate is data, not shape.
+
+  On a CPU the masks' bits come from `_threefry_bits_in_one_pass`: the same bits, computed faster.
+  """
   rate: Any
   deterministic: bool
 
@@ -271,7 +309,10 @@ class Dropout(nn.Module):
     if self.deterministic or (isinstance(self.rate, float) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    rng = self.make_rng("dropout")
+    if not _on_accelerator():
+      rng = jax.random.wrap_key_data(jax.random.key_data(rng), impl=_THREEFRY_IN_ONE_PASS)
+    mask = jax.random.bernoulli(rng, keep, x.shape)
     return lax.select(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -98,6 +98,19 @@ def test_dropout_is_active_only_in_training():
   assert not np.allclose(train_a, train_b)
 
 
+@pytest.mark.parametrize("shape", [(7,), (32, 13, 13, 32)])
+def test_dropout_matches_flax_dropout_bit_for_bit(shape):
+  # On a CPU our masks' bits come from another lowering of JAX's threefry; they must be the same bits.
+  x = jax.random.normal(jax.random.key(0), shape)
+  rngs = {"dropout": jax.random.fold_in(jax.random.key(5), 3)}
+  ours = jax.jit(lambda x: models.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))(x)
+  traced_rate = jax.jit(lambda x, rate: models.Dropout(rate, deterministic=False).apply({}, x, rngs=rngs))(x, 0.3)
+  flax = jax.jit(lambda x: nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))(x)
+  np.testing.assert_array_equal(ours, flax)
+  np.testing.assert_array_equal(traced_rate != 0, flax != 0)  # a population's rate: the same masks
+  assert 0.6 < float((ours != 0).mean()) < 0.8
+
+
 def test_max_pool_matches_flax_max_pool():
   x = jax.random.normal(jax.random.key(0), (3, 13, 26, 5))
   np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
