@@ -265,8 +265,8 @@ class Conv1x1(nn.Module):
 
 
 def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
-  """The bits of JAX's default PRNG, threefry2x32, for `shape` (the same bits: its counters are a
-  row-major iota), computed as one unrolled pass inside a one-trip loop.
+  """The bits of JAX's default PRNG, threefry2x32, for `shape` (the same bits: with jax_threefry_partitionable, the
+  default, its counters are a row-major iota), computed as one unrolled pass inside a one-trip loop.
 
   jax 0.10 lowers threefry on a CPU as a loop of five steps, each a pass over the whole array: 0.85 ms
   for a dropout mask of 173k values, against 0.14 ms unrolled (upstream unrolled it later,
@@ -276,7 +276,7 @@ def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
   masks").
   """
   size = math.prod(shape)
-  if bit_width != 32 or size >= 2 ** 32:
+  if bit_width != 32 or size >= 2 ** 32 or not jax.config.jax_threefry_partitionable:
     return _THREEFRY.random_bits(key_data, bit_width, shape)
 
   def one_pass(state):

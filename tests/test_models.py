@@ -109,6 +109,9 @@ def test_dropout_matches_flax_dropout_bit_for_bit(shape):
   np.testing.assert_array_equal(ours, flax)
   np.testing.assert_array_equal(traced_rate != 0, flax != 0)  # a population's rate: the same masks
   assert 0.6 < float((ours != 0).mean()) < 0.8
+  with jax.threefry_partitionable(False):  # JAX's other counters: ours must follow them
+    np.testing.assert_array_equal(models.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs),
+                                  nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))
 
 
 def test_max_pool_matches_flax_max_pool():
