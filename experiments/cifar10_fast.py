@@ -13,8 +13,9 @@ from fluxdigits.config import defaults
 def get_config():
   config = defaults()
   config.dataset.name = "cifar10"
+  config.dataset.standardize = True
   config.model.name = "airbench"
-  config.model.width = 64
+  config.model.kwargs.width = 64
   config.augment.name = "cifar"
   config.augment.crop_padding = 2
   config.test_time_flip = True

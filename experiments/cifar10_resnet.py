@@ -13,8 +13,9 @@ from fluxdigits.config import defaults
 def get_config():
   config = defaults()
   config.dataset.name = "cifar10"
+  config.dataset.standardize = True
   config.model.name = "resnet"
-  config.model.depth = 18
+  config.model.kwargs.depth = 18
   config.augment.name = "cifar"
   config.optimizer.name = "momentum"
   config.optimizer.nesterov = True

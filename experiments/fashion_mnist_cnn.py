@@ -9,6 +9,7 @@ from fluxdigits.config import defaults
 def get_config():
   config = defaults()
   config.dataset.name = "fashion_mnist"
+  config.dataset.photos = "object"
   config.model.name = "cnn_dropout"
   config.model.dropout_rate = 0.25
   config.optimizer.name = "adam"

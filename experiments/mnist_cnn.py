@@ -6,6 +6,7 @@ from fluxdigits.config import defaults
 def get_config():
   config = defaults()
   config.dataset.name = "mnist"
+  config.dataset.photos = "digit"  # predict reads photos of digits the way MNIST was made
   config.model.name = "cnn"
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3

@@ -6,8 +6,9 @@ from fluxdigits.config import defaults
 def get_config():
   config = defaults()
   config.dataset.name = "mnist"
+  config.dataset.photos = "digit"  # predict reads photos of digits the way MNIST was made
   config.model.name = "resnet"
-  config.model.depth = 20
+  config.model.kwargs.depth = 20
   config.augment.name = "digits"
   config.optimizer.name = "momentum"
   config.optimizer.nesterov = True

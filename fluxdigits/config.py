@@ -15,13 +15,11 @@ import ml_collections
 
 from fluxdigits.errors import UserError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "idx")
-MODELS = ("mlp", "cnn", "cnn_dropout", "cnn_deep", "resnet", "airbench")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 AUGMENTATIONS = ("none", "digits", "cifar")
-RESNET_DEPTHS = (18, 20)
-BATCHNORM_MODELS = ("resnet", "airbench")
+PHOTO_READERS = ("fit", "digit", "object")
+AUTO_SWITCHES = ("auto", "true", "false")
 # The value a key had in effect before it existed: a config.json written by an older fluxdigits
 # lacks the key, and that run's checkpoints were made that way.
 VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0}
@@ -46,9 +44,15 @@ def defaults() -> ml_collections.ConfigDict:
   # Training steps fused into one compiled call (a lax.scan): removes per-step dispatch cost.
   c.steps_per_call = 200
   # Compute each batch's gradient in this many equal slices, one after another, and average them:
-  # the same gradient (dropout masks aside), with a working set that fits a CPU's cache (cnn_deep
-  # on 2 cores: 4 slices of 32 train ~1.3x faster than one batch of 128). Not for BatchNorm models.
+  # the same gradient (dropout masks aside), with a working set that fits a CPU's cache. Not for
+  # BatchNorm models, whose statistics would be each slice's (benchmarks/NOTES.md, "Microbatches").
   c.microbatches = 1
+  # On a CPU, split each batch over one JAX device per core: 'auto' follows the model's
+  # cpu_batch_split (models.py); long steps of narrow layers gain, short ones lose.
+  c.split_batch_over_cpu_cores = "auto"
+  # Step a population's members together under jax.vmap ('true') or one after another ('false');
+  # 'auto': vmap on accelerators, and on a CPU where the model declares vectorize_members.
+  c.vectorize_members = "auto"
   # Stop after this many epochs without a better validation accuracy; 0 never stops early.
   c.patience = 0
   c.label_smoothing = 0.0
@@ -64,10 +68,21 @@ def defaults() -> ml_collections.ConfigDict:
   c.report = True
 
   c.dataset = ml_collections.ConfigDict()
+  # Any tfds image-classification dataset ('mnist', 'fashion_mnist', 'cifar10', ...), 'folder'
+  # (DIR/train/<class>/*, DIR/test/<class>/*: images Pillow reads) or 'idx' (MNIST's IDX files).
   c.dataset.name = "mnist"
   # Where tfds finds prepared datasets; '' means $TFDS_DATA_DIR, else tfds' default.
-  # For dataset.name='idx': the folder holding the four MNIST-format IDX files.
+  # For 'folder' and 'idx': the folder holding the data.
   c.dataset.data_dir = ""
+  # Images brought to one size (image_size x image_size) and channels (1 or 3); 0 keeps the files' own,
+  # which must then agree.
+  c.dataset.image_size = 0
+  c.dataset.channels = 0
+  # Standardise each channel by the training images' mean and std (else pixels are scaled to [0, 1]).
+  c.dataset.standardize = False
+  # How predict makes a photo into an input: 'fit' (crop to the aspect ratio, resize), 'digit' (MNIST's
+  # way: the ink isolated, a 20 px box centred by mass) or 'object' (Fashion-MNIST's: bright on black).
+  c.dataset.photos = "fit"
   # Keep decoded arrays under ~/.cache/fluxdigits: decoding MNIST's PNGs takes ~10 s a run.
   c.dataset.cache = True
   # Train on the first N training examples only (0: all of them): quick trials and tests.
@@ -80,10 +95,12 @@ def defaults() -> ml_collections.ConfigDict:
   c.augment.crop_padding = 4  # pixels, for 'cifar'
 
   c.model = ml_collections.ConfigDict()
+  # A built-in model (models.BUILTIN), or your own flax.linen.Module: FILE.py:CLASS or package.module:CLASS.
   c.model.name = "cnn"
-  c.model.dropout_rate = 0.25  # cnn_dropout and cnn_deep; mlp and cnn have no dropout
-  c.model.depth = 20  # resnet only: 20 (CIFAR ResNet-20) or 18 (ResNet-18)
-  c.model.width = 64  # airbench only: its ConvGroups are width, 4 x width, 4 x width wide (airbench94: 64)
+  # Fills a model's dropout_rate field (cnn_dropout, cnn_deep); a population may vary it.
+  c.model.dropout_rate = 0.25
+  # The model's other constructor arguments, e.g. depth=18 for resnet, width=16 for airbench.
+  c.model.kwargs = ml_collections.ConfigDict()
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
@@ -171,7 +188,10 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true
 
 
 def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_collections.ConfigDict:
-  """Applies `key.path=value` assignments, typed by the value the key already holds."""
+  """Applies `key.path=value` assignments, typed by the value the key already holds.
+
+  Keys under model.kwargs may be new (a model's constructor arguments): their values are Python literals, or text.
+  """
   config = ml_collections.ConfigDict(config)
   for assignment in assignments:
     key, sep, text = assignment.partition("=")
@@ -181,6 +201,10 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_co
     node = config
     for part in parents:
       node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if parents == KWARGS_PATH and isinstance(node, ml_collections.ConfigDict):
+      with node.unlocked():
+        node[leaf] = _parse_literal(text)
+      continue
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
       raise UserError(f"unknown config key {key!r}; known keys: {', '.join(_flat_keys(config))}")
     try:
@@ -188,6 +212,16 @@ def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_co
     except ValueError as e:
       raise UserError(f"bad value for config key {key!r}: {e}") from None
   return config
+
+
+KWARGS_PATH = ["model", "kwargs"]
+
+
+def _parse_literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError, MemoryError, RecursionError):
+    return text
 
 
 def _flat_keys(config, prefix=""):
@@ -207,13 +241,29 @@ def flatten(config: ml_collections.ConfigDict) -> dict:
 
 def with_keys_added_since(flat: dict) -> dict:
   """A flat config written by an older fluxdigits, with the value each key added since had in effect then."""
-  return {**flatten(defaults()), **VALUES_BEFORE_KEY_EXISTED, **flat}
+  return {**flatten(defaults()), **_in_current_keys(flat)}
+
+
+def _in_current_keys(flat: dict) -> dict:
+  """A flat config of any fluxdigits version in today's keys: what each key added since meant before it existed."""
+  flat = {**VALUES_BEFORE_KEY_EXISTED, **flat}
+  # Before model.kwargs, resnet's depth and airbench's width were keys of their own, present in every config.
+  for key, model in (("model.depth", "resnet"), ("model.width", "airbench")):
+    if key in flat:
+      value = flat.pop(key)
+      if flat.get("model.name") == model:
+        flat.setdefault(f"model.kwargs.{key.split('.')[1]}", value)
+  # Before these keys, the preprocessing followed from the tfds dataset's name.
+  name = flat.get("dataset.name")
+  flat.setdefault("dataset.standardize", name == "cifar10")
+  flat.setdefault("dataset.photos", {"mnist": "digit", "idx": "digit", "fashion_mnist": "object"}.get(name, "fit"))
+  return flat
 
 
 def from_flat(flat: dict) -> ml_collections.ConfigDict:
   """The inverse of flatten(): a validated config from a run's config.json."""
   config = ml_collections.ConfigDict()
-  for key, value in {**VALUES_BEFORE_KEY_EXISTED, **flat}.items():
+  for key, value in _in_current_keys(flat).items():
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
@@ -239,10 +289,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys, types and ranges against `defaults()`; returns the config, locked."""
   reference = flatten(defaults())
   given = flatten(config)
-  unknown = sorted(set(given) - set(reference))
+  kwargs = {key: value for key, value in given.items() if key.startswith("model.kwargs.")}
+  unknown = sorted(set(given) - set(reference) - set(kwargs))
   if unknown:
     raise UserError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(reference)}")
   for key, value in given.items():
+    if key in kwargs:
+      _require(key.count(".") == 2 and _is_literal(value),
+               f"config key {key!r} must be a number, text, true/false or a list of them, got {value!r}")
+      continue
     expected = type(reference[key])
     ok = isinstance(value, expected) and (expected is not int or not isinstance(value, bool))
     ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
@@ -253,30 +308,30 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, value in given.items():
     *parents, leaf = key.split(".")
     node = _get(config, ".".join(parents)) if parents else config
-    node[leaf] = float(value) if isinstance(reference[key], float) else value
+    node[leaf] = value if key in kwargs else float(value) if isinstance(reference[key], float) else value
   c = config
+  c.model.name = _absolute_model_file(c.model.name)
 
   def one_of(key, choices):
     _require(_get(c, key) in choices, f"unknown {key} {_get(c, key)!r}; choose one of: {', '.join(map(str, choices))}")
 
-  one_of("dataset.name", DATASETS)
-  one_of("model.name", MODELS)
   one_of("optimizer.name", OPTIMIZERS)
   one_of("schedule.name", SCHEDULES)
   one_of("augment.name", AUGMENTATIONS)
-  one_of("model.depth", RESNET_DEPTHS)
+  one_of("dataset.photos", PHOTO_READERS)
+  one_of("split_batch_over_cpu_cores", AUTO_SWITCHES)
+  one_of("vectorize_members", AUTO_SWITCHES)
   # jax.random.key and numpy's generators take the seed as an unsigned 32-bit number.
   _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32), got {c.seed}")
   for key in ("num_epochs", "batch_size", "microbatches", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
     _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
   _require(c.batch_size % c.microbatches == 0,
            f"batch_size={c.batch_size} is not divisible by microbatches={c.microbatches}; use a divisor of the batch size")
-  _require(c.microbatches == 1 or c.model.name not in BATCHNORM_MODELS,
-           f"microbatches={c.microbatches} would normalise each slice alone in {c.model.name}'s BatchNorm; "
-           "use microbatches=1 with BatchNorm models")
   _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
   _require(c.dataset.max_train_examples >= 0, "dataset.max_train_examples must be >= 0 (0 uses every example)")
-  _require(c.model.width >= 1, f"model.width must be at least 1, got {c.model.width}")
+  _require(c.dataset.image_size >= 0, f"dataset.image_size must be >= 0 (0 keeps the images' own), got {c.dataset.image_size}")
+  _require(c.dataset.channels in (0, 1, 3), f"dataset.channels must be 1 (grayscale), 3 (RGB) or 0 (the images' own), "
+           f"got {c.dataset.channels}")
   _require(c.patience >= 0, f"patience must be >= 0 (0 turns early stopping off), got {c.patience}")
   _require(0.0 <= c.model.dropout_rate < 1.0, f"model.dropout_rate must be in [0, 1), got {c.model.dropout_rate}")
   _require(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {c.ema_decay}")
@@ -289,10 +344,30 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"schedule.warmup_epochs must be in [0, num_epochs={c.num_epochs}), got {c.schedule.warmup_epochs}")
   _require(c.augment.max_shift >= 0 and c.augment.crop_padding >= 0, "augment.max_shift and augment.crop_padding must be >= 0")
   _require(c.patience == 0 or c.validation_fraction > 0, "patience > 0 needs a validation split: set validation_fraction > 0")
+  _require(bool(c.dataset.name), "dataset.name is empty; name a tfds dataset, 'folder' or 'idx'")
   if c.dataset.name == "idx":
     _require(bool(c.dataset.data_dir), "dataset.name='idx' needs dataset.data_dir: the folder with the four MNIST IDX files")
+  if c.dataset.name == "folder":
+    _require(bool(c.dataset.data_dir), "dataset.name='folder' needs dataset.data_dir: the folder holding train/<class>/ "
+             "and test/<class>/")
+  from fluxdigits import registry  # imports flax: only once the keys are known good
+  registry.check_kwargs(c)
   config.lock()
   return config
+
+
+def _is_literal(value) -> bool:
+  if isinstance(value, (list, tuple)):
+    return all(_is_literal(v) for v in value)
+  return isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _absolute_model_file(name: str) -> str:
+  """FILE.py:CLASS with FILE made absolute, so that the run's config.json names it from any folder."""
+  where, sep, attribute = name.rpartition(":")
+  if sep and where.endswith(".py"):
+    return f"{pathlib.Path(where).expanduser().absolute()}:{attribute}"
+  return name
 
 
 def smoke_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,5 +1,10 @@
 """Datasets as numpy arrays, and the index batches that walk them.
 
+Three sources: any tfds image-classification dataset, a folder of images (DIR/train/<class>/*,
+DIR/test/<class>/*, as Keras' image_dataset_from_directory and torchvision's ImageFolder read), and
+MNIST's IDX files. What a run needs to know of its data (class names, image shape, normalisation)
+comes from the data itself, and is recorded in the run's dataset.json.
+
 A split is small enough to live whole in device memory (MNIST is 47 MB of uint8), so the trainer
 copies it to the devices once and every batch is a gather by index there: the host only makes the
 index arrays below, which are pure functions of (seed, epoch).
@@ -9,6 +14,7 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -16,21 +22,10 @@ import zipfile
 import zlib
 
 import numpy as np
+from PIL import Image
 
 from fluxdigits.errors import UserError, warn
 
-CLASS_NAMES = {
-    "mnist": tuple("0123456789"),
-    "idx": tuple("0123456789"),
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-}
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "idx": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-# Per-channel (mean, std) of pixels scaled to [0, 1]. Digits keep plain [0, 1] scaling, as the
-# Keras notebooks do; CIFAR's ResNets train better standardised.
-NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -44,7 +39,7 @@ class _WithoutOpenCvAdvice(logging.Filter):
     return not record.getMessage().startswith("OpenCV is not installed")
 
 
-logging.getLogger("absl").addFilter(_WithoutOpenCvAdvice())
+_OPENCV_ADVICE = _WithoutOpenCvAdvice()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +55,40 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
+class Info:
+  """What a trained model needs to know of its data: recorded in a run's dataset.json, read by predict and export."""
+  class_names: tuple
+  image_shape: tuple  # (H, W, C) of the uint8 images
+  mean: tuple  # per channel, of pixels scaled to [0, 1]: inputs are (pixels / 255 - mean) / std
+  std: tuple
+
+  def to_json(self) -> dict:
+    return {key: list(value) for key, value in dataclasses.asdict(self).items()}
+
+  @classmethod
+  def from_json(cls, record: dict) -> "Info":
+    return cls(**{f.name: tuple(record[f.name]) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
   name: str
   train: Split
   validation: Split
   test: Split
-  class_names: tuple
-  mean: tuple
-  std: tuple
+  info: Info
+
+  @property
+  def class_names(self) -> tuple:
+    return self.info.class_names
+
+  @property
+  def mean(self) -> tuple:
+    return self.info.mean
+
+  @property
+  def std(self) -> tuple:
+    return self.info.std
 
 
 def resolved_data_dir(config) -> str:
@@ -82,41 +103,70 @@ def resolved_data_dir(config) -> str:
 
 def load(config, log=print) -> Dataset:
   """The dataset a config names, its training split divided into train and validation."""
-  name = config.dataset.name
+  name, d = config.dataset.name, config.dataset
   data_dir = resolved_data_dir(config)
   if name == "idx":
     log(f"loading IDX files from {data_dir}")
-    train, test = (read_idx_split(data_dir, split) for split in ("train", "test"))
+    (train, test), class_names = (read_idx_split(data_dir, split) for split in ("train", "test")), tuple("0123456789")
+    where = "the IDX files in dataset.data_dir"
+  elif name == "folder":
+    class_names = folder_classes(data_dir)
+    train, test = (read_folder_split(data_dir, split, class_names, d.image_size, d.channels, d.cache, log)
+                   for split in ("train", "test"))
+    where = f"the image folder {data_dir}"
   else:
-    train, test = (read_tfds_split(name, split, data_dir, config.dataset.cache, log) for split in ("train", "test"))
-  check_splits(name, train, test)
+    class_names = tfds_class_names(name, data_dir)
+    train, test = (read_tfds_split(name, split, data_dir, d.cache, log) for split in ("train", "test"))
+    where = f"the prepared {name} dataset"
+  if name != "folder" and (d.image_size or d.channels):
+    train, test = (Split(to_shape(split.images, d.image_size, d.channels), split.labels) for split in (train, test))
+  check_splits(where, train, test, len(class_names))
   train, validation = hold_out(train, config.validation_fraction)
-  if config.dataset.max_train_examples:
-    train = train[: config.dataset.max_train_examples]
-  return Dataset(name, train, validation, test, CLASS_NAMES[name], *normalization(name))
+  if d.max_train_examples:
+    train = train[: d.max_train_examples]
+  channels = train.images.shape[-1]
+  mean, std = channel_statistics(train.images) if d.standardize else ((0.0,) * channels, (1.0,) * channels)
+  return Dataset(name, train, validation, test, Info(class_names, train.images.shape[1:], mean, std))
 
 
-def normalization(name: str) -> tuple[tuple, tuple]:
-  """Per-channel (mean, std) the dataset's pixels, scaled to [0, 1], are standardised with."""
-  channels = IMAGE_SHAPES[name][-1]
-  return NORMALIZATION.get(name, ((0.0,) * channels, (1.0,) * channels))
+def channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
+  """Per-channel mean and standard deviation of uint8 images scaled to [0, 1], summed a chunk at a time."""
+  total, squares = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
+  for start in range(0, len(images), chunk):
+    x = images[start:start + chunk].astype(np.float64) / 255.0
+    total += x.sum(axis=(0, 1, 2))
+    squares += (x * x).sum(axis=(0, 1, 2))
+  count = images.size / images.shape[-1]
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+  return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def check_splits(name: str, train: Split, test: Split) -> None:
+def check_splits(where: str, train: Split, test: Split, classes: int) -> None:
   """Shapes, counts and labels a model of this dataset can use: bad files fail here, not after training."""
-  where = "the IDX files in dataset.data_dir" if name == "idx" else f"the prepared {name} dataset"
-  classes = len(CLASS_NAMES[name])
   for split_name, split in (("train", train), ("test", test)):
     if len(split) == 0:
-      raise UserError(f"the {split_name} split of {where} holds no examples; replace the files")
-    if split.images.shape[1:] != IMAGE_SHAPES[name]:
-      raise UserError(f"the {split_name} images of {where} are {split.images.shape[1:]}, but {name} models take "
-                      f"{IMAGE_SHAPES[name]}; replace the files")
+      raise UserError(f"the {split_name} split of {where} holds no examples; add some")
+    if split.images.ndim != 4 or split.images.shape[-1] not in (1, 3):
+      raise UserError(f"the {split_name} images of {where} have shape {split.images.shape[1:]}; fluxdigits trains "
+                      "(height, width, 1 or 3 channels) images: set dataset.channels to 1 or 3")
     bad = (split.labels < 0) | (split.labels >= classes)
     if bad.any():
       raise UserError(f"the {split_name} labels of {where} hold {int(bad.sum())} values outside 0-{classes - 1} "
                       f"(e.g. {int(split.labels[bad][0])} at index {int(np.argmax(bad))}); the file is damaged or "
                       "from another dataset")
+  if train.images.shape[1:] != test.images.shape[1:]:
+    raise UserError(f"the train images of {where} are {train.images.shape[1:]} but the test images "
+                    f"{test.images.shape[1:]}; set dataset.image_size and dataset.channels to bring them to one shape")
+
+
+def to_shape(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+  """uint8 images (N, H, W, C) resized to size x size (0: unchanged) and converted to `channels` (0: unchanged)."""
+  from fluxdigits import images as image_files
+  if (not size or images.shape[1:3] == (size, size)) and channels in (0, images.shape[-1]):
+    return images
+  return np.stack([image_files.fitted(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image),
+                                      size, size, channels) for image in images])
 
 
 def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
@@ -148,6 +198,16 @@ def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 # --- tfds ----------------------------------------------------------------------------------------
 
 
+def tfds_class_names(name: str, data_dir: str | None) -> tuple:
+  """The names of a tfds dataset's classes, from its info; one line if it is no image classification dataset."""
+  import tensorflow_datasets as tfds
+  features = _tfds_source(tfds, name, "train", data_dir).dataset_info.features
+  if "image" not in features or "label" not in features or not hasattr(features["label"], "names"):
+    raise UserError(f"tfds dataset {name!r} has features {', '.join(features)}, not an 'image' and a class 'label'; "
+                    "fluxdigits trains image classification datasets")
+  return tuple(features["label"].names)
+
+
 def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool, log=print) -> Split:
   import tensorflow_datasets as tfds
 
@@ -159,8 +219,17 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
     return cached
   log(f"loading {name} {split}: decoding {len(source)} examples from {data_dir or 'the tfds data dir'}"
       f"{' (cached for later runs)' if cache_file else ''}")
-  # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
-  examples = [source[i] for i in range(len(source))]
+  absl = logging.getLogger("absl")
+  absl.addFilter(_OPENCV_ADVICE)
+  try:
+    # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
+    examples = [source[i] for i in range(len(source))]
+  finally:
+    absl.removeFilter(_OPENCV_ADVICE)
+  shapes = {e["image"].shape for e in examples[:1000]}
+  if len(shapes) > 1:
+    raise UserError(f"{name}'s images differ in size ({', '.join(map(str, sorted(shapes)[:3]))}, ...); set "
+                    "dataset.image_size to bring them to one")
   result = Split(np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32))
   if cache_file:
     _write_cache(cache_file, result)
@@ -219,8 +288,88 @@ def _cache_file(tfds, name, split, data_dir):
   # Keyed by the prepared files' location, so another copy of the data gets its own cache.
   builder = tfds.builder(name, data_dir=data_dir)
   key = hashlib.sha256(str(pathlib.Path(builder.data_dir).resolve()).encode()).hexdigest()[:12]
-  root = pathlib.Path(os.environ.get("FLUXDIGITS_CACHE_DIR", pathlib.Path.home() / ".cache" / "fluxdigits"))
-  return root / f"{name}-{builder.version}-{key}" / f"{split}.npz"
+  return _cache_root() / f"{name}-{builder.version}-{key}" / f"{split}.npz"
+
+
+def _cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("FLUXDIGITS_CACHE_DIR", pathlib.Path.home() / ".cache" / "fluxdigits"))
+
+
+# --- a folder of images: DIR/train/<class>/*, DIR/test/<class>/* -----------------------------------
+
+
+def folder_classes(root) -> tuple:
+  """The class names of a folder dataset: the sorted subfolders of DIR/train."""
+  root = pathlib.Path(root)
+  train = root / "train"
+  if not train.is_dir():
+    raise UserError(f"image folder {root} has no train/ folder; it needs train/<class>/ and test/<class>/ folders "
+                    "of images (set dataset.data_dir to the folder that holds them)")
+  classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+  if len(classes) < 2:
+    raise UserError(f"{train} holds {len(classes)} class folder{'s' * (len(classes) != 1)}; a classifier needs at "
+                    "least two: train/<class>/ for each class, its images inside")
+  return classes
+
+
+def _folder_files(root: pathlib.Path, split: str, class_names: tuple) -> list[tuple[pathlib.Path, int]]:
+  folder = root / split
+  if not folder.is_dir():
+    raise UserError(f"image folder {root} has no {split}/ folder; add {split}/<class>/ folders for the classes "
+                    f"{', '.join(class_names)}")
+  extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in class_names
+                 and not p.name.startswith("."))
+  if extra:
+    raise UserError(f"{folder} has class folder {extra[0]!r}, which train/ lacks; the classes are train/'s subfolders "
+                    f"({', '.join(class_names)})")
+  return [(path, label) for label, name in enumerate(class_names) if (folder / name).is_dir()
+          for path in sorted((folder / name).iterdir()) if path.is_file() and not path.name.startswith(".")]
+
+
+def read_folder_split(root, split: str, class_names: tuple, size: int, channels: int, use_cache: bool,
+                      log=print) -> Split:
+  """One split of a folder dataset, decoded once (then cached as tfds data is): every image brought to the same
+  shape; the training split in a fixed shuffled order, so that its held-out tail mixes the classes."""
+  from fluxdigits import images as image_files
+  root = pathlib.Path(root)
+  files = _folder_files(root, split, class_names)
+  if not files:
+    raise UserError(f"{root / split} holds no images; put each class's images in {root / split}/<class>/")
+  stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in files]
+  key = hashlib.sha256(json.dumps([str(root.resolve()), size, channels, stats]).encode()).hexdigest()[:16]
+  cache_file = _cache_root() / f"folder-{key}" / f"{split}.npz" if use_cache else None
+  cached = _read_cache(cache_file, len(files)) if cache_file and cache_file.exists() else None
+  if cached is not None:
+    log(f"loading {root} {split}: {len(cached)} images from the decoded-array cache {cache_file}")
+    return cached
+  log(f"loading {root} {split}: decoding {len(files)} images{' (cached for later runs)' if cache_file else ''}")
+  opened = [image_files.load_image(path) for path, _ in files]
+  channels = channels or _agreed(root / split, {"L": 1, "RGB": 3, "RGBA": 3}, [i.mode for i in opened],
+                                 "grayscale and colour images", "dataset.channels=1 or 3")
+  size = size or _agreed(root / split, {}, [i.size for i in opened], "images of different sizes",
+                         "dataset.image_size=N (images are cropped to square and resized)")
+  images = np.stack([image_files.fitted(image, size, size, channels) for image in opened])
+  labels = np.array([label for _, label in files], np.int32)
+  if split == "train":
+    order = np.random.default_rng(0).permutation(len(labels))
+    images, labels = images[order], labels[order]
+  result = Split(images, labels)
+  if cache_file:
+    _write_cache(cache_file, result)
+  return result
+
+
+def _agreed(folder, meaning: dict, values: list, what: str, fix: str):
+  """The one value every image has (mapped through `meaning`), or one line saying what to set."""
+  found = sorted({meaning.get(v, v) for v in values}, key=str)
+  if len(found) > 1:
+    raise UserError(f"{folder} holds {what} ({', '.join(map(str, found[:3]))}); set {fix}")
+  value = found[0]
+  if isinstance(value, tuple):  # a (width, height) size: square images only, else the user picks one
+    if value[0] != value[1]:
+      raise UserError(f"{folder}'s images are {value[0]}x{value[1]}, not square; set {fix}")
+    return value[0]
+  return value
 
 
 # --- IDX files (the original MNIST format, as Kaggle copies ship it) ------------------------------

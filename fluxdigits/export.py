@@ -27,8 +27,8 @@ CHECK_IMAGES = 256
 
 def model_fn(classifier):
   """float32 (N, H, W, C) in [0, 1] -> float32 logits, weights and normalisation baked in."""
-  from fluxdigits import augment, data
-  mean, std = data.normalization(classifier.dataset)
+  from fluxdigits import augment
+  mean, std = classifier.info.mean, classifier.info.std
   variables = {"params": classifier.variables[0], "batch_stats": classifier.variables[1]}
 
   def logits(images):

@@ -1,9 +1,10 @@
-"""Image files into the dataset's format: uint8 (H, W, C) arrays a run's model takes as they are.
+"""Image files into a run's format: uint8 (H, W, C) arrays its model takes as they are.
 
-Digits are made the way MNIST was: the ink isolated as a binary mask, its stroke brought near
-MNIST's width, cropped, the longer side scaled to 20 px by area averaging (which anti-aliases, as
-MNIST's resampling did) and placed in 28x28 by its centre of mass. Fashion-MNIST: the object on
-black, longer side 28. CIFAR-10: the centre square at 32x32 RGB.
+How a photo is made into an input is the run's dataset.photos: 'digit' makes it the way MNIST was
+made (the ink isolated as a binary mask, its stroke brought near MNIST's width, cropped, the longer
+side scaled to 20 px by area averaging, which anti-aliases as MNIST's resampling did, and placed in
+28x28 by its centre of mass); 'object' the way Fashion-MNIST was (the object on black, longer side
+28); 'fit' crops the centre to the run's aspect ratio and resizes, as a folder dataset's images are.
 """
 
 import contextlib
@@ -48,8 +49,19 @@ def load_gray(path) -> np.ndarray:
   return np.asarray(_load(path).convert("L"), np.float32) / 255.0
 
 
-def load_rgb(path) -> Image.Image:
-  return _load(path).convert("RGB")
+def load_image(path) -> Image.Image:
+  """An L or RGB image: EXIF orientation applied, transparency on white; one line naming the file if unreadable."""
+  return _load(path)
+
+
+def fitted(image: Image.Image, height: int, width: int, channels: int) -> np.ndarray:
+  """uint8 (height, width, channels): the centre cropped to that aspect ratio and resized (0 keeps the image's own)."""
+  image = image.convert({1: "L", 3: "RGB"}.get(channels, image.mode))
+  size = (width or image.width, height or image.height)
+  if image.size != size:
+    image = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+  array = np.asarray(image, np.uint8)
+  return array[..., None] if array.ndim == 2 else array
 
 
 @contextlib.contextmanager
@@ -303,9 +315,15 @@ def read_fashion_mnist(path) -> np.ndarray:
   return np.asarray(image, np.uint8)[..., None]
 
 
-def read_cifar10(path) -> np.ndarray:
-  image = ImageOps.fit(load_rgb(path), (32, 32), Image.Resampling.LANCZOS)
-  return np.asarray(image, np.uint8)
+READERS = {"digit": read_mnist, "object": read_fashion_mnist}  # dataset.photos -> a 28x28 grayscale reader
 
 
-READERS = {"mnist": read_mnist, "idx": read_mnist, "fashion_mnist": read_fashion_mnist, "cifar10": read_cifar10}
+def read_photo(path, photos: str, image_shape) -> np.ndarray:
+  """One image file as a run's input, uint8 `image_shape`, made as `photos` (config dataset.photos) says."""
+  height, width, channels = image_shape
+  if photos not in READERS:
+    return fitted(load_image(path), height, width, channels)
+  image = READERS[photos](path)
+  if image.shape == tuple(image_shape):
+    return image
+  return fitted(Image.fromarray(image[..., 0], "L"), height, width, channels)

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from fluxdigits import data, images as image_files
+from fluxdigits import images as image_files
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.predict RUN IMAGE|DIR|GLOB ... [--top K] [--csv FILE] [--show FILE.png] [--digits]"
@@ -30,23 +30,24 @@ class Classifier:
   """A finished run's best (averaged) weights, with the preprocessing its dataset needs."""
 
   def __init__(self, workdir):
-    from fluxdigits import mesh as meshes, models, report, train
+    from fluxdigits import mesh as meshes, registry, report, train
     run = report.read_run(workdir)  # one line, exit 2, unless the run has finished
     self.config, state, _ = train.load_run(run.workdir, "best")
     self.dataset = self.config.dataset.name
-    self.class_names = data.CLASS_NAMES[self.dataset]
-    self.image_shape = data.IMAGE_SHAPES[self.dataset]
+    self.info = train.dataset_info(run.workdir, self.config)
+    self.class_names = self.info.class_names
+    self.image_shape = tuple(self.info.image_shape)
     self._mesh = meshes.data_mesh()
     self._batch_size = len(self._mesh.devices.flat) * 32
     self.variables = state.evaluated_variables()  # (params, batch_stats)
     self._variables = meshes.replicate(self.variables, self._mesh)
-    self._logits = train.make_predict(state.apply_fn, train.Preprocess(*data.normalization(self.dataset),
-                                                                        models.compute_dtype(self.config)))
+    self._logits = train.make_predict(state.apply_fn, train.Preprocess(self.info.mean, self.info.std,
+                                                                        registry.compute_dtype(self.config)))
     self.apply_fn = state.apply_fn
 
   def prepare(self, path) -> np.ndarray:
     """One image file in the dataset's format, uint8 `image_shape`."""
-    return image_files.READERS[self.dataset](path)
+    return image_files.read_photo(path, self.config.dataset.photos, self.image_shape)
 
   def predict(self, images) -> np.ndarray:
     """(N, classes) probabilities of image files (paths) or a uint8 array (N, *image_shape)."""
@@ -110,8 +111,9 @@ def main(argv=None) -> int:
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     classifier = load_classifier(args.run)
-    if args.digits and classifier.dataset not in ("mnist", "idx"):
-      raise UserError(f"--digits needs a digit run (mnist or idx); {args.run} was trained on {classifier.dataset}")
+    if args.digits and (classifier.config.dataset.photos != "digit" or classifier.image_shape != (28, 28, 1)):
+      raise UserError(f"--digits needs a run that reads 28x28 digits (dataset.photos='digit'); {args.run} was "
+                      f"trained on {classifier.dataset} with dataset.photos={classifier.config.dataset.photos!r}")
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
@@ -155,7 +157,7 @@ def _draw(shown, class_names, out):
   axes = fig.subplots(len(shown), 3, squeeze=False)
   for (path, model_input, probs), (orig, seen, bars) in zip(shown, axes):
     try:
-      orig.imshow(image_files.load_rgb(path))
+      orig.imshow(image_files.load_image(path), cmap="gray")
     except UserError:
       pass
     orig.set_title(pathlib.Path(path).name, fontsize=8)

@@ -160,8 +160,9 @@ def main(argv=None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
-    # mesh before anything starts JAX: importing it gives JAX's CPU backend one device per core (mesh.CPU_LANES).
-    from fluxdigits import distributed, mesh, population  # noqa: F401
+    # Before anything starts JAX: its CPU backend gets one device per core.
+    from fluxdigits import distributed, mesh, population
+    mesh.claim_cpu_cores()
     job = distributed.job_spec(args.coordinator, args.num_processes, args.process_id, args.distributed,
                                args.heartbeat_timeout)
     distributed.initialize(job)

@@ -26,8 +26,8 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from fluxdigits import (augment, checkpoint, config as configs, data, distributed, mesh as meshes, models, optim,
-                        population, workdir as workdirs)
+from fluxdigits import (augment, checkpoint, config as configs, data, distributed, layers, mesh as meshes, optim,
+                        population, registry, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -81,7 +81,7 @@ class Preprocess:
 
 
 def preprocess_for(config, dataset: data.Dataset) -> Preprocess:
-  return Preprocess(dataset.mean, dataset.std, models.compute_dtype(config))
+  return Preprocess(dataset.mean, dataset.std, registry.compute_dtype(config))
 
 
 def create_states(members, model, image_shape, tx) -> TrainState:
@@ -116,12 +116,12 @@ def create_state(config, model, image_shape, steps_per_epoch) -> TrainState:
   return checkpoint.member(create_states([config], model, image_shape, optim.create(config, steps_per_epoch)), 0)
 
 
-def whiten_stem(state, images) -> TrainState:
-  """AirbenchNet's stem (raw and averaged weights) set to whiten the 3x3 patches of `images`."""
-  shape = state.params["stem"]["kernel"].shape  # stacked: every member's stem is the same whitening
-  kernel = jnp.broadcast_to(models.whitening_kernel(images, shape[-1]), shape)
+def whiten_stem(state, images, stem: str) -> TrainState:
+  """The 3x3 convolution `stem` (raw and averaged weights) set to whiten the 3x3 patches of `images`."""
+  shape = state.params[stem]["kernel"].shape  # stacked: every member's stem is the same whitening
+  kernel = jnp.broadcast_to(layers.whitening_kernel(images, shape[-1]), shape)
   # A copy each: the train step donates its state, and one buffer cannot be donated twice.
-  with_kernel = lambda params: {**params, "stem": {**params["stem"], "kernel": jnp.copy(kernel)}}
+  with_kernel = lambda params: {**params, stem: {**params[stem], "kernel": jnp.copy(kernel)}}
   ema = {**state.ema, "params": with_kernel(state.ema["params"])} if state.ema else state.ema
   return state.replace(params=with_kernel(state.params), ema=ema)
 
@@ -145,11 +145,11 @@ def member_hyperparams(members) -> dict:
   return jax.tree.map(lambda *values: np.stack(values), *[hyperparams_of(m) for m in members])
 
 
-def train_step(state: TrainState, images, labels, hyperparams, *, config, preprocess, augment_fn):
+def train_step(state: TrainState, images, labels, hyperparams, *, config, num_classes, preprocess, augment_fn):
   """One member's step; `hyperparams` is its hyperparams_of()."""
   augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
   x = preprocess(images, augment_rng, augment_fn)
-  model = models.create(config, dropout_rate=hyperparams["dropout_rate"])
+  model = registry.create(config, num_classes, dropout_rate=hyperparams["dropout_rate"])
 
   def loss_fn(params, x, labels, dropout_rng):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
@@ -185,31 +185,32 @@ def microbatch_gradients(grad_fn, params, x, labels, rng, slices: int):
   return (loss, logits.swapaxes(0, 1).reshape(-1, logits.shape[-1])), grads
 
 
-def members_in_parallel(config) -> bool:
+def _switch(value: str, auto: bool) -> bool:
+  """A config's 'auto' / 'true' / 'false' key, as a bool."""
+  return auto if value == "auto" else value == "true"
+
+
+def members_in_parallel(config, model) -> bool:
   """Whether a population's members step together under jax.vmap, or one after another inside the compiled call
-  (jax.lax.map). On a CPU one convolutional member's step already fills the cores: 8 seed CNNs or 8 cnn_deep under
-  vmap trained at 0.72-0.73x the images/s of one run (their activations leave the caches), one after another at
-  0.98-1.03x; the MLP gained from vmap (1.18-1.24x). On an H100 vmap gave 256 seed CNNs 2.39x (benchmarks/NOTES.md)."""
-  return jax.default_backend() != "cpu" or config.model.name == "mlp"
+  (jax.lax.map). On a CPU one convolutional member's step already fills the cores, and vmap pushes the members'
+  activations out of the caches; small dense models gain from it (benchmarks/NOTES.md, "Populations")."""
+  return _switch(config.vectorize_members,
+                 jax.default_backend() != "cpu" or registry.declared(model, "vectorize_members", False))
 
 
-def splits_batch_over_cpu_cores(config) -> bool:
-  """Whether a run on a CPU splits each batch over fluxdigits' one device per core (benchmarks/NOTES.md).
-
-  The narrow nets with long steps do: two calls at once fill two cores better than one (cnn_deep 1.17-1.32x,
-  ResNet-20 1.18-1.25x the images/s of one device). Not the MLP and the seed CNN, whose steps take about a
-  millisecond (two devices: 0.3-0.8x), nor ResNet-18 and airbench's net, whose wide matmuls already keep both
-  cores busy (two devices: 0.83-1.0x and 0.95-1.03x)."""
-  return config.model.name == "cnn_deep" or (config.model.name == "resnet" and config.model.depth == 20)
+def splits_batch_over_cpu_cores(config, model) -> bool:
+  """Whether a run on a CPU splits each batch over fluxdigits' one device per core: long steps of narrow layers fill
+  two cores better as two calls; millisecond steps and wide matmuls lose (benchmarks/NOTES.md)."""
+  return _switch(config.split_batch_over_cpu_cores, registry.declared(model, "cpu_batch_split", False))
 
 
-def data_mesh_for(config):
+def data_mesh_for(config, model):
   """The devices a run of `config` splits its batches over (mesh.data_mesh)."""
-  split = splits_batch_over_cpu_cores(config)
+  split = splits_batch_over_cpu_cores(config, model)
   return meshes.data_mesh(batch_sizes=(config.batch_size, config.eval_batch_size) if split else ())
 
 
-def make_train_chunk(config, preprocess, augment_fn, lanes=None):
+def make_train_chunk(config, model, num_classes, preprocess, augment_fn, lanes=None):
   """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams, active members)
   -> (stacked state, per-member per-step (loss, correct)).
 
@@ -218,7 +219,8 @@ def make_train_chunk(config, preprocess, augment_fn, lanes=None):
   CPU devices, mesh.member_lanes) the members are split evenly over the lanes, which run at once: each lane's share is
   padded with inactive copies of member 0, whose results are dropped.
   """
-  step = functools.partial(train_step, config=config, preprocess=preprocess, augment_fn=augment_fn)
+  step = functools.partial(train_step, config=config, num_classes=num_classes, preprocess=preprocess,
+                           augment_fn=augment_fn)
 
   def member_steps(state, images, labels, batch_indices, hyperparams):
     return jax.lax.scan(lambda s, idx: step(s, images[idx], labels[idx], hyperparams), state, batch_indices)
@@ -228,7 +230,7 @@ def make_train_chunk(config, preprocess, augment_fn, lanes=None):
       one, outputs = member_steps(checkpoint.member(state, 0), images, labels, batch_indices[0],
                                   checkpoint.member(hyperparams, 0))
       return checkpoint.stack([one]), jax.tree.map(lambda x: x[None], outputs)
-    if members_in_parallel(config):
+    if members_in_parallel(config, model):
       trained, outputs = jax.vmap(member_steps, in_axes=(0, None, None, 0, 0))(state, images, labels, batch_indices,
                                                                               hyperparams)
     else:
@@ -316,18 +318,22 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   members = tuple(members)
   population.check_shared_shape(members)
   config = members[0]
-  mesh = data_mesh_for(config)
-  meshes.check_divisible(config.batch_size, "batch_size", mesh)
-  meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   dataset = data.load(config, log)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
-  model = models.create(config)
-  image_shape = dataset.train.images.shape[1:]
+  num_classes, image_shape = len(dataset.class_names), dataset.info.image_shape
+  model = registry.create(config, num_classes)
+  variables = registry.check_output(model, config, image_shape, num_classes)
+  if config.microbatches > 1 and variables.get("batch_stats"):
+    raise UserError(f"microbatches={config.microbatches} would normalise each slice alone in {config.model.name}'s "
+                    "BatchNorm; use microbatches=1 with BatchNorm models")
+  mesh = data_mesh_for(config, model)
+  meshes.check_divisible(config.batch_size, "batch_size", mesh)
+  meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   tx = optim.create(config, steps_per_epoch)
   preprocess = preprocess_for(config, dataset)
-  lanes = None if members_in_parallel(config) else meshes.member_lanes(len(members))
+  lanes = None if members_in_parallel(config, model) else meshes.member_lanes(len(members))
   train_mesh = lanes or mesh
   device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), train_mesh),
                    "validation": meshes.replicate(dataset.validation.images, mesh),
@@ -339,7 +345,7 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   # before its states are made.
   replicated = meshes.replicated_sharding(train_mesh)
   member_state = jax.eval_shape(lambda: create_states(members[:1], model, image_shape, tx))
-  train_chunk = make_train_chunk(config, preprocess, augment.make(config), lanes)
+  train_chunk = make_train_chunk(config, model, num_classes, preprocess, augment.make(config), lanes)
   chunk = min(config.steps_per_call, steps_per_epoch)
 
   def compile_chunk(length, population):
@@ -372,8 +378,9 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
     _refuse_too_large({len(members): needed, **half}, len(members), available)
 
   state = create_states(members, model, image_shape, tx)
-  if config.model.name == "airbench":
-    state = whiten_stem(state, preprocess(dataset.train.images[:1000]))
+  stem = registry.declared(model, "whitened_stem")
+  if stem:
+    state = whiten_stem(state, preprocess(dataset.train.images[:1000]), stem)
   state = meshes.replicate(state, mesh)
   trainer = Trainer(config, members, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
                     optim.schedule(config, steps_per_epoch), make_predict(model.apply, preprocess, config.test_time_flip),
@@ -606,6 +613,7 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
       for member_dir, member_config in zip(member_dirs, trainer.members):
         member_dir.mkdir(exist_ok=True)
         workdirs.write_config(member_dir, member_config)
+        workdirs.write_dataset_info(member_dir, trainer.dataset.info)
     state, progresses, best_variables = fit(trainer, state, progresses, manager, member_dirs, log, on_epoch)
     if member_dirs != [workdir]:
       _write_member_checkpoints(trainer, manager, state, progresses, member_dirs)
@@ -679,8 +687,9 @@ def load_run(workdir, which: str = "best"):
     config = configs.from_flat(json.loads(config_file.read_text()))
   except (json.JSONDecodeError, UserError) as e:
     raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
+  info = dataset_info(workdir, config)
   mngr = checkpoint.manager(workdir, config, create=False, this_process_only=True)
-  template = create_states([config], models.create(config), data.IMAGE_SHAPES[config.dataset.name],
+  template = create_states([config], registry.create(config, len(info.class_names)), info.image_shape,
                            optim.create(config, 1))
   restored = checkpoint.restore_latest(mngr, template)
   if restored is None:
@@ -690,3 +699,8 @@ def load_run(workdir, which: str = "best"):
     state, progresses = checkpoint.restore_best(mngr, state, progresses)
   mngr.close()
   return config, checkpoint.member(state, 0), progresses[0]
+
+
+def dataset_info(workdir, config) -> data.Info:
+  """What a run's model knows of its data: its dataset.json, or (a run of an older fluxdigits) the data's own."""
+  return workdirs.read_dataset_info(pathlib.Path(workdir)) or data.load(config, log=lambda line: None).info

@@ -26,11 +26,6 @@ from optuna.trial import TrialState
 from fluxdigits import config as configs, run
 from fluxdigits.errors import TrainingDiverged, UserError
 
-# Heartbeats, retries of dead trials and the matplotlib plots are "experimental" in Optuna 4 (stable for years).
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# --population asks and tells trials itself; its trials' workers are found dead by their pid (requeue_interrupted).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
 USAGE = ("python -m fluxdigits.tune SWEEP.py --trials N [--workdir DIR] [--sampler tpe|random|grid] "
          "[--pruner median|hyperband|none] [--population K] [--storage URL] [--config.KEY=VALUE ...]")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -414,9 +409,16 @@ def tune(args, overrides) -> pathlib.Path:
 
 def main(argv=None) -> int:
   optuna.logging.set_verbosity(optuna.logging.WARNING)
+  # Heartbeats, retries of dead trials and the matplotlib plots are "experimental" in Optuna 4 (stable for years).
+  warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+  # --population asks and tells trials itself; its trials' workers are found dead by their pid (requeue_interrupted).
+  warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
   def command():
-    out = tune(*parse_args(sys.argv[1:] if argv is None else argv))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from fluxdigits import mesh
+    mesh.claim_cpu_cores()  # before anything starts JAX: one CPU device per core
+    out = tune(*args)
     print(f"results -> {out / 'index.html'}, {out / 'tuning.md'}")
 
   return run.exit_code(command, "finished trials are kept in the study: re-run the same command to resume")

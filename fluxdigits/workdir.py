@@ -158,6 +158,33 @@ def write_config(workdir: pathlib.Path, config) -> None:
     raise _os_error(e, "write", path) from None
 
 
+DATASET_FILE = "dataset.json"
+
+
+def write_dataset_info(workdir: pathlib.Path, info) -> None:
+  """WORKDIR/dataset.json: the class names, image shape and normalisation the run's model was trained with."""
+  path = workdir / DATASET_FILE
+  text = json.dumps(info.to_json(), indent=2) + "\n"
+  try:
+    if not path.is_file() or path.read_text(errors="replace") != text:
+      path.write_text(text)
+  except OSError as e:
+    raise _os_error(e, "write", path) from None
+
+
+def read_dataset_info(workdir: pathlib.Path):
+  """The run's data.Info from its dataset.json; None where there is none (a run of an older fluxdigits)."""
+  from fluxdigits import data
+  path = workdir / DATASET_FILE
+  if not path.is_file():
+    return None
+  try:
+    return data.Info.from_json(json.loads(path.read_text()))
+  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to have it rebuilt from the run's "
+                    "data, or restore it") from None
+
+
 def with_recorded_data_dir(config, workdir: pathlib.Path):
   """The config with the data dir a resumed run recorded, when this command names none (nor $TFDS_DATA_DIR)."""
   if config.dataset.data_dir or os.environ.get("TFDS_DATA_DIR") or not has_checkpoints(workdir):

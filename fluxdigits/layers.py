@@ -1,0 +1,329 @@
+"""Layers for any Flax model, fast on a CPU: each picks its CPU formulation there and lax's own on a GPU or TPU.
+
+`Conv3x3`, `Conv1x1`, `max_pool_2x2` and `Dropout` compute what nn.Conv, nn.max_pool and nn.Dropout compute,
+with gradients XLA:CPU runs faster (benchmarks/NOTES.md holds the measurements). A model built from them gets the
+built-in models' speed; `whitening_kernel` initialises a first 3x3 layer from the data.
+"""
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.extend.random
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fluxdigits import jax_private
+
+
+def _window_quarters(x):
+  """The four (n, h/2, w/2, c) arrays holding each 2x2 window's top-left, top-right, bottom-left, bottom-right."""
+  n, h, w, c = x.shape
+  windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  return [windows[:, :, a, :, b] for a in range(2) for b in range(2)]
+
+
+@jax.custom_vjp
+def _max_pool_2x2_even(x):
+  a, b, c, d = _window_quarters(x)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_2x2_forward(x):
+  y = _max_pool_2x2_even(x)
+  return y, (x, y)
+
+
+def _max_pool_2x2_backward(residuals, grad):
+  # The whole gradient goes to the first maximum of each window, as in PyTorch and TensorFlow. JAX's
+  # own rule for max splits it between ties, which costs a count and a division per window.
+  x, y = residuals
+  taken = jnp.zeros(y.shape, bool)
+  quarters = []
+  for quarter in _window_quarters(x):
+    first = (quarter == y) & ~taken
+    taken = taken | first
+    quarters.append(jnp.where(first, grad, jnp.zeros_like(grad)))
+  n, h, w, c = x.shape
+  top_left, top_right, bottom_left, bottom_right = quarters
+  rows = [jnp.stack([top_left, top_right], axis=3), jnp.stack([bottom_left, bottom_right], axis=3)]
+  return (jnp.stack(rows, axis=2).reshape(n, h, w, c),)
+
+
+_max_pool_2x2_even.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
+
+
+def max_pool_2x2(x):
+  """2x2 max-pool, stride 2, VALID: the values of nn.max_pool.
+
+  Its gradient is one elementwise select per input: XLA's select-and-scatter (nn.max_pool's
+  gradient) is about 10x slower on CPU, and the gradient of a reshape-and-max about 4x.
+  """
+  n, h, w, c = x.shape
+  return _max_pool_2x2_even(x[:, : h // 2 * 2, : w // 2 * 2])
+
+
+def _patches(x, strides, padding, with_ones):
+  """(n, out_h, out_w, 9 * channels [+ 1]): the 3x3 windows of x, tap-major, and a channel of ones if asked."""
+  n, h, w, _ = x.shape
+  s = strides
+  if padding == "SAME":
+    out_h, out_w = -(-h // s), -(-w // s)
+    pad_h, pad_w = max((out_h - 1) * s + 3 - h, 0), max((out_w - 1) * s + 3 - w, 0)
+    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  else:
+    out_h, out_w = (h - 3) // s + 1, (w - 3) // s + 1
+  patches = [x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s] for i in range(3) for j in range(3)]
+  if with_ones:
+    patches.append(jnp.ones((n, out_h, out_w, 1), x.dtype))
+  return jnp.concatenate(patches, axis=-1)
+
+
+def _conv(x, kernel, padding, strides=1):
+  return lax.conv_general_dilated(x, kernel, (strides, strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _on_accelerator() -> bool:
+  """The layers below are formulated for XLA:CPU. On a GPU or TPU they use lax's own convolution, which cuDNN and
+  the TPU's convolution units implement: on an H100 it trained cnn_deep as fast as the CPU formulations (270k vs
+  272k images/s) with half the compile time, and ResNet's strided 1x1 matmul failed a check of jaxlib 0.11.2's
+  GPU compiler (benchmarks/NOTES.md, "On a GPU")."""
+  return jax.default_backend() != "cpu"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_stride1(x, kernel, bias, padding):
+  """A stride-1 3x3 convolution whose forward pass and both gradients are XLA forward convolutions."""
+  y = _conv(x, kernel, padding)
+  return y if bias is None else y + bias
+
+
+def _conv_stride1_forward(x, kernel, bias, padding):
+  return conv_stride1(x, kernel, bias, padding), (x, kernel, bias)
+
+
+def _conv_stride1_backward(padding, residuals, grad):
+  # Inside a while loop (the train loop's lax.scan) XLA:CPU leaves the convolutions of JAX's own
+  # gradient rules in their non-canonical dimension orders and runs them 20-70x slower than the same
+  # program unrolled, where they are canonicalised. Here both gradients are written as canonical
+  # (NHWC, HWIO) forward convolutions: the input gradient with the flipped kernel, the kernel
+  # gradient with batch and channels swapped (the output gradient as a kernel over the input).
+  x, kernel, bias = residuals
+  flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+  input_grad = _conv(grad, flipped, "SAME" if padding == "SAME" else ((2, 2), (2, 2)))
+  kernel_grad = _conv(x.transpose(3, 1, 2, 0), grad.transpose(1, 2, 0, 3),
+                      ((1, 1), (1, 1)) if padding == "SAME" else "VALID").transpose(1, 2, 0, 3)
+  return input_grad, kernel_grad, None if bias is None else grad.sum((0, 1, 2))
+
+
+conv_stride1.defvjp(_conv_stride1_forward, _conv_stride1_backward)
+
+# Winograd F(2x2, 3x3) (Lavin and Gray 2015): input tiles of 4x4 map to outputs of 2x2 through
+# V = B^T d B, M = V U (U = G g G^T, one matmul per tile position), Y = A^T M A.
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+
+
+def _combine(matrix, arrays):
+  """[sum_j matrix[i, j] * arrays[j] for each row i], written as adds and negations where the entry is +-1."""
+  rows = []
+  for coefficients in matrix:
+    terms = [a if c == 1 else -a if c == -1 else a * c for c, a in zip(coefficients, arrays) if c != 0]
+    rows.append(functools.reduce(jnp.add, terms))
+  return rows
+
+
+def _tile_parts(blocks, axis: int):
+  """The four parts k = 0..3 of each 4-pixel tile along `axis`, where the padded image is split into
+  (blocks, 2) at `axis`: part s of tile t is position s of block t, part 2 + s position s of block t + 1."""
+  tiles = blocks.shape[axis] - 1
+  return [lax.index_in_dim(lax.slice_in_dim(blocks, start, start + tiles, axis=axis), s, axis + 1, keepdims=False)
+          for start in (0, 1) for s in (0, 1)]
+
+
+def _overlap_add(tile_parts, axis: int):
+  """The transpose of _tile_parts, merged back: positions 2t + s of the padded image along `axis`
+  receive part s of tile t plus part 2 + s of tile t - 1."""
+  pad = lambda a, before: jnp.pad(a, [(before, 1 - before) if d == axis else (0, 0) for d in range(a.ndim)])
+  phases = [pad(tile_parts[s], 0) + pad(tile_parts[2 + s], 1) for s in (0, 1)]
+  stacked = jnp.stack(phases, axis=axis + 1)
+  return stacked.reshape(*stacked.shape[:axis], -1, *stacked.shape[axis + 2:])
+
+
+def _winograd_input_tiles(x, tiles_h: int, tiles_w: int):
+  """V = B^T d B for every 4x4 tile d (stride 2) of the padded `x`: (16, tiles, channels)."""
+  n, _, _, channels = x.shape
+  blocks = x.reshape(n, tiles_h + 1, 2, tiles_w + 1, 2, channels)  # a tile spans two blocks each way
+  transformed = []
+  for row in _combine(_WINOGRAD_BT, _tile_parts(blocks, axis=1)):
+    transformed += _combine(_WINOGRAD_BT, _tile_parts(row, axis=2))
+  return jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, channels)
+
+
+def _winograd_input_tiles_backward(tiles_h, tiles_w, _, grad):
+  # JAX's autodiff of _tile_parts' slices pads each of the 16 tile gradients to the image's size
+  # and adds them; written directly, the tiles' overlaps are two pad-and-add passes.
+  grad = grad.reshape(4, 4, -1, tiles_h, tiles_w, grad.shape[-1])
+  bt_transposed = _WINOGRAD_BT.T
+  rows = [_overlap_add(_combine(bt_transposed, list(row)), axis=2) for row in grad]
+  return (_overlap_add(_combine(bt_transposed, rows), axis=1),)
+
+
+winograd_input_tiles = jax.custom_vjp(_winograd_input_tiles, nondiff_argnums=(1, 2))
+winograd_input_tiles.defvjp(lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x, tiles_h, tiles_w), None),
+                            _winograd_input_tiles_backward)
+
+
+def winograd_conv3x3(x, kernel, padding):
+  """A stride-1 3x3 convolution as Winograd F(2x2, 3x3): the values of lax's, to float rounding.
+
+  2.25x fewer multiplications than a direct convolution, all of them in 16 matmuls of (tiles,
+  channels) @ (channels, features); the transforms are adds over slices, their gradients too. An
+  odd output size is computed one row or column larger and cropped.
+  """
+  n, h, w, channels = x.shape
+  out_h, out_w = (h, w) if padding == "SAME" else (h - 2, w - 2)
+  tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+  before = 1 if padding == "SAME" else 0
+  x = jnp.pad(x, ((0, 0), (before, 2 * tiles_h + 2 - h - before), (before, 2 * tiles_w + 2 - w - before), (0, 0)))
+  v = winograd_input_tiles(x, tiles_h, tiles_w)
+  g = jnp.asarray(_WINOGRAD_G, kernel.dtype)  # a float32 constant would promote bf16 (mixed_precision) to float32
+  u = jnp.einsum("ai,ijcf,bj->abcf", g, kernel, g).reshape(16, channels, -1)
+  m = jnp.einsum("tpc,tcf->tpf", v, u).reshape(4, 4, n, tiles_h, tiles_w, -1)
+  out_rows = [jnp.stack(_combine(_WINOGRAD_AT, list(row)), axis=3) for row in _combine(_WINOGRAD_AT, list(m))]
+  return jnp.stack(out_rows, axis=2).reshape(n, 2 * tiles_h, 2 * tiles_w, -1)[:, :out_h, :out_w]
+
+
+# Stride-1 3x3 convolutions by input channels, from the measured forward-and-backward times of each
+# formulation inside a lax.scan (benchmarks/NOTES.md): below 16 one matmul of the 3x3 patches
+# (im2col), whose 9x larger patch array is cheap when the channels are few; from 16 `conv_stride1`
+# (ResNet-20's 16-channel stage: 13 ms against Winograd's 21); from 24 `winograd_conv3x3`, whose
+# transforms cost more than the multiplications they save at 16 channels, and which beats
+# conv_stride1's kernel-gradient convolution 4x on airbench's 24-channel 32x32 layers.
+CONV_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 24
+
+
+class Conv3x3(nn.Module):
+  """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias).
+
+  With few input channels (a first layer) or stride 2: one matmul of the 3x3 patches (im2col), with
+  a column of ones appended when there is a bias, so that the bias is a row of the same matmul.
+  There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
+  slower, and a bias gradient (a reduction over all positions) as slow as the rest of the step;
+  here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1` or
+  `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS). On a GPU or TPU, lax's convolution.
+  """
+  features: int
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+  strides: int = 1
+  padding: str = "VALID"  # or "SAME", as lax pads: the odd pixel of padding goes after
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    n, h, w, channels = x.shape
+    kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
+    x = x.astype(self.dtype)
+    if _on_accelerator():
+      y = _conv(x, kernel, self.padding, self.strides)
+      return y if bias is None else y + bias
+    if channels >= WINOGRAD_MIN_CHANNELS and self.strides == 1:
+      y = winograd_conv3x3(x, kernel, self.padding)
+      return y if bias is None else y + bias
+    if channels >= CONV_MIN_CHANNELS and self.strides == 1:
+      return conv_stride1(x, kernel, bias, self.padding)
+    patches = _patches(x, self.strides, self.padding, with_ones=self.use_bias)
+    weights = kernel.reshape(9 * channels, self.features)
+    if self.use_bias:
+      weights = jnp.concatenate([weights, bias[None]])
+    return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(*patches.shape[:3], self.features)
+
+
+class Conv1x1(nn.Module):
+  """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False).
+
+  One matmul of the strided pixels: XLA:CPU's convolution computes the kernel gradient of the
+  strided 1x1 convolution about 30x slower than this matmul does. On a GPU or TPU, lax's convolution.
+  """
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32)
+    s = self.strides
+    if _on_accelerator():
+      return _conv(x.astype(self.dtype), kernel.astype(self.dtype), "VALID", s)
+    return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
+
+
+def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
+  """The bits of JAX's default PRNG, threefry2x32, for `shape` (the same bits: with jax_threefry_partitionable, the
+  default, its counters are a row-major iota), computed as one unrolled pass inside a one-trip loop.
+
+  jax 0.10 lowers threefry on a CPU as a loop of five steps, each a pass over the whole array: 0.85 ms
+  for a dropout mask of 173k values, against 0.14 ms unrolled (upstream unrolled it later,
+  jax-ml/jax#37872). Unrolled but free to fuse, the hash was copied into every fusion that reads the
+  mask, 16 of them before a Winograd convolution, and the step got slower. Fusion does not cross a loop,
+  and this loop's start is a value XLA cannot know, so XLA keeps it (benchmarks/NOTES.md, "Dropout's
+  masks").
+  """
+  size = math.prod(shape)
+  if bit_width != 32 or size >= 2 ** 32 or not jax.config.jax_threefry_partitionable:
+    return _THREEFRY.random_bits(key_data, bit_width, shape)
+
+  def one_pass(state):
+    trips, _ = state
+    counts = lax.iota(jnp.uint32, size).reshape(shape)
+    high, low = jax_private.threefry2x32_unrolled(key_data[0], key_data[1], jnp.zeros_like(counts), counts)
+    return trips + 1, high ^ low
+
+  start = jnp.minimum(key_data[0], jnp.uint32(0))  # always 0, but no constant XLA could use to drop the loop
+  return lax.while_loop(lambda state: state[0] < 1, one_pass, (start, jnp.zeros(shape, jnp.uint32)))[1]
+
+
+_THREEFRY = jax.extend.random.threefry_prng_impl
+_THREEFRY_IN_ONE_PASS = jax.extend.random.define_prng_impl(
+    key_shape=_THREEFRY.key_shape, seed=_THREEFRY.seed, split=_THREEFRY.split, fold_in=_THREEFRY.fold_in,
+    random_bits=_threefry_bits_in_one_pass, name="threefry2x32_in_one_pass", tag="fd1")
+
+
+class Dropout(nn.Module):
+  """nn.Dropout's masks and values, with a rate that may be traced: a population member's rate is data, not shape.
+
+  On a CPU the masks' bits come from `_threefry_bits_in_one_pass`: the same bits, computed faster.
+  """
+  rate: Any
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or (isinstance(self.rate, float) and self.rate == 0.0):
+      return x
+    keep = 1.0 - self.rate
+    rng = self.make_rng("dropout")
+    if not _on_accelerator():
+      rng = jax.random.wrap_key_data(jax.random.key_data(rng), impl=_THREEFRY_IN_ONE_PASS)
+    mask = jax.random.bernoulli(rng, keep, x.shape)
+    return lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
+def whitening_kernel(images, features: int, eps: float = 5e-4):
+  """(3, 3, channels, features) kernel mapping each 3x3 patch onto its top features/2 principal
+  directions, scaled to unit variance, and their negations: airbench's patch whitening, which makes
+  the first layer's outputs decorrelated from the first step on."""
+  n, h, w, c = images.shape
+  # The (row, column, channel) order of Conv3x3's patches, so the result reshapes into its kernel.
+  patches = jnp.concatenate([images[:, i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)], axis=-1)
+  patches = patches.reshape(-1, 9 * c).astype(jnp.float32)
+  eigenvalues, eigenvectors = jnp.linalg.eigh(patches.T @ patches / len(patches))  # ascending order
+  top = eigenvectors[:, ::-1][:, : features // 2] / jnp.sqrt(eigenvalues[::-1][: features // 2] + eps)
+  return jnp.concatenate([top, -top], axis=1).reshape(3, 3, c, features)
