@@ -129,6 +129,20 @@ def load(config, log=print) -> Dataset:
   return Dataset(name, train, validation, test, Info(class_names, train.images.shape[1:], mean, std))
 
 
+def check_source(config) -> None:
+  """Raises UserError for data that cannot be there: an unknown tfds name, a missing folder. Cheap: a command
+  checks it before it creates a workdir."""
+  name, data_dir = config.dataset.name, resolved_data_dir(config)
+  if name == "folder":
+    folder_classes(data_dir)
+  elif name == "idx":
+    if not pathlib.Path(data_dir).is_dir():
+      raise UserError(f"IDX folder {data_dir} does not exist; set --config.dataset.data_dir to the folder with the MNIST "
+                      "IDX files")
+  else:
+    _registered_tfds(name)
+
+
 def channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
   """Per-channel mean and standard deviation of uint8 images scaled to [0, 1], summed a chunk at a time."""
   total, squares = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
@@ -264,7 +278,17 @@ def _write_cache(cache_file: pathlib.Path, split: Split) -> None:
       partial.unlink()
 
 
+def _registered_tfds(name: str):
+  import tensorflow_datasets as tfds
+  try:
+    tfds.builder_cls(name)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f"unknown dataset.name {name!r}: no tfds dataset has that name; name a tfds image classification "
+                    "dataset (mnist, fashion_mnist, cifar10, ...), 'folder' (with dataset.data_dir) or 'idx'") from None
+
+
 def _tfds_source(tfds, name, split, data_dir):
+  _registered_tfds(name)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, FileNotFoundError, AssertionError, ValueError, KeyError) as not_prepared:

@@ -76,6 +76,7 @@ def train_members(members, workdir, member_dirs, restart=False, log=print, on_ep
   workdir = pathlib.Path(workdir).absolute()
   member_dirs = [pathlib.Path(d).absolute() for d in member_dirs]
   single = len(members) == 1 and member_dirs == [workdir]
+  data.check_source(members[0])
   # In a multi-process job, process 0 holds the workdir for the job and writes its files.
   with distributed.entered_on_primary(workdirs.open_run(workdir, members[0], restart, log)):
     workdirs.check_population(workdir, member_dirs)

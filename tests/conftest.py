@@ -10,6 +10,10 @@ import time
 
 import pytest
 
+from fluxdigits import mesh
+
+mesh.claim_cpu_cores()  # one JAX CPU device per core, as the command lines claim before JAX starts
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 os.environ.setdefault("TFDS_DATA_DIR", str(SHARED / "tfds"))

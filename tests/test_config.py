@@ -39,7 +39,7 @@ def test_overrides_are_typed_by_the_default_value():
     ("num_epochs=2.5", "bad value for config key 'num_epochs'"),
     ("mixed_precision=maybe", "bad value for config key 'mixed_precision'"),
     ("model.name=vgg", "unknown model.name 'vgg'"),
-    ("dataset.name=imagenet", "unknown dataset.name 'imagenet'"),
+    ("dataset.name=imagenett0", "unknown dataset.name 'imagenett0'"),
     ("optimizer.name=lamb", "unknown optimizer.name 'lamb'"),
     ("schedule.name=step", "unknown schedule.name 'step'"),
     ("batch_size=0", "'batch_size' must be at least 1"),
@@ -117,12 +117,18 @@ def test_faults_inside_experiment_files_give_one_line_and_exit_code_2(source, me
     ("optimizer.learning_rate=1e999", "must be a finite number, got inf"),
     ("num_epochs=2.5", "expected an integer, got '2.5'"),
     ("schedule.warmup_epochs=7", "schedule.warmup_epochs must be in [0, num_epochs=5), got 7.0"),
-    ("model.name=resnet,microbatches=2", "microbatches=2 would normalise each slice alone in resnet's BatchNorm"),
 ])
 def test_values_that_would_fail_after_compiling_are_refused_up_front(assignment, message):
   with pytest.raises(UserError) as error:
     configs.validate(configs.override(configs.load(CNN), assignment.split(",")))
   assert message in str(error.value)
+
+
+def test_microbatches_with_batchnorm_are_refused_before_compiling(capsys, tmp_path):
+  """BatchNorm is found in the model's variables, whatever its name."""
+  assert run.main([CNN, "--workdir", str(tmp_path / "run"), "--config.model.name=resnet", "--config.microbatches=2"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "microbatches=2 would normalise each slice alone in resnet's BatchNorm" in err and "\n" not in err
 
 
 def test_help_lists_the_config_keys_and_the_experiments():

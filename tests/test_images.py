@@ -198,7 +198,7 @@ def test_a_number_is_split_left_to_right(tmp_path):
 
 def test_cifar_and_fashion_formats(tmp_path):
   path = _save(tmp_path / "photo.png", Image.new("RGB", (640, 480), (200, 30, 30)))
-  cifar = images.read_cifar10(path)
+  cifar = images.read_photo(path, "fit", (32, 32, 3))
   assert cifar.shape == (32, 32, 3) and cifar.dtype == np.uint8 and tuple(cifar[16, 16]) == (200, 30, 30)
   shirt = Image.new("L", (300, 500), 255)
   ImageDraw.Draw(shirt).rectangle([(50, 100), (250, 400)], fill=60)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
-from fluxdigits import config as configs, models, train
+from fluxdigits import config as configs, layers, registry, train
 
 
 def conv(k, cin, cout, bias=True):
@@ -29,8 +29,11 @@ def make(name, **overrides):
   config = configs.defaults()
   config.model.name = name
   for key, value in overrides.items():
-    config.model[key] = value
-  return models.create(configs.validate(config))
+    if key == "dropout_rate":
+      config.model.dropout_rate = value
+    else:
+      config.model.kwargs[key] = value
+  return registry.create(configs.validate(config), num_classes=10)
 
 
 def init(model, shape):
@@ -69,8 +72,8 @@ def test_airbench_parameter_count_and_width():
 def test_whitening_kernel_decorrelates_3x3_patches():
   noise = jax.random.normal(jax.random.key(0), (64, 18, 18, 3))
   images = (noise[:, 1:-1, 1:-1] + noise[:, :-2, 1:-1] + noise[:, 1:-1, :-2]) * jnp.array([1.0, 2.0, 0.5])  # correlated pixels
-  kernel = models.whitening_kernel(images, features=24, eps=0.0)
-  out = models.Conv3x3(24, use_bias=False).apply({"params": {"kernel": kernel}}, images).reshape(-1, 24)
+  kernel = layers.whitening_kernel(images, features=24, eps=0.0)
+  out = layers.Conv3x3(24, use_bias=False).apply({"params": {"kernel": kernel}}, images).reshape(-1, 24)
   np.testing.assert_allclose(out[:, :12].T @ out[:, :12] / len(out), np.eye(12), atol=1e-3)
   np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)
 
@@ -103,26 +106,26 @@ def test_dropout_matches_flax_dropout_bit_for_bit(shape):
   # On a CPU our masks' bits come from another lowering of JAX's threefry; they must be the same bits.
   x = jax.random.normal(jax.random.key(0), shape)
   rngs = {"dropout": jax.random.fold_in(jax.random.key(5), 3)}
-  ours = jax.jit(lambda x: models.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))(x)
-  traced_rate = jax.jit(lambda x, rate: models.Dropout(rate, deterministic=False).apply({}, x, rngs=rngs))(x, 0.3)
+  ours = jax.jit(lambda x: layers.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))(x)
+  traced_rate = jax.jit(lambda x, rate: layers.Dropout(rate, deterministic=False).apply({}, x, rngs=rngs))(x, 0.3)
   flax = jax.jit(lambda x: nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))(x)
   np.testing.assert_array_equal(ours, flax)
   np.testing.assert_array_equal(traced_rate != 0, flax != 0)  # a population's rate: the same masks
   assert 0.6 < float((ours != 0).mean()) < 0.8
   with jax.threefry_partitionable(False):  # JAX's other counters: ours must follow them
-    np.testing.assert_array_equal(models.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs),
+    np.testing.assert_array_equal(layers.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs),
                                   nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))
 
 
 def test_max_pool_matches_flax_max_pool():
   x = jax.random.normal(jax.random.key(0), (3, 13, 26, 5))
-  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
 
 
 def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_parameters():
   config = configs.defaults()
   config.mixed_precision = True
-  model = models.create(configs.validate(config))
+  model = registry.create(configs.validate(config), num_classes=10)
   variables = init(model, (28, 28, 1))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   hidden = model.apply(variables, jnp.ones((2, 28, 28, 1), jnp.bfloat16), train=False)

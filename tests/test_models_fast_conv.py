@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fluxdigits import models
+from fluxdigits import layers
+from fluxdigits.models import KERAS_INIT
 
 
 @pytest.mark.parametrize("channels, features, strides, padding, use_bias", [
@@ -17,8 +18,8 @@ from fluxdigits import models
 @pytest.mark.parametrize("height, width", [(11, 8), (12, 9)])
 def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, strides, padding, use_bias, height, width):
   x = jax.random.normal(jax.random.key(0), (2, height, width, channels))
-  fast = models.Conv3x3(features, models.KERAS_INIT, strides=strides, padding=padding, use_bias=use_bias)
-  reference = nn.Conv(features, (3, 3), (strides, strides), padding=padding, use_bias=use_bias, kernel_init=models.KERAS_INIT)
+  fast = layers.Conv3x3(features, KERAS_INIT, strides=strides, padding=padding, use_bias=use_bias)
+  reference = nn.Conv(features, (3, 3), (strides, strides), padding=padding, use_bias=use_bias, kernel_init=KERAS_INIT)
   params = fast.init(jax.random.key(1), x)
   reference_params = reference.init(jax.random.key(1), x)
   # Same parameter shapes and the same initial values for the same key: checkpoints and seeds carry over.
@@ -45,7 +46,7 @@ def test_conv3x3_on_an_accelerator_is_lax_s_convolution(monkeypatch, channels, s
   reference = nn.Conv(8, (3, 3), (strides, strides), padding=padding, use_bias=use_bias)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), reference.init(jax.random.key(1), x))
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  module = models.Conv3x3(8, strides=strides, padding=padding, use_bias=use_bias)
+  module = layers.Conv3x3(8, strides=strides, padding=padding, use_bias=use_bias)
   jaxpr = str(jax.make_jaxpr(module.apply)(params, x))
   assert "conv_general_dilated" in jaxpr and "custom_vjp" not in jaxpr
   np.testing.assert_allclose(module.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
@@ -56,7 +57,7 @@ def test_conv1x1_on_an_accelerator_is_lax_s_convolution(monkeypatch):
   reference = nn.Conv(5, (1, 1), (2, 2), use_bias=False)
   params = reference.init(jax.random.key(1), x)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  module = models.Conv1x1(5, 2)
+  module = layers.Conv1x1(5, 2)
   assert "conv_general_dilated" in str(jax.make_jaxpr(module.apply)(params, x))
   np.testing.assert_allclose(module.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
 
@@ -64,7 +65,7 @@ def test_conv1x1_on_an_accelerator_is_lax_s_convolution(monkeypatch):
 # im2col, conv_stride1 and winograd_conv3x3: each computes in bf16 under mixed_precision.
 @pytest.mark.parametrize("channels", [2, 16, 32])
 def test_conv3x3_computes_in_its_dtype_and_keeps_float32_parameters(channels):
-  module = models.Conv3x3(4, dtype=jnp.bfloat16)
+  module = layers.Conv3x3(4, dtype=jnp.bfloat16)
   params = module.init(jax.random.key(0), jnp.ones((1, 6, 6, channels)))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   assert module.apply(params, jnp.ones((1, 6, 6, channels))).dtype == jnp.bfloat16
@@ -73,23 +74,23 @@ def test_conv3x3_computes_in_its_dtype_and_keeps_float32_parameters(channels):
 @pytest.mark.parametrize("shape", [(3, 13, 26, 5), (2, 27, 9, 4)])
 def test_max_pool_values_and_gradient_match_flax_max_pool(shape):
   x = jax.random.normal(jax.random.key(0), shape)
-  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
-  weights = jax.random.normal(jax.random.key(1), models.max_pool_2x2(x).shape)
-  grad = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * weights))(x)
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), padding="VALID"))
+  weights = jax.random.normal(jax.random.key(1), layers.max_pool_2x2(x).shape)
+  grad = jax.grad(lambda x: jnp.sum(layers.max_pool_2x2(x) * weights))(x)
   reference = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2), padding="VALID") * weights))(x)
   np.testing.assert_array_equal(grad, reference)
 
 
 def test_max_pool_gives_a_tied_window_s_whole_gradient_to_its_first_maximum():
   x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
-  grad = jax.grad(lambda x: models.max_pool_2x2(x).sum())(x)
+  grad = jax.grad(lambda x: layers.max_pool_2x2(x).sum())(x)
   np.testing.assert_array_equal(grad.reshape(2, 2), [[1.0, 0.0], [0.0, 0.0]])
 
 
 @pytest.mark.parametrize("size, strides", [(8, 2), (7, 2), (6, 1)])
 def test_conv1x1_matches_flax_conv_with_the_same_parameters(size, strides):
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-  fast = models.Conv1x1(5, strides)
+  fast = layers.Conv1x1(5, strides)
   reference = nn.Conv(5, (1, 1), (strides, strides), use_bias=False)
   params = fast.init(jax.random.key(1), x)
   jax.tree.map(np.testing.assert_array_equal, params, reference.init(jax.random.key(1), x))

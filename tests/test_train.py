@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fluxdigits import augment, config as configs, data, mesh as meshes, models, optim, run, train
+from fluxdigits import augment, config as configs, data, mesh as meshes, registry, optim, run, train
 
 from conftest import EXPERIMENTS, read_summary, run_cli
 
@@ -26,13 +26,13 @@ def mnist():
 def jitted_train_step(dataset, config):
   preprocess = train.Preprocess(dataset.mean, dataset.std, jnp.float32)
   hyperparams = train.hyperparams_of(config)
-  return jax.jit(lambda s, x, y: train.train_step(s, x, y, hyperparams, config=config, preprocess=preprocess,
-                                                  augment_fn=None))
+  return jax.jit(lambda s, x, y: train.train_step(s, x, y, hyperparams, config=config, num_classes=10,
+                                                  preprocess=preprocess, augment_fn=None))
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
   config = mnist_config()
-  model = models.create(config)
+  model = registry.create(config, 10)
   state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
   step = jitted_train_step(mnist, config)
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
@@ -47,7 +47,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
 def test_microbatches_give_the_whole_batch_step(mnist):
   """Four slices of 16 average to the gradient of the batch of 64: same loss, predictions and weights."""
   whole, sliced = mnist_config(), mnist_config(microbatches=4)
-  state = train.create_state(whole, models.create(whole), (28, 28, 1), steps_per_epoch=100)
+  state = train.create_state(whole, registry.create(whole, 10), (28, 28, 1), steps_per_epoch=100)
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
   one_state, (one_loss, one_correct) = jitted_train_step(mnist, whole)(state, images, labels)
   four_state, (four_loss, four_correct) = jitted_train_step(mnist, sliced)(state, images, labels)
@@ -60,7 +60,7 @@ def test_microbatches_give_the_whole_batch_step(mnist):
 @pytest.mark.parametrize("model_name", ["cnn", "resnet"])
 def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
   config = mnist_config(**{"ema_decay": 0.9, "model.name": model_name})
-  model = models.create(config)
+  model = registry.create(config, 10)
   state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
   step = jitted_train_step(mnist, config)
   expected = state.evaluated_variables()
@@ -76,7 +76,7 @@ def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
 
 def test_ema_decay_zero_evaluates_the_raw_weights(mnist):
   config = mnist_config(ema_decay=0.0)
-  state = train.create_state(config, models.create(config), (28, 28, 1), steps_per_epoch=100)
+  state = train.create_state(config, registry.create(config, 10), (28, 28, 1), steps_per_epoch=100)
   state, _ = jitted_train_step(mnist, config)(state, mnist.train.images[:8], mnist.train.labels[:8])
   assert state.ema == {}
   assert state.evaluated_variables() == (state.params, state.batch_stats)
@@ -84,7 +84,7 @@ def test_ema_decay_zero_evaluates_the_raw_weights(mnist):
 
 def test_eval_counts_every_example_exactly_once(mnist):
   config = mnist_config()
-  model = models.create(config)
+  model = registry.create(config, 10)
   state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
   preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
   mesh = meshes.data_mesh()
@@ -100,7 +100,7 @@ def test_eval_counts_every_example_exactly_once(mnist):
 
 def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror(mnist):
   config = mnist_config()
-  model = models.create(config)
+  model = registry.create(config, 10)
   state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
   preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
   variables, idx = (state.params, state.batch_stats), jnp.arange(16)
@@ -193,17 +193,24 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
 
 def test_long_step_models_split_their_batches_over_the_cpu_cores():
   """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core; short steps and wide nets keep to one."""
-  if meshes.CPU_LANES < 2:
+  if meshes.cpu_lanes() < 2:
     pytest.skip("one CPU core")
+  def devices(config):
+    return train.data_mesh_for(config, registry.create(config, 10)).devices.size
+
   deep = configs.validate(configs.load(str(EXPERIMENTS / "mnist_cnn_deep.py")))
-  assert train.data_mesh_for(deep).devices.size == meshes.CPU_LANES
+  assert devices(deep) == meshes.cpu_lanes()
   resnet20 = configs.validate(configs.load(str(EXPERIMENTS / "mnist_resnet.py")))
-  assert train.data_mesh_for(resnet20).devices.size == meshes.CPU_LANES
+  assert devices(resnet20) == meshes.cpu_lanes()
   for wide in ("cifar10_resnet.py", "cifar10_fast.py"):  # ResNet-18, airbench's net
-    assert train.data_mesh_for(configs.validate(configs.load(str(EXPERIMENTS / wide)))).devices.size == 1
+    assert devices(configs.validate(configs.load(str(EXPERIMENTS / wide)))) == 1
   odd = configs.validate(configs.override(deep, ["batch_size=127", "microbatches=1"]))
-  assert train.data_mesh_for(odd).devices.size == 1  # no device count divides it: one device, and no error
-  assert train.data_mesh_for(configs.validate(configs.load(CNN))).devices.size == 1
+  assert devices(odd) == 1  # no device count divides it: one device, and no error
+  cnn = configs.validate(configs.load(CNN))
+  assert devices(cnn) == 1
+  # The experiment may override what the model declares.
+  assert devices(configs.validate(configs.override(cnn, ["split_batch_over_cpu_cores=true"]))) == meshes.cpu_lanes()
+  assert devices(configs.validate(configs.override(deep, ["split_batch_over_cpu_cores=false"]))) == 1
   assert meshes.data_mesh().devices.size == 1
 
 
