@@ -54,8 +54,8 @@ def _load_file(path: str):
   # Cached: every step traced and every state restored must see the same class object.
   file = pathlib.Path(path).expanduser().absolute()
   if not file.is_file():
-    raise UserError(f"model file {path!r} not found (looked at {file}); give a path relative to the working "
-                    "directory, or an absolute one, in model.name=FILE.py:CLASS")
+    raise UserError(f"model file {file} not found; in model.name=FILE.py:CLASS give FILE relative to the working "
+                    "directory, or absolute")
   name = f"fluxdigits_user_model_{abs(hash(str(file)))}"
   spec = importlib.util.spec_from_file_location(name, file)
   module = importlib.util.module_from_spec(spec)

@@ -11,6 +11,7 @@ by default), so the command resumes after a crash and any number of workers can 
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import pathlib
@@ -35,7 +36,12 @@ GRACE_SECONDS = 30
 # Random draws of the space that the checks before training run: enough to reach conditional branches.
 DRY_RUN_DRAWS = 32
 HOST = socket.gethostname()
-RETRY = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
+
+
+@functools.cache
+def _retry():
+  """Re-queues a dead worker's trial with its intermediate values (made when needed: Optuna warns as it is made)."""
+  return RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
 
 
 def parse_args(argv):
@@ -147,7 +153,7 @@ def open_storage(url: str):
     # SQLite waits for a lock instead of failing when two workers write at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                                      grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=RETRY)
+                                      grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=_retry())
   except Exception as e:
     first_line = (str(e).splitlines() or [""])[0][:300]
     raise UserError(f"cannot open the storage {url!r} ({type(e).__name__}: {first_line}); pass an Optuna storage URL "
@@ -227,7 +233,7 @@ def requeue_interrupted(study, log=print):
       with contextlib.suppress(RuntimeError, ValueError):  # another worker got there first
         study.tell(t.number, state=TrialState.FAIL)
     if dead or (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
-      RETRY(study, study.get_trials(deepcopy=False)[t.number])
+      _retry()(study, study.get_trials(deepcopy=False)[t.number])
       log(f"trial {directory_number(t):04d} was interrupted; it is queued to resume from its last checkpoint")
 
 

@@ -57,7 +57,7 @@ def experiment_file(study, trial) -> str:
   """A self-contained experiment file whose get_config() is the trial's config."""
   defaults = configs.flatten(configs.defaults())
   lines = [f"  config.{key} = {value!r}" for key, value in configs.flatten(config_of(study, trial)).items()
-           if defaults[key] != value]
+           if defaults.get(key, not value) != value]
   return (f'"""Trial {trial.number} of study {study.study_name!r}, chosen by python -m fluxdigits.tune on '
           f'best validation accuracy ({trial.value:.4f})."""\n\nfrom fluxdigits.config import defaults\n\n\n'
           "def get_config():\n  config = defaults()\n" + "\n".join(lines) + "\n  return config\n")
