@@ -331,8 +331,12 @@ def _seconds(value: float) -> str:
 def summary_table(run: Run, errors: int) -> Table:
   s = run.summary
   best_val = "n/a (no validation split)" if s["best_val_accuracy"] is None else f"{s['best_val_accuracy']:.2%}"
+  from fluxdigits import metrics
+  others = [(f"test {name.replace('_', ' ')}", f"{s[f'test_{name}']:.2%}") for name in metrics.METRICS
+            if name != "accuracy" and f"test_{name}" in s]
   return Table(("metric", "value"), (
       ("test accuracy", f"{s['test_accuracy']:.2%}"),
+      *others,
       ("test loss", f"{s['test_loss']:.4f}"),
       ("test errors", f"{errors:,} of {s['test_examples']:,}"),
       ("best validation accuracy", f"{best_val} (epoch {s['best_epoch']} of {s['epochs_run']})"),

@@ -26,8 +26,8 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from fluxdigits import (augment, checkpoint, config as configs, data, distributed, layers, mesh as meshes, optim,
-                        population, registry, workdir as workdirs)
+from fluxdigits import (augment, checkpoint, config as configs, data, distributed, layers, mesh as meshes, metrics,
+                        optim, population, registry, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -163,8 +163,7 @@ def train_step(state: TrainState, images, labels, hyperparams, *, config, num_cl
     (loss, logits), grads = microbatch_gradients(grad_fn, state.params, x, labels, dropout_rng, config.microbatches)
     updates = {}  # config.validate refuses microbatches with BatchNorm models
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-  correct = (logits.argmax(-1) == labels).sum()
-  return state, (loss, correct)
+  return state, {"loss": loss, **metrics.sums(logits, labels)}
 
 
 def microbatch_gradients(grad_fn, params, x, labels, rng, slices: int):
@@ -281,12 +280,12 @@ def predict_split(predict_fn, variables, images_on_device, n, batch_size, mesh) 
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+  """The mean loss and metrics (metrics.METRICS) over the examples, and their count."""
   logits = logits.astype(np.float64)
   shifted = logits - logits.max(-1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-  return {"loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
-          "accuracy": float((logits.argmax(-1) == labels).mean()),
-          "count": int(len(labels))}
+  means = {name: float(total) / len(labels) for name, total in metrics.sums(logits, labels).items()}
+  return {"loss": float(-log_probs[np.arange(len(labels)), labels].mean()), **means, "count": int(len(labels))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,35 +436,34 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
   classes = len(trainer.dataset.class_names)
   active = np.array(active, bool)
   diverged = [None] * len(members)
-  loss_sums, correct_sums = np.zeros(len(members)), np.zeros(len(members), np.int64)
+  sums = None  # {'loss': each member's sum of step losses, metric: each member's sum over examples}
   if trainer.lanes:
     state = meshes.replicate(state, trainer.lanes)
   with tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
             dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_primary()) as bar:
     for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
       idx = batches[:, start:start + trainer.steps_per_call]
-      state, (losses, corrects) = trainer.train_chunks[idx.shape[1]](
+      state, per_step = trainer.train_chunks[idx.shape[1]](
           state, *trainer.device_images["train"], _place_batches(idx, trainer.mesh, trainer.lanes), trainer.hyperparams,
           meshes.replicate(active, trainer.train_mesh))
-      losses, corrects = np.asarray(losses), np.asarray(corrects)
+      per_step = {name: np.asarray(values) for name, values in per_step.items()}  # (members, steps) each
       first_step = start + (epoch - 1) * trainer.steps_per_epoch
       for i in np.flatnonzero(active):
-        diverged[i] = _divergence(losses[i], first_step, epoch, members[i], classes)
+        diverged[i] = _divergence(per_step["loss"][i], first_step, epoch, members[i], classes)
         active[i] = diverged[i] is None
-      loss_sums += losses.sum(1)
-      correct_sums += corrects.sum(1)
+      chunk_sums = {name: values.sum(1) for name, values in per_step.items()}
+      sums = chunk_sums if sums is None else {name: sums[name] + chunk_sums[name] for name in sums}
       done = start + idx.shape[1]
       bar.update(idx.shape[1])
       if not active.any():
         break
-      bar.set_postfix(loss=f"{loss_sums[active].mean() / done:.4f}",
-                      acc=f"{correct_sums[active].mean() / (done * config.batch_size):.4f}")
+      bar.set_postfix({name: f"{value:.4f}" for name, value in _epoch_means(sums, active, done, config.batch_size).items()})
   if trainer.lanes:
     state = meshes.replicate(state, trainer.mesh)
   rows = []
   for i, m in enumerate(members):
-    row = {"train_loss": loss_sums[i] / trainer.steps_per_epoch,
-           "train_accuracy": correct_sums[i] / (trainer.steps_per_epoch * config.batch_size)}
+    row = {f"train_{name}": float(value) for name, value in
+           _epoch_means(sums, np.arange(len(members)) == i, trainer.steps_per_epoch, config.batch_size).items()}
     rows.append(row)
     # A whole epoch at chance with a loss ten times a uniform guess's: exploded without reaching inf.
     if diverged[i] is None and row["train_accuracy"] < 1.5 / classes and row["train_loss"] > 10 * np.log(classes):
@@ -473,6 +471,12 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
                      f"({row['train_accuracy']:.1%}); lower optimizer.learning_rate "
                      f"(now {m.optimizer.learning_rate:g})")
   return state, rows, diverged
+
+
+def _epoch_means(sums: dict, members, steps: int, batch_size: int) -> dict:
+  """The mean loss a step and the mean of each metric an example, over `steps` steps of the selected members."""
+  return {name: values[members].mean() / (steps if name == "loss" else steps * batch_size)
+          for name, values in sums.items()}
 
 
 # Losses this many times a uniform guess's (ln classes) on every one of a call's last steps mean divergence.
@@ -547,13 +551,13 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
         progresses[i] = dataclasses.replace(progresses[i], stopped=f"diverged: {diverged[i]}")
         say(i, f"stopped: {progresses[i].stopped}")
         continue
-      row = {"epoch": epoch, **rows[i], "val_loss": None, "val_accuracy": None,
+      row = {"epoch": epoch, **rows[i], **{f"val_{name}": None for name in ("loss", *metrics.METRICS)},
              "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate,
                                                           int(state.step[i]), i)}
       variables = checkpoint.member(state.evaluated_variables(), i)
       if len(trainer.dataset.validation):
         val = evaluate(trainer, variables, "validation")
-        row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        row.update({f"val_{name}": val[name] for name in ("loss", *metrics.METRICS)})
       trained.append((i, row, variables))
     # The population's epoch, every member's validation included: what each member's epoch cost.
     epoch_seconds = time.perf_counter() - epoch_start
@@ -624,7 +628,7 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
     summary = {}
     if test:
       test_metrics = evaluate(trainer, best_variables[i], "test")
-      summary = {"test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
+      summary = {**{f"test_{name}": test_metrics[name] for name in ("loss", *metrics.METRICS)},
                  "test_examples": test_metrics["count"]}
     summary |= {
         "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
@@ -664,9 +668,10 @@ def train_and_evaluate(config, workdir, log=print, test=True) -> dict:
 
 
 def _epoch_line(row, num_epochs):
-  val = "" if row["val_accuracy"] is None else f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
-  return (f"epoch {row['epoch']:>3}/{num_epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4f}{val}"
-          f"  lr {row['learning_rate']:.2e}  {row['epoch_seconds']:.1f}s")
+  names = ("loss", *metrics.METRICS)
+  train = "  ".join(f"{name} {row[f'train_{name}']:.4f}" for name in names)
+  val = "" if row["val_accuracy"] is None else "".join(f"  val_{name} {row[f'val_{name}']:.4f}" for name in names)
+  return f"epoch {row['epoch']:>3}/{num_epochs}  {train}{val}  lr {row['learning_rate']:.2e}  {row['epoch_seconds']:.1f}s"
 
 
 

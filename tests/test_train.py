@@ -38,8 +38,9 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
   losses = []
   for _ in range(30):
-    state, (loss, correct) = step(state, images, labels)
-    losses.append(float(loss))
+    state, sums = step(state, images, labels)
+    losses.append(float(sums["loss"]))
+  correct = sums["accuracy"]
   assert losses[-1] < 0.2 * losses[0]
   assert int(correct) > 0.9 * 64 and int(state.step) == 30
 
@@ -49,8 +50,9 @@ def test_microbatches_give_the_whole_batch_step(mnist):
   whole, sliced = mnist_config(), mnist_config(microbatches=4)
   state = train.create_state(whole, registry.create(whole, 10), (28, 28, 1), steps_per_epoch=100)
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
-  one_state, (one_loss, one_correct) = jitted_train_step(mnist, whole)(state, images, labels)
-  four_state, (four_loss, four_correct) = jitted_train_step(mnist, sliced)(state, images, labels)
+  one_state, one = jitted_train_step(mnist, whole)(state, images, labels)
+  four_state, four = jitted_train_step(mnist, sliced)(state, images, labels)
+  (one_loss, one_correct), (four_loss, four_correct) = ((s["loss"], s["accuracy"]) for s in (one, four))
   assert float(four_loss) == pytest.approx(float(one_loss), rel=1e-5) and int(four_correct) == int(one_correct)
   moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()), one_state.params, state.params)
   differ = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), four_state.params, one_state.params)
@@ -228,3 +230,19 @@ def test_four_devices_match_one_device(tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
       "error: batch_size=30 is not divisible by the 4 devices; use a multiple of 4, e.g. --config.batch_size=28"]
+
+
+def test_a_new_metric_is_one_function_that_reaches_every_output(tmp_path, monkeypatch, capsys):
+  """Top-5 accuracy added to metrics.METRICS, and nothing else: metrics.jsonl, the epoch line, the summary, the report."""
+  from fluxdigits import metrics
+  top5 = lambda logits, labels: (logits.argsort(-1)[:, -5:] == labels[:, None]).any(-1)
+  monkeypatch.setitem(metrics.METRICS, "top5_accuracy", top5)
+  workdir = tmp_path / "run"
+  assert run.main([CNN, "--workdir", str(workdir), "--config.num_epochs=1", "--config.dataset.max_train_examples=3000",
+                   "--config.steps_per_call=20"]) == 0
+  assert "top5_accuracy" in capsys.readouterr().out
+  row = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+  assert row["train_accuracy"] <= row["train_top5_accuracy"] <= 1 and row["val_accuracy"] <= row["val_top5_accuracy"]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert 0.97 < summary["test_top5_accuracy"] <= 1 and summary["test_top5_accuracy"] >= summary["test_accuracy"]
+  assert "test top5 accuracy" in (workdir / "report" / "index.html").read_text()
