@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, models, optim, train
+from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, optim, registry, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT  # noqa: E402
@@ -32,7 +32,7 @@ def epoch_seconds(batch_size):
   dataset = data.load(config)
   mesh = meshes.data_mesh()
   steps = len(dataset.train) // batch_size
-  model = models.create(config)
+  model = registry.create(config, len(dataset.class_names))
   preprocess = train.preprocess_for(config, dataset)
   state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, steps)), mesh)
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
@@ -40,11 +40,11 @@ def epoch_seconds(batch_size):
   chunk_starts = range(0, steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
 
   hyperparams, active = meshes.replicate((train.member_hyperparams([config]), np.ones(1, bool)), mesh)
-  gathered = train.make_train_chunk(config, preprocess, augment.make(config))
+  gathered = train.make_train_chunk(config, model, len(dataset.class_names), preprocess, augment.make(config))
   gathered = gathered.lower(state, images, labels, meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh),
                             hyperparams, active).compile()
   step = functools.partial(train.train_step, hyperparams=train.hyperparams_of(config), config=config,
-                           preprocess=preprocess, augment_fn=None)
+                           num_classes=len(dataset.class_names), preprocess=preprocess, augment_fn=None)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def on_device_chunk(state, chunk_images, chunk_labels):
@@ -60,15 +60,15 @@ def epoch_seconds(batch_size):
 
   def pipeline_epoch(state):
     for start in chunk_starts:
-      state, (losses, corrects) = gathered(state, images, labels,
-                                           meshes.shard_batches(batches[None, start:start + chunk], mesh), hyperparams, active)
-      float(np.asarray(losses).sum()), int(np.asarray(corrects).sum())
+      state, sums = gathered(state, images, labels,
+                             meshes.shard_batches(batches[None, start:start + chunk], mesh), hyperparams, active)
+      float(np.asarray(sums["loss"]).sum()), int(np.asarray(sums["accuracy"]).sum())
     return state
 
   def on_device_epoch(state):
     for chunk_images, chunk_labels in on_device_batches:
-      state, (losses, corrects) = on_device(state, chunk_images, chunk_labels)
-      float(np.asarray(losses).sum()), int(np.asarray(corrects).sum())
+      state, sums = on_device(state, chunk_images, chunk_labels)
+      float(np.asarray(sums["loss"]).sum()), int(np.asarray(sums["accuracy"]).sum())
     return state
 
   timings = {}

@@ -71,7 +71,7 @@ def row_config(row: Row):
   if row.dataset:
     config.dataset.name = row.dataset
   if row.depth:
-    config.model.depth = row.depth
+    config.model.kwargs.depth = row.depth
   return configs.validate(configs.override(config, list(row.overrides)))
 
 
@@ -85,16 +85,16 @@ def order(row: Row, n: int) -> np.ndarray:
 
 def run_fluxdigits(row: Row) -> dict:
   import jax
-  from fluxdigits import augment, checkpoint, data, mesh as meshes, models, optim, train
+  from fluxdigits import augment, checkpoint, data, mesh as meshes, optim, registry, train
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
-  mesh = train.data_mesh_for(config)
-  model = models.create(config)
+  model = registry.create(config, len(dataset.class_names))
+  mesh = train.data_mesh_for(config, model)
   state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:],
                                                optim.create(config, len(dataset.train) // row.batch_size)), mesh)
   preprocess = train.preprocess_for(config, dataset)
-  chunk = train.make_train_chunk(config, preprocess, augment.make(config))
+  chunk = train.make_train_chunk(config, model, len(dataset.class_names), preprocess, augment.make(config))
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
   hyperparams, active = meshes.replicate((train.member_hyperparams([config]), np.ones(1, bool)), mesh)
   # Chunks of equal length, so one compiled program serves the warm-up and the timed steps.
@@ -106,9 +106,9 @@ def run_fluxdigits(row: Row) -> dict:
 
   def train_steps(state, steps):
     for i in range(0, len(steps), length):
-      state, (losses, _) = compiled(state, images, labels, meshes.shard_batches(steps[None, i:i + length], mesh),
-                                    hyperparams, active)
-    jax.block_until_ready(losses)
+      state, sums = compiled(state, images, labels, meshes.shard_batches(steps[None, i:i + length], mesh),
+                             hyperparams, active)
+    jax.block_until_ready(sums)
     return state
 
   state = train_steps(state, batches[:row.warmup_steps])
@@ -163,7 +163,7 @@ def pytorch_model(config, channels: int, image_size: int):
     def forward(self, x):
       return torch.relu(self.residual(x) + self.shortcut(x))
 
-  widths, blocks = {20: ((16, 32, 64), 3), 18: ((64, 128, 256, 512), 2)}[config.model.depth]
+  widths, blocks = {20: ((16, 32, 64), 3), 18: ((64, 128, 256, 512), 2)}[config.model.kwargs.depth]
   layers = [*conv_bn(channels, widths[0], 3, 1), nn.ReLU()]
   cin = widths[0]
   for stage, width in enumerate(widths):
@@ -268,6 +268,8 @@ def main():
   args, unknown = parser.parse_known_args()
   overrides = config_overrides(parser, unknown)
   if args.one:
+    from fluxdigits import mesh
+    mesh.claim_cpu_cores()  # before JAX starts, as fluxdigits' command lines do
     system, index = args.one.split(":")
     print(json.dumps(RUNNERS[system](adapted(ROWS[int(index)], args.steps_scale, overrides))))
     return

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fluxdigits import config as configs, data, mesh as meshes, models, train
+from fluxdigits import config as configs, data, mesh as meshes, registry, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT, device_name, write_record  # noqa: E402
@@ -32,10 +32,11 @@ DECAYS = (0.99, 0.995, 0.998, 0.999, 0.9995)
 def final_accuracies(config, dataset, mesh):
   """{'val': [...], 'test': [...]}: accuracy of the raw weights, then of each DECAYS average."""
   steps_per_epoch = len(dataset.train) // config.batch_size
-  model = models.create(config)
+  model = registry.create(config, len(dataset.class_names))
   state = train.create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
   preprocess = train.preprocess_for(config, dataset)
   step = functools.partial(train.train_step, hyperparams=train.hyperparams_of(config), config=config,
+                           num_classes=len(dataset.class_names),
                            preprocess=preprocess, augment_fn=None)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
