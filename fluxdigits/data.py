@@ -140,7 +140,7 @@ def check_source(config) -> None:
       raise UserError(f"IDX folder {data_dir} does not exist; set --config.dataset.data_dir to the folder with the MNIST "
                       "IDX files")
   else:
-    _registered_tfds(name)
+    _registered_tfds(name, data_dir)
 
 
 def channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
@@ -278,20 +278,23 @@ def _write_cache(cache_file: pathlib.Path, split: Split) -> None:
       partial.unlink()
 
 
-def _registered_tfds(name: str):
+def _registered_tfds(name: str, data_dir=None):
   import tensorflow_datasets as tfds
   try:
-    tfds.builder_cls(name)
-  except tfds.core.registered.DatasetNotFoundError:
+    tfds.builder(name, data_dir=data_dir)
+  except Exception as e:
+    if type(e).__name__ != "DatasetNotFoundError":
+      return  # known to tfds, perhaps unprepared: reading it says what is missing
     raise UserError(f"unknown dataset.name {name!r}: no tfds dataset has that name; name a tfds image classification "
                     "dataset (mnist, fashion_mnist, cifar10, ...), 'folder' (with dataset.data_dir) or 'idx'") from None
 
 
 def _tfds_source(tfds, name, split, data_dir):
-  _registered_tfds(name)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, FileNotFoundError, AssertionError, ValueError, KeyError) as not_prepared:
+    if type(not_prepared).__name__ == "DatasetNotFoundError":
+      _registered_tfds(name, data_dir)
     where = data_dir or "tfds' default data dir (~/tensorflow_datasets)"
     try:
       import tensorflow  # noqa: F401  (preparing a tfds dataset needs it)

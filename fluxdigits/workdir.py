@@ -255,7 +255,19 @@ def open_run(workdir, config, restart: bool = False, log=print):
   if restart and workdir.exists():
     _move_aside(workdir, log)
   with _locked(workdir):
+    _held_for_tests()
     config_file = workdir / "config.json"
     if has_checkpoints(workdir) and config_file.exists():
       check_same_run(read_config(config_file), config, workdir)
     yield workdir
+
+
+# Tests that race another process against a run hold the run here, provably alive with its lock, until they
+# delete the file this names: no test has to hope that a run outlives another's start-up.
+HOLD_ENV = "FLUXDIGITS_TEST_HOLD_WHILE_EXISTS"
+
+
+def _held_for_tests():
+  path = os.environ.get(HOLD_ENV)
+  while path and os.path.exists(path):
+    time.sleep(0.02)

@@ -136,7 +136,7 @@ def idx_config(folder):
 @pytest.mark.parametrize("file, array, message", [
     ("train-labels-idx1-ubyte", np.array([1, 2, 10, 3, 4, 5]), r"train labels .* 1 values outside 0-9 \(e.g. 10 at index 2\)"),
     ("t10k-labels-idx1-ubyte", np.array([0, 1, 2, 255, 4, 5]), r"test labels .* outside 0-9"),
-    ("t10k-images-idx3-ubyte", np.zeros((6, 32, 32)), r"test images .* are \(32, 32, 1\), but idx models take \(28, 28, 1\)"),
+    ("t10k-images-idx3-ubyte", np.zeros((6, 32, 32)), r"train images .* are \(28, 28, 1\) but the test images \(32, 32, 1\); set dataset.image_size"),
     ("train-images-idx3-ubyte", np.zeros((6, 32, 32)), r"train images .* are \(32, 32, 1\)"),
 ])
 def test_idx_labels_and_shapes_are_checked_when_loading(small_idx, file, array, message):

@@ -2,6 +2,7 @@
 a full disk, an exploding loss. Each must end in one clear line and lose nothing already trained."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+from fluxdigits import workdir as workdirs
 
 MLP = str(EXPERIMENTS / "mnist_mlp.py")
 TINY = ["--config.dataset.max_train_examples=2000", "--config.report=false"]
@@ -20,9 +22,9 @@ def metrics_epochs(workdir):
   return [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def start(*args):
+def start(*args, env=None):
   return subprocess.Popen([sys.executable, "-m", "fluxdigits.run", *map(str, args)], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
 def wait_for(condition, process, timeout=300):
@@ -40,18 +42,21 @@ def assert_one_error_line(stderr, *fragments):
 
 
 def test_a_second_process_on_a_workdir_is_refused_and_the_first_run_is_unharmed(tmp_path):
-  workdir = tmp_path / "run"
-  first = start(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY)
+  workdir, hold = tmp_path / "run", tmp_path / "hold"
+  hold.touch()  # the first run waits, holding its lock, until this file is gone: alive whatever the load
+  first = start(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY, env={workdirs.HOLD_ENV: str(hold)})
   lock = workdir / ".lock"
   wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
   for extra in ([], ["--restart"]):  # started beside it, or trying to move it aside under its feet
     second = run_cli(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY, *extra)
     assert second.returncode == 2
     assert_one_error_line(second.stderr, f"in use by another fluxdigits process (pid {first.pid})", "--workdir")
+  assert first.poll() is None
+  hold.unlink()
   out, err = first.communicate(timeout=300)
   assert first.returncode == 0, err
   assert metrics_epochs(workdir) == [1, 2, 3] and read_summary(workdir)["epochs_run"] == 3
-  assert [p.name for p in tmp_path.iterdir()] == ["run"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_sigterm_mid_training_stops_cleanly_and_the_same_command_resumes(tmp_path):
