@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from fluxdigits import data, errors, mesh as meshes, train
+from fluxdigits import data, mesh as meshes, train
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.report WORKDIR [WORKDIR ...] [--out DIR]"
@@ -455,7 +455,8 @@ def main(argv=None) -> int:
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="a training run's --workdir")
   parser.add_argument("--out", help=f"the comparison folder, with two or more WORKDIRs (default: {DEFAULT_COMPARISON_DIR})")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
+
+  def command():
     if args.out and len(args.workdirs) == 1:
       raise UserError("--out names the comparison folder, which needs two or more WORKDIRs; "
                       "a single run's report always goes to WORKDIR/report/")
@@ -466,13 +467,10 @@ def main(argv=None) -> int:
       print(f"report -> {write_run_report(workdir) / 'index.html'}")
     if len(args.workdirs) > 1:
       print(f"comparison -> {out / 'comparison.md'}")
-    return 0
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  except OSError as e:  # an --out that is a file, a read-only run folder, a full disk
-    print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
-    return 2
+
+  # An --out that is a file, a read-only run folder, a full disk: one line, as the run command says it.
+  from fluxdigits import run
+  return run.exit_code(command, "nothing was written past the last report")
 
 
 if __name__ == "__main__":
