@@ -580,6 +580,7 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
     stopped_now = any(progresses[i].stopped for i in np.flatnonzero(active))
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs or stopped_now:
       checkpoint.save(manager, state, tuple(progresses), members)
+      workdirs.held_for_tests("checkpoint", first=manager.wait_until_finished)
   return state, tuple(progresses), best_variables
 
 

@@ -255,19 +255,27 @@ def open_run(workdir, config, restart: bool = False, log=print):
   if restart and workdir.exists():
     _move_aside(workdir, log)
   with _locked(workdir):
-    _held_for_tests()
+    held_for_tests("lock")
     config_file = workdir / "config.json"
     if has_checkpoints(workdir) and config_file.exists():
       check_same_run(read_config(config_file), config, workdir)
     yield workdir
 
 
-# Tests that race another process against a run hold the run here, provably alive with its lock, until they
-# delete the file this names: no test has to hope that a run outlives another's start-up.
-HOLD_ENV = "FLUXDIGITS_TEST_HOLD_WHILE_EXISTS"
+# Tests that race another process or a signal against a run set HOLD_ENV to POINT:FILE: at POINT ('lock': once the
+# run holds its workdir; 'checkpoint': once a checkpoint save is committed) the run waits while FILE exists, provably
+# alive, so that no test hopes a run outlives another's start-up or a signal's delivery. With HOLD_AFTER_ENV set to a
+# path, only once that path exists (the checkpoint a test waits for).
+HOLD_ENV, HOLD_AFTER_ENV = "FLUXDIGITS_TEST_HOLD", "FLUXDIGITS_TEST_HOLD_AFTER"
 
 
-def _held_for_tests():
-  path = os.environ.get(HOLD_ENV)
-  while path and os.path.exists(path):
+def held_for_tests(point: str, first=None) -> None:
+  """Waits as HOLD_ENV says at `point`, after calling `first` (committing a save)."""
+  where, _, path = os.environ.get(HOLD_ENV, "").partition(":")
+  if where != point:
+    return
+  if first is not None:
+    first()
+  after = os.environ.get(HOLD_AFTER_ENV)
+  while os.path.exists(path) and (not after or os.path.exists(after)):
     time.sleep(0.02)

@@ -6,11 +6,12 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
-from fluxdigits import mesh
+from fluxdigits import mesh, workdir as workdirs
 
 mesh.claim_cpu_cores()  # one JAX CPU device per core, as the command lines claim before JAX starts
 
@@ -35,14 +36,26 @@ def run_cli(*args, env=None, timeout=900, **popen):
 
 
 def kill_once_written(command, path, what: str):
-  """Starts `command`, kills it with SIGKILL as soon as `path` exists, and checks it was still running then."""
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not pathlib.Path(path).is_dir() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  """Starts `command`, kills it with SIGKILL once `path` (a checkpoint) exists, and checks it was still running then:
+  the run waits there until the kill (workdir.HOLD_ENV), so it is alive whatever the machine's load."""
+  with tempfile.TemporaryDirectory() as folder:
+    hold = pathlib.Path(folder) / "hold"
+    hold.touch()
+    env = {**os.environ, workdirs.HOLD_ENV: f"checkpoint:{hold}", workdirs.HOLD_AFTER_ENV: str(path)}
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not pathlib.Path(path).is_dir() and process.poll() is None and time.time() < deadline:
+      time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
   assert process.returncode == -signal.SIGKILL, f"{what} ended before it could be killed"
+
+
+def signal_handlers_installed(pid: int) -> bool:
+  """Whether the process catches SIGTERM: fluxdigits' handlers are in place (Python catches SIGINT from its start)."""
+  caught = next(line for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("SigCgt:"))
+  return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
 def read_summary(workdir) -> dict:

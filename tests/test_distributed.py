@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+from fluxdigits import workdir as workdirs
 
 ARGS = [str(EXPERIMENTS / "mnist_cnn.py"), "--config.num_epochs=3", "--config.dataset.max_train_examples=2000",
         "--config.report=false"]
@@ -28,15 +29,17 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_job(workdir):
-  """Both processes of the job: process 0 told by flags, process 1 by environment variables."""
+def start_job(workdir, hold=None):
+  """Both processes of the job: process 0 told by flags, process 1 by environment variables. With `hold`, each
+  waits after its checkpoint saves while that file exists (workdir.HOLD_ENV)."""
   port = free_port()
   flags = ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", "0"]
   variables = {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
   command = [sys.executable, "-m", "fluxdigits.run", *ARGS, "--workdir", str(workdir),
              "--heartbeat_timeout", str(HEARTBEAT_SECONDS)]
   # Unbuffered: a process that jax.distributed aborts still shows what it printed.
-  env_all = {**os.environ, **ONE_DEVICE_EACH, "PYTHONUNBUFFERED": "1"}
+  env_all = {**os.environ, **ONE_DEVICE_EACH, "PYTHONUNBUFFERED": "1",
+             **({workdirs.HOLD_ENV: f"checkpoint:{hold}"} if hold else {})}
   return [subprocess.Popen(command + extra, cwd=REPO, env={**env_all, **env}, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
           for extra, env in ((flags, {}), ([], variables))]
@@ -62,11 +65,13 @@ def test_two_processes_match_one_process_with_two_devices_across_a_kill_and_a_re
   assert one.returncode == 0, one.stderr
 
   # kill -9 of process 1: process 0 stops by itself, with a message, well within the heartbeat timeout.
-  workdir = tmp_path / "job"
-  job = start_job(workdir)
+  workdir, hold = tmp_path / "job", tmp_path / "hold"
+  hold.touch()  # both processes wait after their first checkpoint: alive when the kill comes, whatever the load
+  job = start_job(workdir, hold)
   wait_for_checkpoint(workdir, 1, job)
   job[1].send_signal(signal.SIGKILL)
   killed_at = time.time()
+  hold.unlink()  # process 0 goes on, into a collective with the dead process
   (rc, out, err), (rc_killed, _, _) = finish(job)
   assert time.time() - killed_at < HEARTBEAT_SECONDS + 20
   assert rc_killed == -signal.SIGKILL and rc != 0 and "epoch   1/3" in out

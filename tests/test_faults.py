@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+from conftest import EXPERIMENTS, REPO, read_summary, run_cli, signal_handlers_installed
 from fluxdigits import workdir as workdirs
 
 MLP = str(EXPERIMENTS / "mnist_mlp.py")
@@ -44,7 +44,7 @@ def assert_one_error_line(stderr, *fragments):
 def test_a_second_process_on_a_workdir_is_refused_and_the_first_run_is_unharmed(tmp_path):
   workdir, hold = tmp_path / "run", tmp_path / "hold"
   hold.touch()  # the first run waits, holding its lock, until this file is gone: alive whatever the load
-  first = start(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY, env={workdirs.HOLD_ENV: str(hold)})
+  first = start(MLP, "--workdir", workdir, "--config.num_epochs=3", *TINY, env={workdirs.HOLD_ENV: f"lock:{hold}"})
   lock = workdir / ".lock"
   wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
   for extra in ([], ["--restart"]):  # started beside it, or trying to move it aside under its feet
@@ -60,10 +60,11 @@ def test_a_second_process_on_a_workdir_is_refused_and_the_first_run_is_unharmed(
 
 
 def test_sigterm_mid_training_stops_cleanly_and_the_same_command_resumes(tmp_path):
-  workdir = tmp_path / "run"
+  workdir, hold = tmp_path / "run", tmp_path / "hold"
   args = [MLP, "--workdir", workdir, "--config.num_epochs=12", *TINY]
-  run = start(*args)
-  wait_for(lambda: (workdir / "checkpoints" / "2").is_dir(), run)
+  hold.touch()  # the run waits after each checkpoint while this exists: alive when the signal comes
+  run = start(*args, env={workdirs.HOLD_ENV: f"checkpoint:{hold}"})
+  wait_for(lambda: (workdir / "checkpoints" / "1").is_dir(), run)
   run.send_signal(signal.SIGTERM)
   _, err = run.communicate(timeout=120)
   assert run.returncode == 143
@@ -78,13 +79,15 @@ def test_sigterm_mid_training_stops_cleanly_and_the_same_command_resumes(tmp_pat
 def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):
   args = [MLP, "--workdir", tmp_path / "run", "--config.num_epochs=1", *TINY]
   early = start(*args)
-  time.sleep(0.3)  # inside the imports
+  wait_for(lambda: signal_handlers_installed(early.pid), early)  # its first act; the imports of JAX follow
   early.send_signal(signal.SIGINT)
   _, err = early.communicate(timeout=120)
   assert early.returncode == 130
   assert_one_error_line(err, "SIGINT: stopped")
 
-  compiling = start(*args)
+  hold = tmp_path / "hold"
+  hold.touch()  # were compiling done before the signal, the run would wait at its first checkpoint, not finish
+  compiling = start(*args, env={workdirs.HOLD_ENV: f"checkpoint:{hold}"})
   for line in compiling.stdout:
     if line.startswith("compiling"):
       compiling.send_signal(signal.SIGINT)
@@ -92,7 +95,6 @@ def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):
   _, err = compiling.communicate(timeout=120)
   assert compiling.returncode == 130
   assert_one_error_line(err, "SIGINT: stopped")
-  assert not (tmp_path / "run" / "checkpoints" / "1").exists()
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to mount a small tmpfs")

@@ -2,14 +2,16 @@
 two workers on one storage, pruning, and bad input refused before anything trains."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
 
-from fluxdigits import config as configs, tune
+from fluxdigits import config as configs, tune, workdir as workdirs
 
 from conftest import REPO, kill_once_written
 
@@ -104,8 +106,19 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path):
   sweep, workdir = write_sweep(tmp_path, GOOD_SPACE), tmp_path / "tuning"
   workdir.mkdir()
   command = tune_command(sweep, workdir, "--trials", 4, "--pruner", "none", "--config.num_epochs=1")
-  workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  # Each worker waits in its first trial, holding that trial's workdir, until both have one: neither can run every
+  # trial before the other is up, however slow the machine.
+  hold = tmp_path / "hold"
+  hold.touch()
+  env = {**os.environ, workdirs.HOLD_ENV: f"lock:{hold}"}
+  workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
              for _ in range(2)]
+  holders = lambda: {lock.read_text().strip() for lock in (workdir / "trials").glob("*/.lock")}
+  deadline = time.time() + 300
+  while holders() != {str(worker.pid) for worker in workers}:
+    assert time.time() < deadline and all(worker.poll() is None for worker in workers), holders()
+    time.sleep(0.02)
+  hold.unlink()
   outputs = [worker.communicate(timeout=600)[0] for worker in workers]
   assert [worker.returncode for worker in workers] == [0, 0], outputs
   ran = [[line.split()[2] for line in out.splitlines() if line.startswith("[")] for out in outputs]
