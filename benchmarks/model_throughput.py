@@ -70,6 +70,7 @@ def row_config(row: Row):
   config.ema_decay = 0.999  # the framework's default cost; the raw weights are evaluated below
   if row.dataset:
     config.dataset.name = row.dataset
+    config.dataset.standardize = True  # the rows that change dataset are CIFAR-10's, standardised as its experiments do
   if row.depth:
     config.model.kwargs.depth = row.depth
   return configs.validate(configs.override(config, list(row.overrides)))
