@@ -136,9 +136,7 @@ def check_source(config) -> None:
   if name == "folder":
     folder_classes(data_dir)
   elif name == "idx":
-    if not pathlib.Path(data_dir).is_dir():
-      raise UserError(f"IDX folder {data_dir} does not exist; set --config.dataset.data_dir to the folder with the MNIST "
-                      "IDX files")
+    _idx_folder(data_dir)
   else:
     _registered_tfds(name, data_dir)
 
@@ -434,10 +432,15 @@ def _find_idx(folder: pathlib.Path, stem: str) -> pathlib.Path:
                   f"({', '.join(f for pair in IDX_FILES.values() for f in pair)}), gzipped or raw")
 
 
-def read_idx_split(folder, split: str) -> Split:
+def _idx_folder(folder) -> pathlib.Path:
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise UserError(f"IDX folder {folder} does not exist; set --config.dataset.data_dir to the folder with the MNIST IDX files")
+  return folder
+
+
+def read_idx_split(folder, split: str) -> Split:
+  folder = _idx_folder(folder)
   images_file, labels_file = (_find_idx(folder, stem) for stem in IDX_FILES[split])
   images, labels = read_idx(images_file), read_idx(labels_file)
   if images.ndim != 3 or labels.ndim != 1:
