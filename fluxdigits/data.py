@@ -213,7 +213,7 @@ def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 def tfds_class_names(name: str, data_dir: str | None) -> tuple:
   """The names of a tfds dataset's classes, from its info; one line if it is no image classification dataset."""
   import tensorflow_datasets as tfds
-  features = _tfds_source(tfds, name, "train", data_dir).dataset_info.features
+  features = tfds.builder(name, data_dir=data_dir).info.features
   if "image" not in features or "label" not in features or not hasattr(features["label"], "names"):
     raise UserError(f"tfds dataset {name!r} has features {', '.join(features)}, not an 'image' and a class 'label'; "
                     "fluxdigits trains image classification datasets")

@@ -79,7 +79,10 @@ def _import(dotted: str):
 
 def fields(reference: str) -> tuple:
   """The names of the constructor arguments model.kwargs may set."""
-  cls, fixed = _constructor(reference)
+  return _fields(*_constructor(reference))
+
+
+def _fields(cls, fixed: dict) -> tuple:
   return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _NOT_KWARGS and f.name not in fixed)
 
 
@@ -104,7 +107,7 @@ def create(config, num_classes: int, dropout_rate=None) -> nn.Module:
   given = {key: tuple(v) if isinstance(v, list) else v for key, v in config.model.kwargs.items()}
   filled = {"num_classes": num_classes, "dtype": compute_dtype(config),
             "dropout_rate": config.model.dropout_rate if dropout_rate is None else dropout_rate}
-  names = fields(config.model.name)
+  names = _fields(cls, fixed)
   return cls(**fixed, **{k: v for k, v in filled.items() if k in names and k not in given}, **given)
 
 

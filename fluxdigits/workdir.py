@@ -149,8 +149,10 @@ def has_checkpoints(workdir: pathlib.Path) -> bool:
 
 def write_config(workdir: pathlib.Path, config) -> None:
   """WORKDIR/config.json, written only when it changes (a finished read-only run stays readable)."""
-  path = workdir / "config.json"
-  text = json.dumps(configs.flatten(config), indent=2, allow_nan=False) + "\n"
+  _write_if_changed(workdir / "config.json", json.dumps(configs.flatten(config), indent=2, allow_nan=False) + "\n")
+
+
+def _write_if_changed(path: pathlib.Path, text: str) -> None:
   try:
     if not path.is_file() or path.read_text(errors="replace") != text:
       path.write_text(text)
@@ -163,13 +165,7 @@ DATASET_FILE = "dataset.json"
 
 def write_dataset_info(workdir: pathlib.Path, info) -> None:
   """WORKDIR/dataset.json: the class names, image shape and normalisation the run's model was trained with."""
-  path = workdir / DATASET_FILE
-  text = json.dumps(info.to_json(), indent=2) + "\n"
-  try:
-    if not path.is_file() or path.read_text(errors="replace") != text:
-      path.write_text(text)
-  except OSError as e:
-    raise _os_error(e, "write", path) from None
+  _write_if_changed(workdir / DATASET_FILE, json.dumps(info.to_json(), indent=2) + "\n")
 
 
 def read_dataset_info(workdir: pathlib.Path):
