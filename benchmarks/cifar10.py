@@ -34,6 +34,15 @@ def project_full_run(partial, experiment) -> dict:
           "projected_run_s": fixed_s + config.num_epochs * epoch_s}
 
 
+def projected_table(records) -> str:
+  rows = ["| experiment | measured on | training images/s | projected epoch | projected run |", "|---|---|---:|---:|---:|"]
+  for r in records:
+    rows.append(f"| `{pathlib.Path(r['experiment']).stem}` | {r['measured_images']:,} images, 1 epoch | "
+                f"{r['images_per_s']:,.1f} | {r['projected_epoch_s'] / 60:,.1f} min | "
+                f"{r['projected_run_s'] / 3600:,.1f} h ({r['projected_epochs']} epochs) |")
+  return "\n".join(rows)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--target", type=float, default=0.90)

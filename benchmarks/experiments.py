@@ -13,9 +13,8 @@ source the part after the first underscore (`4_krisut_1.png`: a 4, from krisut);
 top-1 overall and per source, the counts and every misclassified or unreadable file. Without the
 folder nothing is recorded for it (a line on stderr says so).
 
-The README's tables are then rewritten from every record there: the experiments table between the
-`experiments-table` marker comments, and the real-digits table between the `real-digits-table`
-ones, from the records that have real-digit figures.
+The tables are then rewritten from every record there (`benchmarks/tables.py`): the experiments
+table, and the real-digits table from the records that have real-digit figures.
 """
 
 import argparse
@@ -32,9 +31,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT, device_name  # noqa: E402
 
 RECORDS = ROOT / "benchmarks" / "results" / "experiments"
-README = ROOT / "README.md"
-START, END = "<!-- experiments-table:start -->", "<!-- experiments-table:end -->"
-DIGITS_START, DIGITS_END = "<!-- real-digits-table:start -->", "<!-- real-digits-table:end -->"
 REAL_DIGITS = pathlib.Path(os.environ.get("FLUXDIGITS_REAL_DIGITS", ROOT.parent / "shared" / "data" / "real-digits"))
 DIGIT_DATASETS = ("mnist", "idx")
 # What each source of ../shared/data/real-digits holds, for the table's header; a source not named
@@ -186,19 +182,6 @@ def digits_table(records) -> str:
   return "\n".join(rows)
 
 
-def replace_between(text: str, start: str, end: str, content: str) -> str:
-  head, found, rest = text.partition(start)
-  _, found_end, tail = rest.partition(end)
-  if not (found and found_end):
-    sys.exit(f"README.md lacks the {start} ... {end} markers")
-  return f"{head}{start}\n{content}\n{end}{tail}"
-
-
-def rewrite_readme(records) -> None:
-  text = replace_between(README.read_text(), START, END, table(records))
-  README.write_text(replace_between(text, DIGITS_START, DIGITS_END, digits_table(records)))
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiments", nargs="*", help="experiment names to run and record, e.g. mnist_cnn")
@@ -208,11 +191,12 @@ def main():
   args = parser.parse_args()
   for name in args.experiments:
     record(name, args.real_digits)
+  import tables  # it renders this script's tables: imported here, not at the top, to keep the two apart
   records = read_records()
-  rewrite_readme(records)
+  changed = tables.rewrite()
   measured = sum(1 for r in records if r.get("real_digits"))
-  print(f"README.md tables rewritten from {len(records)} records in {RECORDS.relative_to(ROOT)} "
-        f"({measured} with real-digit figures)")
+  print(f"{len(records)} records in {RECORDS.relative_to(ROOT)} ({measured} with real-digit figures); rewrote "
+        f"{', '.join(str(p.relative_to(ROOT)) for p in changed) or 'no table'}")
 
 
 # The README's order: the simplest recipe first; experiments not listed come last.

@@ -54,6 +54,20 @@ def describe(record) -> str:
           f"compile; {record['train_s']:.1f} s training, {record['epochs']} epochs); peak RSS {record['peak_rss_mib']:,.0f} MiB")
 
 
+def table(records) -> str:
+  """One row per run: a record, or each of the runs a record lists (with the record's device and date)."""
+  runs = [{**r, **run} for r in records for run in r.get("runs", [r])]
+  rows = ["| experiment | overrides | test accuracy | epochs | wall time | compile | training | peak RSS |",
+          "|---|---|---:|---:|---:|---:|---:|---:|"]
+  for r in runs:
+    settings = " ".join(f"`{o.removeprefix('--config.')}`" for o in r["overrides"])
+    if r.get("xla_flags"):
+      settings += f" `XLA_FLAGS={r['xla_flags']}`"
+    rows.append(f"| `{pathlib.Path(r['experiment']).stem}` | {settings} | {r['test_accuracy']:.2%} | {r['epochs']} | "
+                f"{r['wall_s']:,.1f} s | {r['compile_s']:.1f} s | {r['train_s']:,.1f} s | {r['peak_rss_mib']:,.0f} MiB |")
+  return "\n".join(rows)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--experiment", default=str(ROOT / "experiments" / "mnist_fast.py"))

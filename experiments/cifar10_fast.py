@@ -2,9 +2,8 @@
 
 Keller Jordan's airbench94 (BatchNorm conv net 64-256-256 with a whitened stem, flip and 2-pixel
 translation, label smoothing 0.2, SGD Nesterov with a short warm-up and decay, test-time flip)
-reaches 94% in ~10 epochs on a GPU. On the shared, partly JPEG-decoded CIFAR-10 copy this version
-reached 90.02% in 2,942 s from process start (AMD EPYC, 2 cores; 8 epochs: 89.30%; the net narrowed
-to 24-96-96 for 4 epochs: 83.35% in 335 s). benchmarks/cifar10.py times it (README, Benchmarks).
+reaches 94% in ~10 epochs on a GPU. What this version reaches, and in how long, is in docs/cifar10.md;
+benchmarks/cifar10.py times it.
 """
 
 from fluxdigits.config import defaults

@@ -2,8 +2,8 @@
 
 The standard recipe: pad-crop-flip augmentation, SGD with Nesterov momentum 0.9, peak rate 0.1
 with warm-up and cosine decay, weight decay 5e-4, label smoothing 0.1, 40 epochs on all 50,000
-training images. On 2 CPU cores it trains ~6 images/s, ~2.3 h an epoch, ~4 days for the 40
-(benchmarks/cifar10.py projects it from a partial epoch). Without a prepared CIFAR-10
+training images. A CPU takes too long for it (benchmarks/cifar10.py projects the run from a partial
+epoch: docs/performance.md). Without a prepared CIFAR-10
 (TFDS_DATA_DIR), tfds downloads it: pip install -e '.[prepare]' first.
 """
 

@@ -14,7 +14,7 @@ def get_config():
   config.optimizer.learning_rate = 3e-3
   config.schedule.name = "one_cycle"
   config.batch_size = 128
-  config.microbatches = 4  # the same gradient, ~1.3x faster on a 2-core CPU (README, Benchmarks)
+  config.microbatches = 4  # the same gradient in slices that fit a CPU's cache: faster there (benchmarks/NOTES.md)
   config.num_epochs = 12
   config.patience = 4
   return config

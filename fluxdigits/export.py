@@ -98,6 +98,7 @@ def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m fluxdigits.export", usage=USAGE, description=__doc__,
+                                   epilog="example: python -m fluxdigits.export runs/mnist_cnn --format onnx",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run", help="a finished run directory")
   parser.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="onnx or stablehlo (jax.export)")

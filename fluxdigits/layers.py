@@ -59,8 +59,8 @@ _max_pool_2x2_even.defvjp(_max_pool_2x2_forward, _max_pool_2x2_backward)
 def max_pool_2x2(x):
   """2x2 max-pool, stride 2, VALID: the values of nn.max_pool.
 
-  Its gradient is one elementwise select per input: XLA's select-and-scatter (nn.max_pool's
-  gradient) is about 10x slower on CPU, and the gradient of a reshape-and-max about 4x.
+  Its gradient is one elementwise select per input, which XLA:CPU runs much faster than the select-and-scatter of
+  nn.max_pool's gradient or a reshape-and-max's (benchmarks/NOTES.md).
   """
   n, h, w, c = x.shape
   return _max_pool_2x2_even(x[:, : h // 2 * 2, : w // 2 * 2])
@@ -88,9 +88,7 @@ def _conv(x, kernel, padding, strides=1):
 
 def _on_accelerator() -> bool:
   """The layers below are formulated for XLA:CPU. On a GPU or TPU they use lax's own convolution, which cuDNN and
-  the TPU's convolution units implement: on an H100 it trained cnn_deep as fast as the CPU formulations (270k vs
-  272k images/s) with half the compile time, and ResNet's strided 1x1 matmul failed a check of jaxlib 0.11.2's
-  GPU compiler (benchmarks/NOTES.md, "On a GPU")."""
+  the TPU's convolution units implement, compiles faster, and is as fast there (benchmarks/NOTES.md, "On a GPU")."""
   return jax.default_backend() != "cpu"
 
 
@@ -107,7 +105,7 @@ def _conv_stride1_forward(x, kernel, bias, padding):
 
 def _conv_stride1_backward(padding, residuals, grad):
   # Inside a while loop (the train loop's lax.scan) XLA:CPU leaves the convolutions of JAX's own
-  # gradient rules in their non-canonical dimension orders and runs them 20-70x slower than the same
+  # gradient rules in their non-canonical dimension orders and runs them far slower than the same
   # program unrolled, where they are canonicalised. Here both gradients are written as canonical
   # (NHWC, HWIO) forward convolutions: the input gradient with the flipped kernel, the kernel
   # gradient with batch and channels swapped (the output gradient as a kernel over the input).
@@ -181,7 +179,7 @@ winograd_input_tiles.defvjp(lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x
 def winograd_conv3x3(x, kernel, padding):
   """A stride-1 3x3 convolution as Winograd F(2x2, 3x3): the values of lax's, to float rounding.
 
-  2.25x fewer multiplications than a direct convolution, all of them in 16 matmuls of (tiles,
+  Fewer multiplications than a direct convolution (4 per output where it takes 9), all in 16 matmuls of (tiles,
   channels) @ (channels, features); the transforms are adds over slices, their gradients too. An
   odd output size is computed one row or column larger and cropped.
   """
@@ -199,11 +197,9 @@ def winograd_conv3x3(x, kernel, padding):
 
 
 # Stride-1 3x3 convolutions by input channels, from the measured forward-and-backward times of each
-# formulation inside a lax.scan (benchmarks/NOTES.md): below 16 one matmul of the 3x3 patches
-# (im2col), whose 9x larger patch array is cheap when the channels are few; from 16 `conv_stride1`
-# (ResNet-20's 16-channel stage: 13 ms against Winograd's 21); from 24 `winograd_conv3x3`, whose
-# transforms cost more than the multiplications they save at 16 channels, and which beats
-# conv_stride1's kernel-gradient convolution 4x on airbench's 24-channel 32x32 layers.
+# formulation inside a lax.scan (benchmarks/NOTES.md, "Winograd"): with few channels one matmul of the
+# 3x3 patches (im2col) is cheapest; Winograd's transforms pay for themselves only from 24 channels;
+# `conv_stride1` between.
 CONV_MIN_CHANNELS = 16
 WINOGRAD_MIN_CHANNELS = 24
 
@@ -250,7 +246,7 @@ class Conv1x1(nn.Module):
   """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False).
 
   One matmul of the strided pixels: XLA:CPU's convolution computes the kernel gradient of the
-  strided 1x1 convolution about 30x slower than this matmul does. On a GPU or TPU, lax's convolution.
+  strided 1x1 convolution far slower than this matmul does. On a GPU or TPU, lax's convolution.
   """
   features: int
   strides: int = 1
@@ -269,12 +265,10 @@ def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
   """The bits of JAX's default PRNG, threefry2x32, for `shape` (the same bits: with jax_threefry_partitionable, the
   default, its counters are a row-major iota), computed as one unrolled pass inside a one-trip loop.
 
-  jax 0.10 lowers threefry on a CPU as a loop of five steps, each a pass over the whole array: 0.85 ms
-  for a dropout mask of 173k values, against 0.14 ms unrolled (upstream unrolled it later,
-  jax-ml/jax#37872). Unrolled but free to fuse, the hash was copied into every fusion that reads the
-  mask, 16 of them before a Winograd convolution, and the step got slower. Fusion does not cross a loop,
-  and this loop's start is a value XLA cannot know, so XLA keeps it (benchmarks/NOTES.md, "Dropout's
-  masks").
+  jax 0.10 lowers threefry on a CPU as a loop of five steps, each a pass over the whole array; unrolled it is
+  several times faster (upstream unrolled it later, jax-ml/jax#37872). Unrolled but free to fuse, the hash would be
+  copied into every fusion that reads the mask; fusion does not cross a loop whose start XLA cannot know, so the
+  one-trip loop keeps it computed once (benchmarks/NOTES.md, "Dropout's masks").
   """
   size = math.prod(shape)
   if bit_width != 32 or size >= 2 ** 32 or not jax.config.jax_threefry_partitionable:

@@ -93,6 +93,7 @@ def _describe(probs, class_names, top):
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog="python -m fluxdigits.predict", usage=USAGE, description=__doc__,
+                                   epilog="example: python -m fluxdigits.predict runs/mnist_cnn photos/ --top 2 --show seen.png",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run", help="a finished run directory (the --workdir of python -m fluxdigits.run)")
   parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")

@@ -451,6 +451,7 @@ def compare(workdirs, out) -> pathlib.Path:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m fluxdigits.report", usage=USAGE, description=__doc__,
+                                   epilog="example: python -m fluxdigits.report runs/mnist_cnn runs/mnist_mlp",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="a training run's --workdir")
   parser.add_argument("--out", help=f"the comparison folder, with two or more WORKDIRs (default: {DEFAULT_COMPARISON_DIR})")

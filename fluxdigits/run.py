@@ -12,22 +12,33 @@ import os
 import pathlib
 import shlex
 import sys
+import textwrap
 
 from fluxdigits import config as configs, errors, signals
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.run EXPERIMENT.py [--workdir DIR] [--restart] [--seeds 0-7] [--config.KEY=VALUE ...]"
+DESCRIPTION = "Train an experiment in WORKDIR, resuming what is there; report at the end."
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _help_epilog() -> str:
-  keys = "\n".join(f"  --config.{key}={value!r}" for key, value in configs.flatten(configs.defaults()).items())
-  experiments = " ".join(sorted(f"experiments/{f.name}" for f in EXPERIMENTS.glob("*.py"))) or "(none found)"
-  return f"config keys and their defaults (README.md, 'Training', says what each means):\n{keys}\n\nexperiments: {experiments}"
+  groups = {"": []}
+  for key, value in configs.flatten(configs.defaults()).items():
+    group, _, name = key.rpartition(".")
+    groups.setdefault(group, []).append(f"{name}={value!r}")
+  groups["model"].append("kwargs.NAME=... (the model's constructor arguments)")
+  keys = "\n".join(textwrap.fill(" ".join(items), 100, initial_indent=f"  {group + '.' if group else '':<12}",
+                                 subsequent_indent=" " * 14) for group, items in groups.items())
+  experiments = textwrap.fill(" ".join(sorted(f.stem for f in EXPERIMENTS.glob("*.py"))) or "(none found)", 100,
+                              initial_indent="experiments/: ", subsequent_indent=" " * 14)
+  return (f"config keys, set with --config.KEY=VALUE (e.g. --config.dataset.name=fashion_mnist), and their defaults;\n"
+          f"README.md, 'Training', says what each means:\n{keys}\n\n{experiments}\n\n"
+          "example: python -m fluxdigits.run experiments/mnist_cnn.py --config.num_epochs=10 --seeds 0-2")
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m fluxdigits.run", usage=USAGE, description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m fluxdigits.run", usage=USAGE, description=DESCRIPTION,
                                    epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", help="an experiment file, e.g. experiments/mnist_cnn.py")
   parser.add_argument("--workdir", help="run directory (default: runs/<experiment file stem>)")

@@ -45,7 +45,12 @@ def _retry():
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m fluxdigits.tune", usage=USAGE, description=__doc__)
+  parser = argparse.ArgumentParser(
+      prog="python -m fluxdigits.tune", usage=USAGE.replace(" [--pruner", "\n" + " " * 6 + "[--pruner"),
+      description=__doc__.split("\n", 2)[2],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="--config.KEY=VALUE overrides the sweep's base config (`python -m fluxdigits.run --help` lists\nthe keys)\n\n"
+             "example: python -m fluxdigits.tune sweeps/mnist_cnn.py --trials 20 --population 4")
   parser.add_argument("sweep", help="a sweep file, e.g. sweeps/mnist_cnn.py")
   parser.add_argument("--trials", type=int, required=True,
                       help="finished (complete or pruned) trials the study ends with, all workers together")

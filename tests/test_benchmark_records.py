@@ -1,10 +1,10 @@
 """benchmarks/experiments.py: the README's tables rendered from records, and real-digit scoring (no training)."""
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 
 import fluxdigits
@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 _spec = importlib.util.spec_from_file_location("experiments_script", REPO / "benchmarks" / "experiments.py")
 experiments = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(experiments)
+import tables  # noqa: E402  (benchmarks/, on the path above)
 
 
 def record(name, test_accuracy, digits=None):
@@ -51,20 +52,27 @@ def test_counts_that_differ_between_records_go_in_the_cells():
   assert experiments.digits_table([record("c", 0.9)]) == "No experiment has real-digit figures recorded yet."
 
 
-def test_text_between_markers_is_replaced_and_the_rest_kept():
-  text = "before\nA\nold\nB after\n"
-  assert experiments.replace_between(text, "A", "B", "new") == "before\nA\nnew\nB after\n"
-  with pytest.raises(SystemExit):
-    experiments.replace_between("no markers", "A", "B", "new")
+def test_a_marked_table_is_rewritten_from_its_records_and_the_rest_kept(tmp_path, monkeypatch):
+  monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "r.json").write_text(json.dumps({"device": "CPU X", "date": "2026-12-01", "runs": [
+      {"experiment": "experiments/mnist_fast.py", "overrides": ["--config.num_epochs=2"], "test_accuracy": 0.99, "epochs": 2,
+       "wall_s": 12.0, "compile_s": 1.0, "train_s": 8.0, "peak_rss_mib": 600.0}]}))
+  doc = tmp_path / "docs" / "page.md"
+  doc.parent.mkdir()
+  doc.write_text("before\n<!-- table: time-to-accuracy r.json -->\nstale\n<!-- end of table -->\nafter\n")
+  monkeypatch.setattr(tables, "documents", lambda: [doc])
+  monkeypatch.setattr(tables, "ROOT", tmp_path)
+  assert tables.stale() == ["docs/page.md: time-to-accuracy r.json"]
+  assert tables.rewrite() == [doc] and tables.stale() == []
+  text = doc.read_text()
+  assert text.startswith("before\n<!-- table: time-to-accuracy r.json -->\n| experiment |") and text.endswith("<!-- end of table -->\nafter\n")
+  assert "| `mnist_fast` | `num_epochs=2` | 99.00% | 2 | 12.0 s | 1.0 s | 8.0 s | 600 MiB |" in text
+  assert "CPU X, 2026-12-01: [`r.json`](../results/r.json)" in text
 
 
-def test_readme_tables_are_the_recorded_ones():
-  readme = (REPO / "README.md").read_text()
-  records = experiments.read_records()
-  for start, end, rendered in [(experiments.START, experiments.END, experiments.table(records)),
-                               (experiments.DIGITS_START, experiments.DIGITS_END, experiments.digits_table(records))]:
-    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == rendered, (
-        "README.md's table differs from benchmarks/results/experiments/: run python benchmarks/experiments.py")
+def test_every_table_of_the_readme_and_docs_is_the_one_its_records_give():
+  assert tables.stale() == [], "tables differ from their records in benchmarks/results/: run python benchmarks/tables.py"
 
 
 class FakeClassifier:

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -134,5 +136,17 @@ def test_microbatches_with_batchnorm_are_refused_before_compiling(capsys, tmp_pa
 def test_help_lists_the_config_keys_and_the_experiments():
   result = run_cli("--help")
   assert result.returncode == 0
-  assert "--config.optimizer.learning_rate=0.001" in result.stdout and "--config.ema_decay=0.999" in result.stdout
-  assert "experiments/mnist_cnn.py" in result.stdout and "experiments/cifar10_resnet.py" in result.stdout
+  lines = result.stdout.splitlines()
+  optimizer = next(line for line in lines if line.strip().startswith("optimizer."))
+  assert "learning_rate=0.001" in optimizer and any("ema_decay=0.999" in line for line in lines)
+  experiments = next(line for line in lines if line.startswith("experiments/:"))
+  assert " mnist_cnn " in experiments and "cifar10_resnet" in experiments
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "predict", "export", "report"])
+def test_each_command_help_fits_one_screen_with_an_example(command):
+  result = subprocess.run([sys.executable, "-m", f"fluxdigits.{command}", "--help"], capture_output=True, text=True)
+  assert result.returncode == 0
+  lines = result.stdout.splitlines()
+  assert len(lines) <= 50 and max(map(len, lines)) <= 120, f"{command} --help: {len(lines)} lines"
+  assert any(line.startswith(f"example: python -m fluxdigits.{command} ") for line in lines)

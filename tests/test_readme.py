@@ -1,7 +1,8 @@
-"""Every command block of README.md works as copied: run in order, in a fresh copy of the repository.
+"""Every command block of README.md and docs/*.md works as copied: run in order, in a fresh copy of the repository;
+and the documents stay short, free of lab history, and say each thing once.
 
 The convention, for everyone who writes a README section:
-- Every ```bash block is run, in the order of the README, in ONE bash session (`set -eo pipefail`), as a
+- Every ```bash block is run, README.md first and then docs/*.md by name, in ONE bash session (`set -eo pipefail`), as a
   user pastes them into one terminal: an `export` in an earlier block holds for the later ones. The
   session starts in a fresh temporary copy of the repository (git's tracked files and untracked files
   that are not ignored; no runs/), with `../shared` beside it, and without TFDS_DATA_DIR or
@@ -61,11 +62,14 @@ def test_bash_blocks_and_skip_markers_are_found():
   assert bash_blocks(markdown) == ["echo one\n", "echo four\n"]
 
 
-def test_readme_commands_work_as_copied(tmp_path):
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_readme_and_docs_commands_work_as_copied(tmp_path):
   if not SHARED.is_dir():
     pytest.skip(f"the README's commands read ../shared, which is not at {SHARED}")
-  blocks = bash_blocks((REPO / "README.md").read_text())
-  assert blocks, "README.md has no ```bash block"
+  blocks = [block for document in DOCUMENTS for block in bash_blocks(document.read_text())]
+  assert bash_blocks((REPO / "README.md").read_text()), "README.md has no ```bash block"
   repo = copy_of_the_repository(tmp_path / "fluxdigits")
   (tmp_path / "shared").symlink_to(SHARED)
   script = ["set -eo pipefail", 'pip() { echo "readme test: would run: pip $*"; }']
@@ -75,7 +79,44 @@ def test_readme_commands_work_as_copied(tmp_path):
   env.update(FLUXDIGITS_SMOKE="1", PYTHONPATH=str(repo))
   result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=repo, env=env, capture_output=True, text=True,
                           timeout=900)
-  failed = re.findall(r"=== README block (\d+)", result.stdout)
+  failed = re.findall(r"=== README block (\d+)", result.stdout)  # numbered across README.md, then docs/*.md
   assert result.returncode == 0, (
       f"README block {failed[-1] if failed else '?'} failed (exit {result.returncode}):\n"
       f"{blocks[int(failed[-1]) - 1] if failed else ''}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}")
+
+
+def test_readme_is_short():
+  lines = len((REPO / "README.md").read_text().splitlines())
+  assert lines <= 350, f"README.md has {lines} lines; move what is not for a user's first read to docs/"
+
+
+def test_no_lab_history_in_the_readme_or_docs():
+  words = re.compile(r"\b(issues?|sessions?|lent)\b", re.IGNORECASE)
+  found = [f"{d.relative_to(REPO)}: {line.strip()}" for d in DOCUMENTS
+           for line in FENCE.sub("", d.read_text()).splitlines() if words.search(line)]
+  assert not found, "user documents speak of issues, sessions or who lent what:\n" + "\n".join(found)
+
+
+def _paragraphs_and_rows(markdown: str) -> set[str]:
+  """Prose paragraphs of more than a line and data rows of tables, whitespace-normalised; code blocks and table
+  headers (which tables of one kind share) left out."""
+  markdown = re.sub(r"^<!--.*?-->$", "", FENCE.sub("", markdown), flags=re.MULTILINE)
+  found = set()
+  for block in re.split(r"\n\s*\n", markdown):
+    lines = [line.strip() for line in block.strip().splitlines()]
+    if lines and lines[0].startswith("|"):
+      found.update(line for line in lines[2:] if line.startswith("|"))
+    elif len(" ".join(lines)) > 120 and not lines[0].startswith("<"):
+      found.add(" ".join(" ".join(lines).split()))
+  return found
+
+
+def test_no_paragraph_or_table_row_in_two_documents():
+  documents = [*DOCUMENTS, REPO / "benchmarks" / "NOTES.md"]
+  seen, repeated = {}, []
+  for document in documents:
+    for text in _paragraphs_and_rows(document.read_text()):
+      if text in seen:
+        repeated.append(f"{seen[text]} and {document.relative_to(REPO)}: {text[:100]}")
+      seen.setdefault(text, document.relative_to(REPO))
+  assert not repeated, "said twice (keep it in one document and link to it):\n" + "\n".join(repeated)
