@@ -26,6 +26,7 @@ import cifar10  # noqa: E402
 import model_throughput  # noqa: E402
 import population  # noqa: E402
 import step_throughput  # noqa: E402
+import tensorboard_cost  # noqa: E402
 import time_to_accuracy  # noqa: E402
 import weight_averaging  # noqa: E402
 
@@ -83,6 +84,8 @@ def render(spec: str, link: str = "benchmarks/results") -> str:
     return cifar10.projected_table(records) + caption
   if kind == "headline":
     return headline(*records) + caption
+  if kind == "tensorboard-cost":
+    return tensorboard_cost.table(*records) + caption
   if kind == "weight-averaging":
     return weight_averaging.table(*records) + caption
   raise SystemExit(f"unknown table kind {kind!r} in <!-- table: {spec} -->")

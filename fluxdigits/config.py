@@ -22,7 +22,7 @@ PHOTO_READERS = ("fit", "digit", "object")
 AUTO_SWITCHES = ("auto", "true", "false")
 # The value a key had in effect before it existed: a config.json written by an older fluxdigits
 # lacks the key, and that run's checkpoints were made that way.
-VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0}
+VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0, "tensorboard": False, "profile_steps": 0}
 # Set to 1 (as the README test does) to shrink every command-line run to a smoke test: see smoke_budget().
 SMOKE_ENV = "FLUXDIGITS_SMOKE"
 SMOKE_TRAIN_EXAMPLES = 2000
@@ -66,6 +66,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.mixed_precision = False
   # Write WORKDIR/report/ at the end of the run.
   c.report = True
+  # Write TensorBoard event files to WORKDIR/tb/: curves as the run trains, hyperparameters, the report's pictures.
+  c.tensorboard = True
+  # Trace this many train steps (whole compiled calls) after the first call with jax.profiler into WORKDIR/tb/,
+  # for TensorBoard's profile plugin; 0 traces nothing.
+  c.profile_steps = 0
 
   c.dataset = ml_collections.ConfigDict()
   # Any tfds image-classification dataset ('mnist', 'fashion_mnist', 'cifar10', ...), 'folder'
@@ -325,6 +330,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32), got {c.seed}")
   for key in ("num_epochs", "batch_size", "microbatches", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
     _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
+  _require(c.profile_steps >= 0, f"profile_steps must be >= 0 (0 traces nothing), got {c.profile_steps}")
   _require(c.batch_size % c.microbatches == 0,
            f"batch_size={c.batch_size} is not divisible by microbatches={c.microbatches}; use a divisor of the batch size")
   _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")

@@ -30,6 +30,7 @@ USAGE = "python -m fluxdigits.report WORKDIR [WORKDIR ...] [--out DIR]"
 DEFAULT_COMPARISON_DIR = pathlib.Path("runs") / "comparison"
 DPI = 150
 MAX_MISTAKES_SHOWN = 36
+PICTURES = ("curves", "confusion_matrix", "misclassified")  # a run report's PNG files, by name
 TOP_CONFUSED_PAIRS = 10
 # Okabe & Ito's palette: distinguishable with every common colour-vision deficiency, and in greyscale
 # print when paired with distinct line styles.

@@ -83,7 +83,7 @@ def train_members(members, workdir, member_dirs, restart=False, log=print, on_ep
   Members already finished are not trained again; `on_epoch(member, row)` may return why a member should stop.
   """
   # Imported here so that a bad command line fails in a blink, before JAX starts.
-  from fluxdigits import data, distributed, train, workdir as workdirs
+  from fluxdigits import data, distributed, tensorboard, train, workdir as workdirs
   workdir = pathlib.Path(workdir).absolute()
   member_dirs = [pathlib.Path(d).absolute() for d in member_dirs]
   single = len(members) == 1 and member_dirs == [workdir]
@@ -99,22 +99,36 @@ def train_members(members, workdir, member_dirs, restart=False, log=print, on_ep
     if all(f is not None for f in finished):
       log(f"{workdir} is finished ({finished[0]['epochs_run']} epochs, num_epochs={members[0].num_epochs}): nothing "
           "to train; raise --config.num_epochs to train longer, or pass --restart to start over")
-      summaries = finished
-    else:
-      summaries = train.train_population(members, workdir, member_dirs, log, on_epoch, test)
-    for member_dir, summary, config in zip(member_dirs, summaries, members):
-      prefix = "" if single else f"[{member_dir.name}] "
-      if not test:
-        log(f"{prefix}best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
-            f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {member_dir / 'summary.json'}")
-        continue
-      log(prefix + final_line(summary, config, member_dir))
-      if config.report and distributed.is_primary():
-        if not (member_dir / "report" / "index.html").is_file() or not all(f is not None for f in finished):
-          from fluxdigits import report
-          report.write_run_report(member_dir)
-        log(f"{prefix}report -> {member_dir / 'report' / 'index.html'}")
+    boards = tensorboard.Boards(member_dirs, members, distributed.is_primary())
+    try:
+      if all(f is not None for f in finished):
+        summaries = finished
+      else:
+        summaries = train.train_population(members, workdir, member_dirs, log, on_epoch, test, boards)
+      _report(member_dirs, summaries, members, finished, single, test, boards, log)
+    except BaseException:
+      boards.close(ended=False)
+      raise
+    boards.close()
   return summaries
+
+
+def _report(member_dirs, summaries, members, finished, single, test, boards, log):
+  """Each member's final line and, unless finished before, its report (its pictures to TensorBoard too)."""
+  from fluxdigits import distributed
+  for i, (member_dir, summary, config) in enumerate(zip(member_dirs, summaries, members)):
+    prefix = "" if single else f"[{member_dir.name}] "
+    if not test:
+      log(f"{prefix}best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
+          f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {member_dir / 'summary.json'}")
+      continue
+    log(prefix + final_line(summary, config, member_dir))
+    if config.report and distributed.is_primary():
+      if not (member_dir / "report" / "index.html").is_file() or not all(f is not None for f in finished):
+        from fluxdigits import report
+        folder = report.write_run_report(member_dir)
+        boards.images(i, summary.get("train_steps", 0), {name: folder / f"{name}.png" for name in report.PICTURES})
+      log(f"{prefix}report -> {member_dir / 'report' / 'index.html'}")
 
 
 def train_seeds(config, seeds, workdir, restart=False, log=print) -> dict:

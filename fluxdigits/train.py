@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from fluxdigits import (augment, checkpoint, config as configs, data, distributed, layers, mesh as meshes, metrics,
-                        optim, population, registry, workdir as workdirs)
+                        optim, population, registry, tensorboard, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -427,9 +427,13 @@ def _refuse_too_large(needed: dict, members: int, available: int | None, compile
   raise UserError(f"{what} {need}, {available / 2**30:.1f} GiB are free; {advice}") from compile_error
 
 
-def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tuple[TrainState, list, list]:
+def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active, after_call=None,
+                profiler=None) -> tuple[TrainState, list, list]:
   """One epoch of the `active` members' steps, each in its (seed, epoch) order; the running loss and accuracy in a
-  progress bar. Returns the state, each member's {train_loss, train_accuracy} and why it diverged (None if it did not)."""
+  progress bar. Returns the state, each member's {train_loss, train_accuracy} and why it diverged (None if it did not).
+
+  `after_call(step, {member: its means over the call})` runs after each compiled call; `profiler` (a
+  tensorboard.Profiler) may trace calls."""
   config, members = trainer.config, trainer.members
   n = len(trainer.dataset.train)
   batches = np.stack([data.train_batches(m.seed, epoch, n, config.batch_size) for m in members])
@@ -443,6 +447,8 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
             dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_primary()) as bar:
     for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
       idx = batches[:, start:start + trainer.steps_per_call]
+      if profiler:
+        profiler.before_call()
       state, per_step = trainer.train_chunks[idx.shape[1]](
           state, *trainer.device_images["train"], _place_batches(idx, trainer.mesh, trainer.lanes), trainer.hyperparams,
           meshes.replicate(active, trainer.train_mesh))
@@ -454,6 +460,13 @@ def train_epoch(trainer: Trainer, state: TrainState, epoch: int, active) -> tupl
       chunk_sums = {name: values.sum(1) for name, values in per_step.items()}
       sums = chunk_sums if sums is None else {name: sums[name] + chunk_sums[name] for name in sums}
       done = start + idx.shape[1]
+      if profiler:
+        profiler.after_call(idx.shape[1])
+      if after_call:
+        members_mask = np.arange(len(members))
+        after_call(first_step + idx.shape[1], {
+            i: _epoch_means(chunk_sums, members_mask == i, idx.shape[1], config.batch_size)
+            for i in np.flatnonzero(active)})
       bar.update(idx.shape[1])
       if not active.any():
         break
@@ -512,14 +525,23 @@ def _early_stopped(progress: checkpoint.Progress, config) -> checkpoint.Progress
   return progress
 
 
-def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_dirs, log=print, on_epoch=None):
+def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_dirs, log=print, on_epoch=None,
+        boards=tensorboard.OFF, profiler=None):
   """Trains every member from its progress to the last epoch or its stop, checkpointing and logging each epoch.
 
   Returns (state, progresses, each member's best evaluated variables). `on_epoch(member, row)` runs after each
-  member's epoch; it returns why that member should stop (a tuner's pruning) or None.
+  member's epoch; it returns why that member should stop (a tuner's pruning) or None. `boards` receive the train
+  figures of every call and each epoch's row; `profiler` may trace train calls.
   """
   config, members = trainer.config, trainer.members
   single = len(members) == 1
+  spe = trainer.steps_per_epoch
+  for i, progress in enumerate(progresses):
+    boards.start(i, progress.epoch * spe)
+
+  def after_call(step, means):
+    for i, values in means.items():
+      boards.scalars(i, step, values, "train")
 
   def say(i, line):
     log(line if single else f"[{member_dirs[i].name}] {line}")
@@ -541,7 +563,7 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
     if not any(active):
       break
     epoch_start = time.perf_counter()
-    state, rows, diverged = train_epoch(trainer, state, epoch, active)
+    state, rows, diverged = train_epoch(trainer, state, epoch, active, after_call, profiler)
     trained = []
     for i in np.flatnonzero(active):
       if diverged[i] is not None:
@@ -570,6 +592,7 @@ def fit(trainer: Trainer, state: TrainState, progresses: tuple, manager, member_
       if distributed.is_primary():
         with open(metrics_files[i], "a") as f:
           f.write(json.dumps(row) + "\n")
+      boards.scalars(i, epoch * spe, {k: v for k, v in row.items() if k != "epoch"}, "epoch")
       say(i, _epoch_line(row, config.num_epochs))
       reason = on_epoch(i, row) if on_epoch is not None else None
       if reason:
@@ -601,17 +624,21 @@ def resume(trainer: Trainer, state: TrainState, manager, workdir, log=print):
   return meshes.replicate(state, trainer.mesh), progresses
 
 
-def train_population(members, workdir, member_dirs, log=print, on_epoch=None, test=True) -> list[dict]:
+def train_population(members, workdir, member_dirs, log=print, on_epoch=None, test=True,
+                     boards=tensorboard.OFF) -> list[dict]:
   """Trains the members as one population, resuming from WORKDIR/checkpoints when there are any; returns their summaries.
 
   Each member's config.json, metrics.jsonl and summary.json go to its own folder in `member_dirs` (WORKDIR itself for
   a single run); a larger population also leaves each member's latest and best state there as checkpoints, so a
   member folder is a finished run like any other (report, predict, export). `test=False` leaves the test split out
-  of the summaries (tuning trials: nothing chosen may see it).
+  of the summaries (tuning trials: nothing chosen may see it). `boards` get the curves and test figures; a config's
+  profile_steps traces train calls into WORKDIR/tb.
   """
   workdir, member_dirs = pathlib.Path(workdir), [pathlib.Path(d) for d in member_dirs]
   trainer, state = build(members, log)
   manager = checkpoint.manager(workdir, trainer.config)
+  profiler = tensorboard.Profiler(workdir / tensorboard.FOLDER, trainer.config.profile_steps) if (
+      trainer.config.profile_steps and distributed.is_primary()) else None
   try:
     state, progresses = resume(trainer, state, manager, workdir, log)
     if distributed.is_primary():
@@ -619,10 +646,13 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
         member_dir.mkdir(exist_ok=True)
         workdirs.write_config(member_dir, member_config)
         workdirs.write_dataset_info(member_dir, trainer.dataset.info)
-    state, progresses, best_variables = fit(trainer, state, progresses, manager, member_dirs, log, on_epoch)
+    state, progresses, best_variables = fit(trainer, state, progresses, manager, member_dirs, log, on_epoch, boards,
+                                            profiler)
     if member_dirs != [workdir]:
       _write_member_checkpoints(trainer, manager, state, progresses, member_dirs)
   finally:
+    if profiler:
+      profiler.stop()
     checkpoint.close(manager, state)
   summaries = []
   for i, (member_dir, progress) in enumerate(zip(member_dirs, progresses)):
@@ -631,9 +661,12 @@ def train_population(members, workdir, member_dirs, log=print, on_epoch=None, te
       test_metrics = evaluate(trainer, best_variables[i], "test")
       summary = {**{f"test_{name}": test_metrics[name] for name in ("loss", *metrics.METRICS)},
                  "test_examples": test_metrics["count"]}
+      boards.scalars(i, progress.epoch * trainer.steps_per_epoch,
+                     {name: test_metrics[name] for name in ("loss", *metrics.METRICS)}, "test")
     summary |= {
         "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
         "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "num_epochs": trainer.config.num_epochs,
+        "train_steps": progress.epoch * trainer.steps_per_epoch,
         "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
         "compile_seconds": trainer.compile_seconds,
         "num_params": count_params(checkpoint.member(state.params, i)), "dataset": trainer.config.dataset.name,

@@ -30,7 +30,7 @@ POPULATION_FILE = "population.json"
 # a run that diverged can continue from its last good epoch with a lower rate. The data's
 # location and cache say where the same data is read from, not what it is.
 RESUMABLE_CHANGES = ("num_epochs", "report", "optimizer.learning_rate", "optimizer.weight_decay",
-                     "dataset.data_dir", "dataset.cache", "microbatches")
+                     "dataset.data_dir", "dataset.cache", "microbatches", "tensorboard", "profile_steps")
 
 
 def _os_error(e: OSError, what: str, path) -> UserError:
