@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
-from fluxdigits import workdir as workdirs
+from fluxdigits import tensorboard, workdir as workdirs
 
 ARGS = [str(EXPERIMENTS / "mnist_cnn.py"), "--config.num_epochs=3", "--config.dataset.max_train_examples=2000",
         "--config.report=false"]
@@ -78,11 +78,15 @@ def test_two_processes_match_one_process_with_two_devices_across_a_kill_and_a_re
   assert "another process of the job has probably died" in err or "another task died" in err, err[-2000:]
   assert not (workdir / "summary.json").exists()
 
-  (rc0, out0, err0), (rc1, out1, err1) = finish(start_job(workdir))
+  resumed = start_job(workdir)
+  (rc0, out0, err0), (rc1, out1, err1) = finish(resumed)
   assert rc0 == 0 and rc1 == 0, err0[-2000:] + err1[-2000:]
   assert "resuming from epoch" in out0 and "test accuracy" in out0
   assert "epoch" not in out1 + err1 and "test accuracy" not in out1  # only process 0 prints: lines and progress bar
   assert metrics_epochs(workdir) == [1, 2, 3]
+  # TensorBoard's event files, named by the process that wrote them: process 0 of each start, no other.
+  writers = {path.name.rsplit(".", 1)[1] for path in (workdir / tensorboard.FOLDER).glob("events.out.tfevents.*")}
+  assert writers == {str(job[0].pid), str(resumed[0].pid)}
 
   a, b = read_summary(tmp_path / "one"), read_summary(workdir)
   assert a["device"] == "2x cpu (cpu)" and b["device"] == "2x cpu (cpu) in 2 processes"
