@@ -12,7 +12,8 @@ convolution's multiply-adds (3 x forward), so Winograd's figure is an effective 
 
 Formulations (`fluxdigits/layers.py`): `lax` is `lax.conv_general_dilated` with JAX's own gradient
 rules; `conv_stride1` its custom VJP whose three convolutions are canonical forward convolutions;
-`im2col` one matmul of the 3x3 patches; `winograd` Winograd F(2x2, 3x3).
+`im2col` one matmul of the 3x3 patches; `winograd` Winograd F(2x2, 3x3); `onednn` oneDNN's primitives through XLA's FFI (`fluxdigits/onednn.py`), where
+the extension is built.
 """
 
 import argparse
@@ -28,6 +29,13 @@ SHAPES = [  # (height, in channels, out channels, padding): where the models use
     (28, 16, 16, "SAME"),  # ResNet-20 on MNIST, first stage
     (14, 32, 32, "SAME"),  # second stage
     (7, 64, 64, "SAME"),  # third stage (odd: Winograd computes 8x8 and crops)
+    (32, 16, 16, "SAME"),  # ResNet-20 on CIFAR-10, by stage
+    (16, 32, 32, "SAME"),
+    (8, 64, 64, "SAME"),
+    (32, 64, 64, "SAME"),  # ResNet-18 on CIFAR-10, by stage
+    (16, 128, 128, "SAME"),
+    (8, 256, 256, "SAME"),
+    (4, 512, 512, "SAME"),
 ]
 BATCH, STEPS = 128, 10
 
@@ -36,7 +44,7 @@ def jax_times(height, channels, features, padding) -> dict:
   import jax
   import jax.numpy as jnp
   from jax import lax
-  from fluxdigits import layers
+  from fluxdigits import layers, onednn
 
   x = jax.random.normal(jax.random.key(0), (BATCH, height, height, channels))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, features)) * 0.1
@@ -53,6 +61,8 @@ def jax_times(height, channels, features, padding) -> dict:
       "im2col": im2col,
       "winograd": lambda x, k, b: layers.winograd_conv3x3(x, k, padding) + b,
   }
+  if onednn.available():
+    formulations["onednn"] = lambda x, k, b: onednn.conv(x, k, 1, padding) + b
   reference = formulations["lax"](x, kernel, bias)
   times = {}
   for name, layer in formulations.items():
@@ -96,8 +106,9 @@ def main():
     print(json.dumps({"jax": jax_times, "torch": torch_times}[system](*SHAPES[int(index)])))
     return
   indices = range(len(SHAPES)) if args.shapes == "all" else map(int, args.shapes.split(","))
-  print("| layer (batch 128) | lax | conv_stride1 | im2col | winograd | PyTorch NCHW | PyTorch channels_last |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  columns = ("lax", "conv_stride1", "im2col", "winograd", "onednn", "pytorch nchw", "pytorch channels_last")
+  print("| layer (batch 128) | " + " | ".join(columns) + " |")
+  print("|---|" + "---:|" * len(columns))
   for index in indices:
     height, channels, features, padding = SHAPES[index]
     times = {}
@@ -107,8 +118,7 @@ def main():
       times.update(json.loads(out.strip().splitlines()[-1]))
     out_size = height if padding == "SAME" else height - 2
     flops = 3 * 2 * BATCH * out_size ** 2 * 9 * channels * features
-    cells = [f"{times[k]:.1f} ({flops / times[k] / 1e6:.0f})" for k in
-             ("lax", "conv_stride1", "im2col", "winograd", "pytorch nchw", "pytorch channels_last")]
+    cells = [f"{times[k]:.1f} ({flops / times[k] / 1e6:.0f})" if k in times else "" for k in columns]
     print(f"| {height}x{height}, {channels}->{features} {padding} | " + " | ".join(cells) + " |", flush=True)
   print("\nms per forward-and-backward step (effective GFLOP/s in brackets)")
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fluxdigits import jax_private
+from fluxdigits import jax_private, onednn
 
 
 def _window_quarters(x):
@@ -90,6 +90,12 @@ def _on_accelerator() -> bool:
   """The layers below are formulated for XLA:CPU. On a GPU or TPU they use lax's own convolution, which cuDNN and
   the TPU's convolution units implement, compiles faster, and is as fast there (benchmarks/NOTES.md, "On a GPU")."""
   return jax.default_backend() != "cpu"
+
+
+def _onednn_runs(x) -> bool:
+  """Whether a CPU convolution of `x` runs on oneDNN: the extension is there (onednn.available), x is float32, and
+  has the channels where oneDNN's kernels beat the patches' matmul (a first layer keeps the matmul)."""
+  return x.dtype == jnp.float32 and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.available()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -207,6 +213,7 @@ WINOGRAD_MIN_CHANNELS = 24
 class Conv3x3(nn.Module):
   """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias).
 
+  On a CPU with the oneDNN extension built (fluxdigits/onednn.py), oneDNN's convolution, float32. Otherwise:
   With few input channels (a first layer) or stride 2: one matmul of the 3x3 patches (im2col), with
   a column of ones appended when there is a bias, so that the bias is a row of the same matmul.
   There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
@@ -229,6 +236,9 @@ class Conv3x3(nn.Module):
     x = x.astype(self.dtype)
     if _on_accelerator():
       y = _conv(x, kernel, self.padding, self.strides)
+      return y if bias is None else y + bias
+    if _onednn_runs(x):
+      y = onednn.conv(x, kernel, self.strides, self.padding)
       return y if bias is None else y + bias
     if channels >= WINOGRAD_MIN_CHANNELS and self.strides == 1:
       y = winograd_conv3x3(x, kernel, self.padding)
@@ -258,6 +268,8 @@ class Conv1x1(nn.Module):
     s = self.strides
     if _on_accelerator():
       return _conv(x.astype(self.dtype), kernel.astype(self.dtype), "VALID", s)
+    if _onednn_runs(x.astype(self.dtype)):
+      return onednn.conv(x.astype(self.dtype), kernel, s, "VALID")
     return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 

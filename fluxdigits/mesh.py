@@ -25,12 +25,15 @@ _cpu_lanes = 1  # the CPU devices claim_cpu_cores() made, one per core; 1 until 
 
 def claim_cpu_cores() -> int:
   """Makes JAX's CPU backend one device per core; returns how many (1 where the user chose the count with
-  JAX_NUM_CPU_DEVICES or XLA_FLAGS, or where JAX already ran something in this process).
+  JAX_NUM_CPU_DEVICES or XLA_FLAGS, where oneDNN's convolutions run, or where JAX already ran something).
 
   One compiled call per CPU device, running at once, fills two cores better than one call whose every op is
   split over them, where steps are long (benchmarks/NOTES.md, "The CPU's cores as devices")."""
   global _cpu_lanes
   if os.environ.get("JAX_NUM_CPU_DEVICES") or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return _cpu_lanes
+  from fluxdigits import onednn
+  if onednn.available():  # its convolutions use every core within one call, on one device
     return _cpu_lanes
   cores = len(os.sched_getaffinity(0))
   try:

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from fluxdigits import (augment, checkpoint, config as configs, data, distributed, layers, mesh as meshes, metrics,
-                        optim, population, registry, tensorboard, workdir as workdirs)
+                        onednn, optim, population, registry, tensorboard, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -357,7 +357,8 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
     return train_chunk.lower(state_shapes, *device_images["train"], idx, *member_data).compile()
 
   log(f"compiling the train step for {meshes.describe(mesh)}" + (f", {len(members)} members" if len(members) > 1 else "")
-      + (f" side by side on {lanes.size} CPU devices" if lanes else ""))
+      + (f" side by side on {lanes.size} CPU devices" if lanes else "")
+      + (f" (convolutions: {onednn.describe()})" if jax.default_backend() == "cpu" else ""))
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
   compile_start = time.perf_counter()
   try:

@@ -1,0 +1,151 @@
+// 2-D convolutions on oneDNN's CPU primitives, as XLA FFI targets: forward, input gradient, kernel gradient.
+// Arrays are JAX's: NHWC activations and HWIO kernels, float32. oneDNN picks its own kernel layout (format `any`),
+// which is what lets it choose its fastest (blocked) kernels; kernels are reordered to and from HWIO per call, a
+// small cost next to the convolution. Primitives are built once per shape and cached.
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+struct Conv {
+  dnnl::primitive conv;
+  dnnl::memory::desc kernel;  // the kernel (or kernel gradient) in oneDNN's chosen layout
+  dnnl::reorder kernel_reorder;  // HWIO -> chosen, or chosen -> HWIO for the kernel gradient
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Shapes of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), output (oh, ow), stride, padding.
+struct Shape {
+  int64_t n, h, w, c, kh, kw, f, oh, ow, stride, pad_top, pad_left;
+  dnnl::memory::dims Src() const { return {n, c, h, w}; }
+  dnnl::memory::dims Kernel() const { return {f, c, kh, kw}; }
+  dnnl::memory::dims Dst() const { return {n, f, oh, ow}; }
+  dnnl::memory::dims Strides() const { return {stride, stride}; }
+  dnnl::memory::dims PadLow() const { return {pad_top, pad_left}; }
+  dnnl::memory::dims PadHigh() const {
+    return {(oh - 1) * stride + kh - h - pad_top, (ow - 1) * stride + kw - w - pad_left};
+  }
+};
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+dnnl::memory::desc Plain(const dnnl::memory::dims& dims, tag t) { return dnnl::memory::desc(dims, dt::f32, t); }
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc),
+      Plain(s.Kernel(), tag::any), Plain(s.Dst(), tag::nhwc), s.Strides(), s.PadLow(), s.PadHigh());
+}
+
+Conv Build(Kind kind, const Shape& s) {
+  auto hwio = Plain(s.Kernel(), tag::hwio);
+  auto forward = ForwardDesc(s);
+  if (kind == kForward) {
+    auto kernel = forward.weights_desc();
+    return {dnnl::convolution_forward(forward), kernel, dnnl::reorder(dnnl::memory(hwio, Engine()), dnnl::memory(kernel, Engine()))};
+  }
+  if (kind == kBackwardData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc), Plain(s.Kernel(), tag::any),
+        Plain(s.Dst(), tag::nhwc), s.Strides(), s.PadLow(), s.PadHigh(), forward);
+    auto kernel = pd.weights_desc();
+    return {dnnl::convolution_backward_data(pd), kernel, dnnl::reorder(dnnl::memory(hwio, Engine()), dnnl::memory(kernel, Engine()))};
+  }
+  auto pd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc), Plain(s.Kernel(), tag::any),
+      Plain(s.Dst(), tag::nhwc), s.Strides(), s.PadLow(), s.PadHigh(), forward);
+  auto kernel = pd.diff_weights_desc();
+  return {dnnl::convolution_backward_weights(pd), kernel, dnnl::reorder(dnnl::memory(kernel, Engine()), dnnl::memory(hwio, Engine()))};
+}
+
+const Conv& Cached(Kind kind, const Shape& s) {
+  static std::mutex mutex;
+  static std::map<Key, std::unique_ptr<Conv>> cache;
+  Key key{kind, s.n, s.h, s.w, s.c, s.kh, s.kw, s.f, s.stride, s.pad_top, s.pad_left};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[key];
+  if (!entry) entry = std::make_unique<Conv>(Build(kind, s));
+  return *entry;
+}
+
+dnnl::stream& Stream() {
+  // One stream per calling thread: XLA may run two devices' calls at once.
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+ffi::Error Run(Kind kind, const Shape& s, float* src, float* kernel_hwio, float* dst) {
+  try {
+    const Conv& conv = Cached(kind, s);
+    auto& stream = Stream();
+    auto& engine = Engine();
+    dnnl::memory src_mem(Plain(s.Src(), tag::nhwc), engine, src);
+    dnnl::memory dst_mem(Plain(s.Dst(), tag::nhwc), engine, dst);
+    dnnl::memory hwio(Plain(s.Kernel(), tag::hwio), engine, kernel_hwio);
+    dnnl::memory kernel(conv.kernel, engine);  // oneDNN allocates it in its layout
+    if (kind == kForward) {
+      conv.kernel_reorder.execute(stream, hwio, kernel);
+      conv.conv.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst_mem}});
+    } else if (kind == kBackwardData) {
+      conv.kernel_reorder.execute(stream, hwio, kernel);
+      conv.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst_mem}});
+    } else {
+      conv.conv.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst_mem}});
+      conv.kernel_reorder.execute(stream, kernel, hwio);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+Shape ShapeOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, ffi::Span<const int64_t> y, int64_t stride,
+              int64_t pad_top, int64_t pad_left) {
+  return {x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], stride, pad_top, pad_left};
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto s = ShapeOf(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, pad_top, pad_left);
+  return Run(kForward, s, x.typed_data(), kernel.typed_data(), y->typed_data());
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> dx,
+                        int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto s = ShapeOf(dx->dimensions(), kernel.dimensions(), dy.dimensions(), stride, pad_top, pad_left);
+  return Run(kBackwardData, s, dx->typed_data(), kernel.typed_data(), dy.typed_data());
+}
+
+ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dkernel,
+                          int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto s = ShapeOf(x.dimensions(), dkernel->dimensions(), dy.dimensions(), stride, pad_top, pad_left);
+  return Run(kBackwardWeights, s, x.typed_data(), dkernel->typed_data(), dy.typed_data());
+}
+
+}  // namespace
+
+#define FLUXDIGITS_CONV_BINDING                                                                             \
+  ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() \
+      .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_forward, Forward, FLUXDIGITS_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_backward_data, BackwardData, FLUXDIGITS_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_backward_kernel, BackwardKernel, FLUXDIGITS_CONV_BINDING);
