@@ -73,7 +73,7 @@ EXPORTERS = {"onnx": (export_onnx, run_onnx), "stablehlo": (export_stablehlo, ru
 
 def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
   """Writes DIR/model.onnx or DIR/model.jax_export and DIR/model.json; returns (model path, largest logit difference, images checked)."""
-  from fluxdigits import data, predict
+  from fluxdigits import data, onednn, predict
   if fmt not in EXPORTERS:
     raise UserError(f"unknown --format {fmt!r}; choose one of {', '.join(EXPORTERS)}")
   classifier = predict.load_classifier(workdir)
@@ -82,7 +82,8 @@ def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
   fn = model_fn(classifier)
   write, run = EXPORTERS[fmt]
   path = out / FILES[fmt]
-  write(fn, classifier.image_shape, path)
+  with onednn.suspended():  # the file runs without fluxdigits' extension
+    write(fn, classifier.image_shape, path)
   (out / "model.json").write_text(json.dumps({
       "file": path.name, "format": fmt, "input_shape": [None, *classifier.image_shape], "input_dtype": "float32",
       "input_range": [0.0, 1.0], "layout": "NHWC", "output": "logits", "class_names": list(classifier.class_names),

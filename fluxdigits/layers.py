@@ -95,7 +95,7 @@ def _on_accelerator() -> bool:
 def _onednn_runs(x) -> bool:
   """Whether a CPU convolution of `x` runs on oneDNN: the extension is there (onednn.available), x is float32, and
   has the channels where oneDNN's kernels beat the patches' matmul (a first layer keeps the matmul)."""
-  return x.dtype == jnp.float32 and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.available()
+  return x.dtype == jnp.float32 and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.in_use()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

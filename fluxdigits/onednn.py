@@ -6,6 +6,7 @@ FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulatio
 device (mesh.claim_cpu_cores): oneDNN's OpenMP threads use every core within each convolution.
 """
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -44,6 +45,25 @@ def available() -> bool:
   for target in TARGETS:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
   return True
+
+
+_suspended = False
+
+
+@contextlib.contextmanager
+def suspended():
+  """Models traced inside use XLA's convolutions: an exported model must run where this extension is not."""
+  global _suspended
+  previous, _suspended = _suspended, True
+  try:
+    yield
+  finally:
+    _suspended = previous
+
+
+def in_use() -> bool:
+  """Whether convolutions traced now run on oneDNN: it is available and not suspended."""
+  return not _suspended and available()
 
 
 def _user_chose_several_cpu_devices() -> bool:
