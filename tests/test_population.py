@@ -66,7 +66,7 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path, model):
 def test_a_cpu_population_is_split_over_one_device_per_core():
   """Three members on two lanes (padded to four): each ends its epoch exactly as the same config built alone."""
   if meshes.cpu_lanes() < 2:
-    pytest.skip("one CPU core: a population runs on one device")
+    pytest.skip("one CPU device (one core, or oneDNN's convolutions): a population runs on one device")
   members = [small_config(**{"model.name": "cnn", "seed": seed, "optimizer.learning_rate": rate})
              for seed, rate in ((0, 1e-3), (1, 2e-3), (2, 5e-4))]
   trainer, state = train.build(members, log=lambda *_: None)

@@ -196,7 +196,7 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
 def test_long_step_models_split_their_batches_over_the_cpu_cores():
   """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core; short steps and wide nets keep to one."""
   if meshes.cpu_lanes() < 2:
-    pytest.skip("one CPU core")
+    pytest.skip("one CPU device: one core, or oneDNN's convolutions (FLUXDIGITS_ONEDNN=0 runs this)")
   def devices(config):
     return train.data_mesh_for(config, registry.create(config, 10)).devices.size
 
