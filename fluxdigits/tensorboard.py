@@ -10,6 +10,7 @@ its table. A resumed run's first event purges whatever the killed one wrote afte
 go on without duplicated or backward steps.
 """
 
+import functools
 import os
 import pathlib
 import sys
@@ -21,6 +22,7 @@ HPARAMS_ALWAYS = ("seed", "model.name", "batch_size", "num_epochs", "optimizer.n
                   "optimizer.weight_decay", "model.dropout_rate", "label_smoothing")
 
 
+@functools.cache
 def _tensorboardx():
   # tensorboardX's writer imports torch when it is installed (a second and hundreds of MB at start-up) to accept its
   # tensors; fluxdigits gives it numpy, so torch is kept out unless something imported it before.
