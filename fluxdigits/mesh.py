@@ -30,7 +30,7 @@ def claim_cpu_cores() -> int:
   One compiled call per CPU device, running at once, fills two cores better than one call whose every op is
   split over them, where steps are long (benchmarks/NOTES.md, "The CPU's cores as devices")."""
   global _cpu_lanes
-  if os.environ.get("JAX_NUM_CPU_DEVICES") or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+  if user_cpu_device_count() is not None:
     return _cpu_lanes
   from fluxdigits import onednn
   if onednn.available():  # its convolutions use every core within one call, on one device
@@ -42,6 +42,14 @@ def claim_cpu_cores() -> int:
     return _cpu_lanes
   _cpu_lanes = cores
   return cores
+
+
+def user_cpu_device_count() -> int | None:
+  """The CPU device count the user chose with JAX_NUM_CPU_DEVICES or XLA_FLAGS, or None."""
+  count = os.environ.get("JAX_NUM_CPU_DEVICES") or next(
+      (flag.split("=")[1] for flag in os.environ.get("XLA_FLAGS", "").split()
+       if flag.startswith("--xla_force_host_platform_device_count=")), None)
+  return None if count is None else int(count)
 
 
 def cpu_lanes() -> int:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fluxdigits import mesh
+
 DISABLE_ENV = "FLUXDIGITS_ONEDNN"
 TARGETS = ("fluxdigits_conv_forward", "fluxdigits_conv_backward_data", "fluxdigits_conv_backward_kernel")
 
@@ -30,7 +32,8 @@ def extension() -> pathlib.Path | None:
 def available() -> bool:
   """Whether the extension is built, loads with its oneDNN, and is wanted: then its FFI targets are registered."""
   path = extension()
-  if os.environ.get(DISABLE_ENV, "1") == "0" or path is None or _user_chose_several_cpu_devices():
+  # Several CPU devices calling oneDNN's all-core OpenMP team at once stall XLA's collectives (NOTES, "oneDNN").
+  if os.environ.get(DISABLE_ENV, "1") == "0" or path is None or (mesh.user_cpu_device_count() or 1) > 1:
     return False
   try:
     # oneDNN's wheel puts libdnnl in the environment's lib/; loaded first, it satisfies the extension's link to it.
@@ -64,15 +67,6 @@ def suspended():
 def in_use() -> bool:
   """Whether convolutions traced now run on oneDNN: it is available and not suspended."""
   return not _suspended and available()
-
-
-def _user_chose_several_cpu_devices() -> bool:
-  # oneDNN's OpenMP threads take every core in one call; several CPU devices calling it at once stall XLA's
-  # collectives (benchmarks/NOTES.md, "oneDNN"), so a data mesh of CPU devices keeps XLA's convolutions.
-  count = os.environ.get("JAX_NUM_CPU_DEVICES") or next(
-      (flag.split("=")[1] for flag in os.environ.get("XLA_FLAGS", "").split()
-       if flag.startswith("--xla_force_host_platform_device_count=")), "1")
-  return int(count) > 1
 
 
 def describe() -> str:

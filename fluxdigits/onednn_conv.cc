@@ -2,7 +2,6 @@
 // Arrays are JAX's: NHWC activations and HWIO kernels, float32. oneDNN picks its own kernel layout (format `any`),
 // which is what lets it choose its fastest (blocked) kernels; kernels are reordered to and from HWIO per call, a
 // small cost next to the convolution. Primitives are built once per shape and cached.
-#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
