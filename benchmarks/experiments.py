@@ -3,18 +3,19 @@
   python benchmarks/experiments.py mnist_mlp mnist_cnn   # run these experiments, record them, rewrite the table
   python benchmarks/experiments.py                       # rewrite the table from what is recorded
 
-Each experiment runs as `python -m fluxdigits.run experiments/NAME.py` in a fresh workdir (the report
-off), timed from process start to end, and is recorded in benchmarks/results/experiments/NAME.json
+Each experiment runs as `python -m fluxdigits.run experiments/NAME.py` in a scratch workdir (the report
+off; `--keep` trains in runs/NAME and keeps it), timed from process start to end, and is recorded in benchmarks/results/experiments/NAME.json
 with its summary.json, the date, the machine and the commit. A digit experiment (dataset mnist or
 idx) is then, before its workdir is deleted, evaluated on the photos and drawings of
 ../shared/data/real-digits (--real-digits DIR or FLUXDIGITS_REAL_DIGITS to use another folder) with
 `fluxdigits.load_classifier(workdir)`: each file's label is the first character of its name, its
 source the part after the first underscore (`4_krisut_1.png`: a 4, from krisut); the record gets
 top-1 overall and per source, the counts and every misclassified or unreadable file. Without the
-folder nothing is recorded for it (a line on stderr says so).
+folder nothing is recorded for it (a line on stderr says so). A digit experiment is also measured on
+MNIST-C's 15 corruptions of the test split (benchmarks/robustness.py).
 
 The tables are then rewritten from every record there (`benchmarks/tables.py`): the experiments
-table, and the real-digits table from the records that have real-digit figures.
+table, and the real-digits and robustness tables from the records that have their figures.
 """
 
 import argparse
@@ -38,23 +39,31 @@ DIGIT_DATASETS = ("mnist", "idx")
 SOURCE_KINDS = {"ashishdasu": "photos", "dfak0": "drawings", "krisut": "photos, coloured paper"}
 
 
-def record(name: str, real_digits: pathlib.Path = REAL_DIGITS) -> dict:
-  with tempfile.TemporaryDirectory() as workdir:
+def record(name: str, real_digits: pathlib.Path = REAL_DIGITS, keep: bool = False) -> dict:
+  with tempfile.TemporaryDirectory() as scratch:
+    workdir = str(ROOT / "runs" / name) if keep else scratch
+    if keep and pathlib.Path(workdir).exists():
+      sys.exit(f"experiments.py: --keep would train into {workdir}, which exists; move it away first")
     command = [sys.executable, "-m", "fluxdigits.run", f"experiments/{name}.py", "--workdir", workdir, "--config.report=false"]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
     summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
     config = json.loads((pathlib.Path(workdir) / "config.json").read_text())  # flat: "dataset.name": "mnist"
-    digits = None
+    digits = mnist_c = None
     if config.get("dataset.name", summary.get("dataset")) in DIGIT_DATASETS:
       digits = evaluate_real_digits(workdir, real_digits)
+      import fluxdigits
+      import robustness
+      mnist_c = robustness.evaluate(fluxdigits.load_classifier(workdir), *robustness.mnist_test())
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
   result = {"experiment": name, "date": datetime.date.today().isoformat(), "machine": device_name(),
             "commit": commit or None, "wall_seconds": wall, "summary": summary,
             "source": f"python benchmarks/experiments.py {name}"}
   if digits is not None:
     result["real_digits"] = digits
+  if mnist_c is not None:
+    result["mnist_c"] = mnist_c
   RECORDS.mkdir(parents=True, exist_ok=True)
   (RECORDS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
   return result
@@ -133,12 +142,13 @@ def source_of(file_name: str) -> str:
 
 
 def table(records) -> str:
-  rows = ["| experiment | test accuracy | test loss | epochs | parameters | train time | wall time | recorded |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = ["| experiment | test accuracy | MNIST-C mean | test loss | epochs | parameters | train time | wall time | recorded |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in records:
     s = r["summary"]
     epochs = f"{s['epochs_run']}" + (" (early stop)" if s.get("num_epochs", s["epochs_run"]) > s["epochs_run"] else "")
-    rows.append(f"| `{r['experiment']}` | {s['test_accuracy']:.2%} | {s['test_loss']:.4f} | {epochs} | {s['num_params']:,} | "
+    mnist_c = f"{r['mnist_c']['mean']:.1%}" if r.get("mnist_c") else ""
+    rows.append(f"| `{r['experiment']}` | {s['test_accuracy']:.2%} | {mnist_c} | {s['test_loss']:.4f} | {epochs} | {s['num_params']:,} | "
                 f"{s['train_seconds']:.1f} s | {r['wall_seconds']:.1f} s | {r['date']}, {r['source']} |")
   return "\n".join(rows)
 
@@ -185,12 +195,13 @@ def digits_table(records) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiments", nargs="*", help="experiment names to run and record, e.g. mnist_cnn")
+  parser.add_argument("--keep", action="store_true", help="train in runs/NAME and keep it, rather than in a scratch folder")
   parser.add_argument("--real-digits", type=pathlib.Path, default=REAL_DIGITS,
                       help=f"folder of labelled digit images a digit experiment is evaluated on ({_shown_path(REAL_DIGITS)}; "
                       "or set FLUXDIGITS_REAL_DIGITS)")
   args = parser.parse_args()
   for name in args.experiments:
-    record(name, args.real_digits)
+    record(name, args.real_digits, args.keep)
   import tables  # it renders this script's tables: imported here, not at the top, to keep the two apart
   records = read_records()
   changed = tables.rewrite()

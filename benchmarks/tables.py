@@ -25,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import cifar10  # noqa: E402
 import model_throughput  # noqa: E402
 import population  # noqa: E402
+import robustness  # noqa: E402
 import step_throughput  # noqa: E402
 import tensorboard_cost  # noqa: E402
 import time_to_accuracy  # noqa: E402
@@ -75,6 +76,8 @@ def render(spec: str, link: str = "benchmarks/results") -> str:
     return experiments.table(experiments.read_records())
   if kind == "real-digits":
     return experiments.digits_table(experiments.read_records())
+  if kind == "robustness":
+    return robustness.table(experiments.read_records())
   if kind in ("step-throughput", "model-throughput", "population"):
     rows = [row for r in records for row in r["results"]]
     return {"step-throughput": step_throughput, "model-throughput": model_throughput, "population": population}[kind].table(rows) + caption

@@ -11,25 +11,103 @@ def standardize(x, mean, std, dtype=jnp.float32):
   return ((x - jnp.asarray(mean)) / jnp.asarray(std)).astype(dtype)
 
 
-def _shift_rotate_one(rng, image, max_shift, max_rotation_rad):
+def _smooth(field, sigma):
+  """A 2-D field blurred by a Gaussian of `sigma` pixels (separable, zero outside)."""
+  radius = max(1, int(round(2 * sigma)))
+  taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)
+  taps = taps / taps.sum()
+  field = jax.scipy.signal.convolve2d(field, taps[:, None], mode="same")
+  return jax.scipy.signal.convolve2d(field, taps[None, :], mode="same")
+
+
+def _gaussian_blur(image, sigma):
+  """Each channel blurred by a Gaussian of a traced `sigma` (<= ~1.2 px: a 5x5 kernel holds it)."""
+  taps = jnp.exp(-0.5 * (jnp.arange(-2, 3) / jnp.maximum(sigma, 1e-3)) ** 2)
+  taps = taps / taps.sum()
+  blur = lambda channel: jax.scipy.signal.convolve2d(jax.scipy.signal.convolve2d(channel, taps[:, None], mode="same"),
+                                                     taps[None, :], mode="same")
+  return jax.vmap(blur, in_axes=2, out_axes=2)(image)
+
+
+def _stroke_width(image, change):
+  """Strokes thickened (change > 0) or thinned (< 0) by up to one pixel each side: a blend towards a 3x3
+  grey dilation or erosion, so fractional changes are smooth."""
+  window = lambda op, init: jax.lax.reduce_window(image, init, op, (3, 3, 1), (1, 1, 1), "SAME")
+  target = jnp.where(change > 0, window(jax.lax.max, -jnp.inf), window(jax.lax.min, jnp.inf))
+  return image + jnp.abs(change) * (target - image)
+
+
+def _stroke(rows, cols, start, end, width):
+  """An anti-aliased straight stroke `width` pixels wide from `start` to `end` ((row, col) pairs)."""
+  (r0, c0), (r1, c1) = start, end
+  along = ((rows - r0) * (r1 - r0) + (cols - c0) * (c1 - c0)) / ((r1 - r0) ** 2 + (c1 - c0) ** 2 + 1e-6)
+  t = jnp.clip(along, 0.0, 1.0)
+  distance = jnp.hypot(rows - (r0 + t * (r1 - r0)), cols - (c0 + t * (c1 - c0)))
+  return jnp.clip(width / 2 + 0.5 - distance, 0.0, 1.0)
+
+
+def _european_one(rng, image, rows, cols):
+  """A 1 written the European way: a flag down-left from the top of its stem and a base stroke under it."""
+  ink = image[..., 0] > 0.3
+  inked_rows = ink.any(1)
+  top, bottom = jnp.argmax(inked_rows), image.shape[0] - 1 - jnp.argmax(inked_rows[::-1])
+  centre = lambda row: (ink[row] * cols[0]).sum() / jnp.maximum(ink[row].sum(), 1)
+  base_rng, flag_rng, width_rng = jax.random.split(rng, 3)
+  half_base = jax.random.uniform(base_rng, minval=2.5, maxval=5.5)
+  flag = jax.random.uniform(flag_rng, minval=3.0, maxval=6.0)
+  width = jax.random.uniform(width_rng, minval=1.5, maxval=2.5)
+  base = _stroke(rows, cols, (bottom, centre(bottom) - half_base), (bottom, centre(bottom) + half_base), width)
+  flagged = _stroke(rows, cols, (top, centre(top)), (top + 0.8 * flag, centre(top) - 0.9 * flag), width)
+  return jnp.maximum(image, jnp.maximum(base, flagged)[..., None])
+
+
+def _distort_one(rng, image, label, a):
   shift_rng, angle_rng = jax.random.split(rng)
-  shift = jax.random.uniform(shift_rng, (2,), minval=-max_shift, maxval=max_shift)
-  angle = jax.random.uniform(angle_rng, (), minval=-max_rotation_rad, maxval=max_rotation_rad)
+  uniform = lambda k, limit, shape=(): jax.random.uniform(jax.random.fold_in(rng, k), shape, minval=-limit, maxval=limit)
+  shift = jax.random.uniform(shift_rng, (2,), minval=-a["max_shift"], maxval=a["max_shift"])
+  angle = jax.random.uniform(angle_rng, (), minval=-a["max_rotation"], maxval=a["max_rotation"])
   h, w, _ = image.shape
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-  # Each output pixel samples the input at the inverse-rotated, inverse-shifted position.
+  if a["european_ones"]:
+    chosen = (label == 1) & jax.random.bernoulli(jax.random.fold_in(rng, 13), a["european_ones"])
+    image = jnp.where(chosen, _european_one(jax.random.fold_in(rng, 14), image, rows, cols), image)
+  # Each output pixel samples the input at the inverse-distorted position; the pieces not asked for are left out of
+  # the program, so 'digits' with shifts and rotations alone samples exactly as it always has.
   r, c = rows - (h - 1) / 2 - shift[0], cols - (w - 1) / 2 - shift[1]
+  if a["max_scale"] or a["max_aspect"]:
+    scale, aspect = jnp.exp(uniform(1, a["max_scale"])), jnp.exp(uniform(2, a["max_aspect"]))
+    r, c = r / (scale * aspect), c * aspect / scale
+  if a["max_shear"]:
+    c = c - uniform(3, a["max_shear"]) * r  # slant: rows further down move sideways
   cos, sin = jnp.cos(angle), jnp.sin(angle)
-  source = jnp.stack([cos * r - sin * c + (h - 1) / 2, sin * r + cos * c + (w - 1) / 2])
-  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, list(source), order=1, mode="constant", cval=0.0)
-  return jax.vmap(sample, in_axes=2, out_axes=2)(image)
+  source = [cos * r - sin * c + (h - 1) / 2, sin * r + cos * c + (w - 1) / 2]
+  if a["elastic"]:
+    # Simard et al. (2003): a random displacement field, smoothed; scaled here to `elastic` pixels' std at most.
+    fields = [_smooth(uniform(4 + k, 1.0, (h, w)), a["elastic_sigma"]) for k in range(2)]
+    magnitude = a["elastic"] * jax.random.uniform(jax.random.fold_in(rng, 6))
+    source = [s + magnitude * f / (f.std() + 1e-6) for s, f in zip(source, fields)]
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, source, order=1, mode="constant", cval=0.0)
+  image = jax.vmap(sample, in_axes=2, out_axes=2)(image)
+  if a["max_stroke"]:
+    image = _stroke_width(image, uniform(7, a["max_stroke"]))
+  if a["max_blur"]:
+    image = _gaussian_blur(image, a["max_blur"] * jax.random.uniform(jax.random.fold_in(rng, 8)))
+  if a["min_contrast"] < 1:
+    contrast = jax.random.uniform(jax.random.fold_in(rng, 9), minval=a["min_contrast"], maxval=1.0)
+    image = contrast * image + (1 - contrast) * jax.random.uniform(jax.random.fold_in(rng, 10))
+  if a["max_noise"]:
+    noise = a["max_noise"] * jax.random.uniform(jax.random.fold_in(rng, 11))
+    image = image + noise * jax.random.normal(jax.random.fold_in(rng, 12), image.shape)
+  return jnp.clip(image, 0.0, 1.0) if a["max_noise"] or a["max_stroke"] else image
 
 
-def shift_rotate(rng, images, max_shift, max_rotation):
-  """Digits: a random sub-pixel shift of up to `max_shift` pixels and a rotation of up to `max_rotation` degrees."""
+def distort(rng, images, labels, **amounts):
+  """Digits: each image shifted, rotated, scaled, slanted, elastically distorted, its strokes thickened or thinned,
+  blurred, its contrast lowered and noise added, each by a random amount up to its limit (augment.* in the config);
+  a share of the 1s (class 1) first get a European flag and base stroke."""
+  amounts["max_rotation"] = jnp.deg2rad(amounts["max_rotation"])
   rngs = jax.random.split(rng, images.shape[0])
-  one = functools.partial(_shift_rotate_one, max_shift=max_shift, max_rotation_rad=jnp.deg2rad(max_rotation))
-  return jax.vmap(one)(rngs, images)
+  return jax.vmap(functools.partial(_distort_one, a=amounts))(rngs, images, labels)
 
 
 def pad_crop_flip(rng, images, padding):
@@ -44,11 +122,15 @@ def pad_crop_flip(rng, images, padding):
   return jnp.where(flip, cropped[:, :, ::-1], cropped)
 
 
+DIGIT_AMOUNTS = ("max_shift", "max_rotation", "max_scale", "max_aspect", "max_shear", "elastic", "elastic_sigma",
+                 "max_stroke", "max_blur", "min_contrast", "max_noise", "european_ones")
+
+
 def make(config):
-  """rng, images -> augmented images, or None when the config asks for no augmentation."""
+  """rng, images, labels -> augmented images, or None when the config asks for no augmentation."""
   a = config.augment
   if a.name == "digits":
-    return functools.partial(shift_rotate, max_shift=a.max_shift, max_rotation=a.max_rotation)
+    return functools.partial(distort, **{key: a[key] for key in DIGIT_AMOUNTS})
   if a.name == "cifar":
-    return functools.partial(pad_crop_flip, padding=a.crop_padding)
+    return lambda rng, images, labels: pad_crop_flip(rng, images, padding=a.crop_padding)
   return None

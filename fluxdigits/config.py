@@ -97,6 +97,17 @@ def defaults() -> ml_collections.ConfigDict:
   c.augment.name = "none"
   c.augment.max_shift = 2  # pixels, for 'digits'
   c.augment.max_rotation = 10.0  # degrees, for 'digits'
+  # The rest of 'digits', off at 0: the variation of other writers, pens and cameras (experiments/mnist_handwriting.py).
+  c.augment.max_scale = 0.0  # log of the size factor
+  c.augment.max_aspect = 0.0  # log of the height-to-width change
+  c.augment.max_shear = 0.0  # slant: sideways pixels per pixel down
+  c.augment.elastic = 0.0  # pixels (std) of a smooth random displacement field
+  c.augment.elastic_sigma = 4.0  # pixels: the field's smoothness
+  c.augment.max_stroke = 0.0  # of a pixel each side: strokes thickened or thinned
+  c.augment.max_blur = 0.0  # Gaussian sigma in pixels, at most 1.2
+  c.augment.min_contrast = 1.0  # ink-to-paper contrast down to this fraction, on a random grey
+  c.augment.max_noise = 0.0  # std of Gaussian noise, on the [0, 1] scale
+  c.augment.european_ones = 0.0  # share of class 1 given a flag and a base stroke, as 1s are written in Europe
   c.augment.crop_padding = 4  # pixels, for 'cifar'
 
   c.model = ml_collections.ConfigDict()
@@ -349,6 +360,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(0.0 <= c.schedule.warmup_epochs < c.num_epochs,
            f"schedule.warmup_epochs must be in [0, num_epochs={c.num_epochs}), got {c.schedule.warmup_epochs}")
   _require(c.augment.max_shift >= 0 and c.augment.crop_padding >= 0, "augment.max_shift and augment.crop_padding must be >= 0")
+  for key in ("max_scale", "max_aspect", "max_shear", "elastic", "max_noise"):
+    _require(c.augment[key] >= 0, f"augment.{key} must be >= 0 (0 leaves it out), got {c.augment[key]}")
+  _require(c.augment.elastic_sigma > 0, f"augment.elastic_sigma must be > 0 pixels, got {c.augment.elastic_sigma}")
+  _require(0 <= c.augment.max_stroke <= 1, f"augment.max_stroke must be in [0, 1] (pixels each side), got {c.augment.max_stroke}")
+  _require(0 <= c.augment.max_blur <= 1.2, f"augment.max_blur must be in [0, 1.2] pixels, got {c.augment.max_blur}")
+  _require(0 <= c.augment.european_ones <= 1, f"augment.european_ones must be in [0, 1], got {c.augment.european_ones}")
+  _require(0 < c.augment.min_contrast <= 1, f"augment.min_contrast must be in (0, 1] (1 leaves it out), got {c.augment.min_contrast}")
   _require(c.patience == 0 or c.validation_fraction > 0, "patience > 0 needs a validation split: set validation_fraction > 0")
   _require(bool(c.dataset.name), "dataset.name is empty; name a tfds dataset, 'folder' or 'idx'")
   if c.dataset.name == "idx":

@@ -218,16 +218,19 @@ def _ink_mask(ink: np.ndarray, background_size: int) -> np.ndarray:
 
 
 def _keep_marks(mask: np.ndarray) -> np.ndarray:
-  """Drops specks (components under MIN_PART of the largest) and marks cut by the image's edge
-  (paper edges, shadows, neighbouring writing) unless they are the largest mark."""
+  """Drops marks cut by the image's edge (the table, shadows, the paper's border, neighbouring writing) unless the marks
+  clear of it hold under MIN_PART of the ink, and then keeps the largest; then specks (under MIN_PART of the largest
+  mark kept)."""
   labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
   if n == 0:
     return mask
   areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-  largest = int(np.argmax(areas)) + 1
   edge = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
-  keep = [i for i in range(1, n + 1) if areas[i - 1] >= MIN_PART * areas[largest - 1] and (i == largest or i not in edge)]
-  return np.isin(labels, keep)
+  marks = [i for i in range(1, n + 1) if i not in edge]
+  if sum(areas[i - 1] for i in marks) < MIN_PART * areas.sum():
+    marks.append(int(np.argmax(areas)) + 1)
+  largest = max(areas[i - 1] for i in marks)
+  return np.isin(labels, [i for i in marks if areas[i - 1] >= MIN_PART * largest])
 
 
 def ink_mask(gray: np.ndarray) -> np.ndarray:

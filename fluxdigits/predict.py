@@ -3,9 +3,10 @@
 python -m fluxdigits.predict RUN IMAGE|DIR|GLOB ... [--top K] [--csv FILE] [--show FILE.png] [--digits]
 
 Each file is made into the dataset's format (fluxdigits.images: for digits, the way MNIST was
-made) and classified by the run's best checkpoint. A file that cannot be read gets one line naming
-it; the others are still predicted, and the exit code is 1. `--digits` reads a number written on
-one line, digit by digit, left to right.
+made) and classified by the run's best checkpoint. For your own handwriting, use a run of
+experiments/mnist_handwriting.py, trained for other writers, pens and cameras. A file that cannot
+be read gets one line naming it; the others are still predicted, and the exit code is 1.
+`--digits` reads a number written on one line, digit by digit, left to right.
 """
 
 import argparse
@@ -93,14 +94,14 @@ def _describe(probs, class_names, top):
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog="python -m fluxdigits.predict", usage=USAGE, description=__doc__,
-                                   epilog="example: python -m fluxdigits.predict runs/mnist_cnn photos/ --top 2 --show seen.png",
+                                   epilog="example: python -m fluxdigits.predict runs/mnist_handwriting photos/ --top 3 --show seen.png",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run", help="a finished run directory (the --workdir of python -m fluxdigits.run)")
   parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
   parser.add_argument("--top", type=int, default=3, help="classes shown per image (3)")
   parser.add_argument("--csv", help="also write file, class and probability of each prediction to this CSV")
-  parser.add_argument("--show", help=f"draw each image (the first {MAX_SHOWN}), the model's input and its probabilities "
-                      "into this PNG")
+  parser.add_argument("--show", help=f"draw each image (the first {MAX_SHOWN}), the 28x28 (or dataset-sized) input the "
+                      "model saw and its probabilities, the --top ones labelled, into this PNG")
   parser.add_argument("--digits", action="store_true", help="each image is a number written on one line")
   args = parser.parse_args(argv)
   if args.top < 1:
@@ -145,14 +146,14 @@ def main(argv=None) -> int:
       writer.writerow(["file", "digit", "predicted", "probability", *names])
       writer.writerows(rows)
   if args.show and shown:
-    _draw(shown[:MAX_SHOWN], names, args.show)
+    _draw(shown[:MAX_SHOWN], names, args.show, args.top)
   if failed:
     print(f"{failed} of {len(files)} files could not be predicted", file=sys.stderr)
   return 1 if failed else 0
 
 
-def _draw(shown, class_names, out):
-  """Per prediction: the original image, the model's input, and the probabilities."""
+def _draw(shown, class_names, out, top):
+  """Per prediction: the original image, the model's input, and the probabilities, the `top` highest labelled."""
   from matplotlib.figure import Figure
   fig = Figure(figsize=(9, 2.2 * len(shown)), layout="constrained")
   axes = fig.subplots(len(shown), 3, squeeze=False)
@@ -166,10 +167,16 @@ def _draw(shown, class_names, out):
     seen.set_title(f"model input {model_input.shape[0]}x{model_input.shape[1]}", fontsize=8)
     for ax in (orig, seen):
       ax.set_xticks([]), ax.set_yticks([])
-    bars.barh(range(len(class_names)), probs, color="#0072B2")
+    best = np.argsort(-probs)[:top]
+    colours = ["#0072B2" if i in best else "#BBBBBB" for i in range(len(class_names))]
+    bars.barh(range(len(class_names)), probs, color=colours)
+    for i in best:
+      bars.text(min(probs[i], 0.75) + 0.02, i, f"{class_names[i]} {probs[i]:.2f}", va="center", fontsize=7)
     bars.set_yticks(range(len(class_names)), class_names, fontsize=7)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
+    low = "  (low confidence)" if probs[best[0]] < LOW_CONFIDENCE else ""
+    bars.set_title(f"reads {class_names[best[0]]}{low}", fontsize=8)
   fig.savefig(out, dpi=100)
 
 

@@ -73,10 +73,10 @@ class Preprocess:
   std: tuple
   dtype: Any
 
-  def __call__(self, images_uint8, rng=None, augment_fn=None):
+  def __call__(self, images_uint8, rng=None, augment_fn=None, labels=None):
     x = images_uint8.astype(jnp.float32) / 255.0
     if augment_fn is not None:
-      x = augment_fn(rng, x)
+      x = augment_fn(rng, x, labels)
     return augment.standardize(x, self.mean, self.std, self.dtype)
 
 
@@ -148,7 +148,7 @@ def member_hyperparams(members) -> dict:
 def train_step(state: TrainState, images, labels, hyperparams, *, config, num_classes, preprocess, augment_fn):
   """One member's step; `hyperparams` is its hyperparams_of()."""
   augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-  x = preprocess(images, augment_rng, augment_fn)
+  x = preprocess(images, augment_rng, augment_fn, labels)
   model = registry.create(config, num_classes, dropout_rate=hyperparams["dropout_rate"])
 
   def loss_fn(params, x, labels, dropout_rng):

@@ -53,6 +53,17 @@ def test_position_and_shadow_do_not_change_the_input(tmp_path):
   assert np.abs(a - b).mean() < 12
 
 
+def test_the_table_along_a_photos_edge_is_not_taken_for_the_digit(tmp_path):
+  """A photo taken askew shows a strip of the table along two edges: longer than the faint digit's strokes."""
+  plain, framed = tmp_path / "plain.png", tmp_path / "framed.png"
+  drawn_seven(ink=120).save(plain)
+  image = drawn_seven(ink=120)
+  ImageDraw.Draw(image).polygon([(0, 0), (300, 0), (300, 6), (12, 14), (16, 400), (0, 400)], fill=150)
+  image.save(framed)
+  a, b = images.read_mnist(plain).astype(int), images.read_mnist(framed).astype(int)
+  assert np.abs(a - b).mean() < 12
+
+
 def test_thin_and_thick_strokes_end_near_mnist_width(tmp_path):
   widths = []
   for width in (2, 40):

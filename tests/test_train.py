@@ -156,13 +156,37 @@ def test_learning_rate_in_the_state_changes_the_step_without_recompiling():
 
 def test_augmentations_keep_shapes_and_change_images():
   images = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
-  shifted = augment.shift_rotate(jax.random.key(1), images, max_shift=2, max_rotation=10.0)
+  distort = lambda **keys: augment.make(mnist_config(**{"augment.name": "digits", **keys}))(jax.random.key(1), images,
+                                                                                          jnp.zeros(4, jnp.int32))
+  shifted = distort()
   assert shifted.shape == images.shape and not np.allclose(shifted, images)
-  identity = augment.shift_rotate(jax.random.key(1), images, max_shift=0, max_rotation=0.0)
+  identity = distort(**{"augment.max_shift": 0, "augment.max_rotation": 0.0})
   np.testing.assert_allclose(identity, images, atol=1e-5)
   rgb = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
-  cropped = augment.pad_crop_flip(jax.random.key(2), rgb, padding=4)
+  cropped = augment.make(mnist_config(**{"augment.name": "cifar"}))(jax.random.key(2), rgb, None)
   assert cropped.shape == rgb.shape and not np.allclose(cropped, rgb)
+
+
+@pytest.mark.parametrize("key, amount", [("max_scale", 0.2), ("max_aspect", 0.2), ("max_shear", 0.3), ("elastic", 1.5),
+                                         ("max_stroke", 0.8), ("max_blur", 1.0), ("min_contrast", 0.4), ("max_noise", 0.2),
+                                         ("european_ones", 1.0)])
+def test_each_handwriting_distortion_changes_digits_within_range(mnist, key, amount):
+  images = jnp.asarray(mnist.train.images[:8], jnp.float32) / 255
+  still = {"augment.name": "digits", "augment.max_shift": 0, "augment.max_rotation": 0.0}
+  ones = jnp.asarray(mnist.train.labels[:8] == 1)
+  distorted = augment.make(mnist_config(**still, **{f"augment.{key}": amount}))(jax.random.key(3), images,
+                                                                                 jnp.asarray(mnist.train.labels[:8]))
+  if key == "european_ones":  # only the 1s change, and gain ink
+    assert bool(ones.any()) and np.allclose(distorted[~ones], images[~ones])
+    assert float(distorted[ones].sum()) > 1.2 * float(images[ones].sum())
+  assert distorted.shape == images.shape and float(jnp.abs(distorted - images).mean()) > 1e-3
+  assert float(distorted.min()) >= 0.0 and float(distorted.max()) <= 1.0
+
+
+def test_stroke_width_thickens_and_thins_ink(mnist):
+  images = jnp.asarray(mnist.train.images[:8], jnp.float32) / 255
+  thick, thin = (augment._stroke_width(images[0], jnp.float32(change)) for change in (1.0, -1.0))
+  assert float(thick.sum()) > 1.2 * float(images[0].sum()) > 1.44 * float(thin.sum())
 
 
 def test_short_real_mnist_training_reaches_97_percent(tmp_path, capsys):

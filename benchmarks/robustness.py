@@ -1,0 +1,320 @@
+"""MNIST-C: MNIST's test split under 15 corruptions (Mu and Gilmer, 2019), and a digit run's accuracy on each.
+
+  python benchmarks/robustness.py runs/mnist_cnn runs/other     # accuracy per corruption of finished runs
+  python benchmarks/robustness.py --samples corruptions.png     # one test digit under every corruption
+
+The corruptions are written here after the paper's definitions, in numpy, scipy and Pillow (nothing is
+downloaded), at the one severity MNIST-C uses for each, and applied to all 10,000 test images with a
+fixed seed per corruption, so every run is measured on the same images. benchmarks/experiments.py
+evaluates each digit experiment this way and records the figures; the robustness table in
+docs/photos.md and the MNIST-C column of the README's experiments table are written from those records.
+"""
+
+import argparse
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
+
+SEED = 20190605  # MNIST-C's paper date: one fixed seed, offset per corruption
+
+
+def _affine(images, rng, matrix_of):
+  """Each image resampled through its own 2x2 matrix (output to input) about the centre, bilinear."""
+  centre = np.array([13.5, 13.5])
+  out = np.empty_like(images)
+  for k, image in enumerate(images):
+    matrix = matrix_of(rng)
+    out[k] = ndimage.affine_transform(image, matrix, offset=centre - matrix @ centre, order=1)
+  return out
+
+
+def shear(images, rng):
+  """Sheared sideways by a factor of 0.2-0.8 pixels per row, either way."""
+  return _affine(images, rng, lambda r: np.array([[1, 0], [r.choice([-1, 1]) * r.uniform(0.2, 0.8), 1]]))
+
+
+def scale(images, rng):
+  """Shrunk to 0.5-0.7 of its size, or grown to 1.2-1.4."""
+  def matrix(r):
+    factor = r.uniform(0.5, 0.7) if r.random() < 0.5 else r.uniform(1.2, 1.4)
+    return np.eye(2) / factor
+  return _affine(images, rng, matrix)
+
+
+def rotate(images, rng):
+  """Rotated by 20-50 degrees, either way."""
+  def matrix(r):
+    angle = np.deg2rad(r.choice([-1, 1]) * r.uniform(20, 50))
+    return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  return _affine(images, rng, matrix)
+
+
+def translate(images, rng):
+  """Moved 4-6 pixels in a random direction, cut by the frame."""
+  out = np.empty_like(images)
+  for k, image in enumerate(images):
+    angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(4, 6)
+    out[k] = ndimage.shift(image, (distance * np.sin(angle), distance * np.cos(angle)), order=1)
+  return out
+
+
+def brightness(images, rng):
+  """Every pixel brightened by 0.4 (the value channel of HSV, as for a gray image)."""
+  return np.clip(images + 0.4, 0, 1)
+
+
+def _lines(images, rng, draw_one):
+  """Strokes drawn over each image with Pillow, at full intensity."""
+  out = np.empty_like(images)
+  for k, image in enumerate(images):
+    layer = Image.new("L", (28, 28), 0)
+    draw_one(ImageDraw.Draw(layer), rng)
+    out[k] = np.maximum(image, np.asarray(layer, np.float32) / 255)
+  return out
+
+
+def stripe(images, rng):
+  """One to three vertical lines, one pixel wide, at random columns."""
+  def draw(d, r):
+    for column in r.choice(np.arange(2, 26), size=r.integers(1, 4), replace=False):
+      d.line([(column, 0), (column, 27)], fill=255, width=1)
+  return _lines(images, rng, draw)
+
+
+def zigzag(images, rng):
+  """A zigzag of 2-5 segments between random points, one pixel wide."""
+  def draw(d, r):
+    d.line([tuple(p) for p in r.uniform(0, 28, size=(r.integers(3, 7), 2))], fill=255, width=1)
+  return _lines(images, rng, draw)
+
+
+def dotted_line(images, rng):
+  """A straight line of dots every 3 pixels across the image."""
+  def draw(d, r):
+    start, end = r.uniform(0, 28, 2), r.uniform(0, 28, 2)
+    for t in np.linspace(0, 1, int(np.hypot(*(end - start)) / 3) + 2):
+      x, y = start + t * (end - start)
+      d.ellipse([x - 0.8, y - 0.8, x + 0.8, y + 0.8], fill=255)
+  return _lines(images, rng, draw)
+
+
+def glass_blur(images, rng):
+  """ImageNet-C's glass: blurred (sigma 0.7), each pixel swapped with a random neighbour, blurred again (sigma 0.5;
+  one round of swaps, not ImageNet-C's two: at 28 pixels a second round carries strokes too far to read)."""
+  x = ndimage.gaussian_filter(images, (0, 0.7, 0.7))
+  rows = np.arange(len(x))
+  for h in range(27, 0, -1):
+    for w in range(27, 0, -1):
+      dh, dw = rng.integers(-1, 1, size=(2, len(x)))
+      here, there = x[:, h, w].copy(), x[rows, h + dh, w + dw]
+      x[:, h, w], x[rows, h + dh, w + dw] = there, here
+  return np.clip(ndimage.gaussian_filter(x, (0, 0.5, 0.5)), 0, 1)
+
+
+def motion_blur(images, rng):
+  """Smeared along a random direction within 45 degrees of horizontal: Gaussian weights (sigma 3) over 10 pixels."""
+  angles = np.round(rng.uniform(-45, 45, len(images)) / 5) * 5
+  out = np.empty_like(images)
+  for angle in np.unique(angles):
+    kernel = np.zeros((21, 21), np.float32)
+    for step in range(11):
+      x = 10 + step * np.cos(np.deg2rad(angle))
+      y = 10 - step * np.sin(np.deg2rad(angle))
+      kernel[int(round(y)), int(round(x))] += np.exp(-step ** 2 / (2 * 3.0 ** 2))
+    chosen = angles == angle
+    out[chosen] = ndimage.convolve(images[chosen], kernel[None] / kernel.sum(), mode="constant")
+  return out
+
+
+def shot_noise(images, rng):
+  """Poisson noise: each pixel a photon count of mean 60 x its value, scaled back."""
+  return np.clip(rng.poisson(images * 60) / 60, 0, 1).astype(np.float32)
+
+
+def impulse_noise(images, rng):
+  """Salt and pepper on 10% of the pixels."""
+  x = images.copy()
+  hit = rng.random(x.shape) < 0.1
+  x[hit] = rng.random(hit.sum()) < 0.5
+  return x
+
+
+def _plasma(count, rng, size=32, decay=2.0):
+  """ImageNet-C's plasma fractal (diamond-square), `count` maps at once, each rescaled to [0, 1]."""
+  maps = np.zeros((count, size, size), np.float32)
+  step, wibble = size, 100.0
+  noisy = lambda a: a / 4 + rng.uniform(-wibble, wibble, a.shape)
+  while step >= 2:
+    half = step // 2
+    corners = maps[:, 0::step, 0::step]
+    squares = corners + np.roll(corners, -1, axis=1)
+    squares = squares + np.roll(squares, -1, axis=2)
+    maps[:, half::step, half::step] = noisy(squares)
+    centres = maps[:, half::step, half::step]
+    maps[:, 0::step, half::step] = noisy(centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=2))
+    maps[:, half::step, 0::step] = noisy(centres + np.roll(centres, 1, axis=2) + corners + np.roll(corners, -1, axis=1))
+    step, wibble = half, wibble / decay
+  maps -= maps.min(axis=(1, 2), keepdims=True)
+  return maps / maps.max(axis=(1, 2), keepdims=True)
+
+
+def fog(images, rng):
+  """A plasma fractal's haze added at 1.5x (ImageNet-C's fog), then rescaled into range."""
+  top = images.max(axis=(1, 2), keepdims=True)
+  x = images + 1.5 * _plasma(len(images), rng)[:, :28, :28]
+  return np.clip(x * top / (top + 1.5), 0, 1)
+
+
+def spatter(images, rng):
+  """Blobs of gray: a smoothed random field, thresholded and feathered (ImageNet-C's spatter)."""
+  field = ndimage.gaussian_filter(rng.normal(0.65, 0.3, images.shape), (0, 1.5, 1.5))
+  blobs = ndimage.gaussian_filter((field > 0.7).astype(np.float32), (0, 0.5, 0.5))
+  return np.clip(images * (1 - blobs) + 0.5 * blobs, 0, 1).astype(np.float32)
+
+
+def canny_edges(images, rng):
+  """Canny's edges (sigma 1, thresholds 0.1 and 0.2 of the gradient range): outlines instead of strokes."""
+  x = ndimage.gaussian_filter(images, (0, 1, 1))
+  gy, gx = ndimage.sobel(x, axis=1), ndimage.sobel(x, axis=2)
+  magnitude = np.hypot(gx, gy)
+  magnitude /= np.maximum(magnitude.max(axis=(1, 2), keepdims=True), 1e-6)
+  direction = (np.round(np.arctan2(gy, gx) / (np.pi / 4)) % 4).astype(int)  # 0: across columns ... 3: diagonal
+  padded = np.pad(magnitude, ((0, 0), (1, 1), (1, 1)))
+  neighbour = lambda dy, dx: padded[:, 1 + dy:29 + dy, 1 + dx:29 + dx]
+  peak = np.zeros_like(magnitude, bool)
+  for d, (dy, dx) in enumerate([(0, 1), (1, 1), (1, 0), (1, -1)]):
+    peak |= (direction == d) & (magnitude >= neighbour(dy, dx)) & (magnitude >= neighbour(-dy, -dx))
+  weak, strong = peak & (magnitude >= 0.1), peak & (magnitude >= 0.2)
+  within_image = np.zeros((3, 3, 3), bool)
+  within_image[1] = True
+  labels, _ = ndimage.label(weak, structure=within_image)
+  kept = np.isin(labels, np.unique(labels[strong & (labels > 0)]))
+  return kept.astype(np.float32)
+
+
+CORRUPTIONS = {f.__name__: f for f in (shot_noise, impulse_noise, glass_blur, motion_blur, shear, scale, rotate,
+                                       brightness, translate, stripe, fog, spatter, dotted_line, zigzag, canny_edges)}
+
+
+def corrupt(images_uint8, name: str) -> np.ndarray:
+  """(N, 28, 28, 1) uint8 test images under one corruption, the same on every call."""
+  rng = np.random.default_rng(SEED + list(CORRUPTIONS).index(name))
+  x = images_uint8[..., 0].astype(np.float32) / 255
+  return np.round(CORRUPTIONS[name](x, rng) * 255).clip(0, 255).astype(np.uint8)[..., None]
+
+
+PHOTOGRAPHED = 1000  # test digits rendered as photos: each goes through predict's preparation, ~50 ms apiece
+
+
+def photograph(digit_uint8, rng) -> Image.Image:
+  """One test digit (28x28, ink bright) as a phone photo of it written on paper: dark ink of uneven pressure on
+  textured paper, off-centre, a shadow across, seen in perspective, slightly out of focus, saved as a JPEG."""
+  side = int(rng.integers(120, 257))
+  size = int(side * rng.uniform(0.35, 0.7))
+  ink = np.asarray(Image.fromarray(digit_uint8[..., 0]).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+  if rng.random() < 0.5:  # a thin pen or pencil: strokes down to a third of their width
+    ink = ndimage.grey_erosion(ink, size=int(rng.integers(2, max(3, size // 28 + 1))))
+  page = np.zeros((side, side), np.float32)
+  top, left = rng.integers(0, side - size, size=2)
+  page[top:top + size, left:left + size] = np.clip(ink, 0, 1)
+  pressure = 0.55 + 0.45 * _plasma(1, rng, size=256)[0, :side, :side]
+  paper = rng.uniform(0.7, 0.95) + 0.08 * (_plasma(1, rng, size=256)[0, :side, :side] - 0.5)
+  shadow = 1 - rng.uniform(0, 0.6) * np.clip(np.linspace(-0.5, 1.5, side)[:, None] * np.cos(rng.uniform(0, np.pi))
+                                              + np.linspace(-0.5, 1.5, side)[None, :] * np.sin(rng.uniform(0, np.pi)), 0, 1)
+  ink_level = rng.uniform(0.05, 0.5)
+  gray = (paper + page * pressure * (ink_level - paper)) * shadow + rng.normal(0, 0.02, (side, side))
+  image = Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8), "L")
+  corners = np.array([[0, 0], [0, side], [side, side], [side, 0]], np.float64)
+  moved = corners + rng.uniform(-0.08, 0.08, (4, 2)) * side
+  image = image.transform((side, side), Image.Transform.QUAD, moved.ravel().tolist(), Image.Resampling.BILINEAR,
+                          fillcolor=int(255 * 0.8))
+  return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * side / 140))
+
+
+def photographed_accuracy(classifier, images, labels) -> float:
+  """Top-1 of a run's prediction (its own preparation of a photo) on the first PHOTOGRAPHED test digits as JPEGs."""
+  rng = np.random.default_rng(SEED - 1)
+  with tempfile.TemporaryDirectory() as folder:
+    paths = []
+    for k in range(PHOTOGRAPHED):
+      paths.append(pathlib.Path(folder) / f"{k}.jpg")
+      photograph(images[k], rng).save(paths[-1], quality=int(rng.integers(40, 90)))
+    return float((classifier.predict(paths).argmax(-1) == labels[:PHOTOGRAPHED]).mean())
+
+
+def mnist_test():
+  """MNIST's 10,000 test images and labels, read as the runs read them (TFDS_DATA_DIR)."""
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from fluxdigits import config as configs, data
+  config = configs.defaults()
+  config.dataset.name = "mnist"
+  test = data.load(config).test
+  return test.images, test.labels
+
+
+def evaluate(classifier, images, labels) -> dict:
+  """Accuracy of a loaded run on the clean test split ('clean'), under each corruption, their 'mean', and on test
+  digits photographed ('photographed', not in the mean: through predict's preparation, not as 28x28 arrays)."""
+  accuracy = lambda x: float((classifier.predict(x).argmax(-1) == labels).mean())
+  result = {"clean": accuracy(images)}
+  result.update({name: accuracy(corrupt(images, name)) for name in CORRUPTIONS})
+  result["mean"] = float(np.mean([result[name] for name in CORRUPTIONS]))
+  result["photographed"] = photographed_accuracy(classifier, images, labels)
+  return result
+
+
+def table(records) -> str:
+  """Per corruption, the accuracy of each record that has MNIST-C figures; the mean last, the best of each row bold."""
+  records = [r for r in records if r.get("mnist_c")]
+  if not records:
+    return "No experiment has MNIST-C figures recorded yet."
+  rows = ["| corruption | " + " | ".join(f"`{r['experiment']}`" for r in records) + " |",
+          "| --- |" + " ---: |" * len(records)]
+  for name in ["clean", *CORRUPTIONS, "mean", "photographed"]:
+    values = [r["mnist_c"][name] for r in records]
+    cells = [f"**{v:.1%}**" if v == max(values) and len(records) > 1 else f"{v:.1%}" for v in values]
+    label = {"mean": "**mean**", "photographed": f"photographed ({PHOTOGRAPHED:,}, prepared by predict)"}.get(
+        name, name.replace("_", " "))
+    rows.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(rows)
+
+
+def draw_samples(images, labels, out):
+  """One test digit of each class under every corruption, a row per corruption."""
+  from matplotlib.figure import Figure
+  picks = [int(np.flatnonzero(labels == digit)[0]) for digit in range(10)]
+  names = ["clean", *CORRUPTIONS]
+  fig = Figure(figsize=(6, 0.62 * len(names)), layout="constrained")
+  axes = fig.subplots(len(names), 10)
+  for row, name in zip(axes, names):
+    shown = images[picks] if name == "clean" else corrupt(images, name)[picks]
+    for ax, image in zip(row, shown):
+      ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+      ax.set_xticks([]), ax.set_yticks([])
+    row[0].set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center", fontsize=7)
+  fig.savefig(out, dpi=72)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("runs", nargs="*", help="finished digit runs (their --workdir)")
+  parser.add_argument("--samples", help="draw one test digit per class under every corruption into this PNG")
+  args = parser.parse_args()
+  images, labels = mnist_test()
+  if args.samples:
+    draw_samples(images, labels, args.samples)
+  import fluxdigits
+  for run in args.runs:
+    start = time.perf_counter()
+    result = evaluate(fluxdigits.load_classifier(run), images, labels)
+    print(f"{run}: " + ", ".join(f"{name} {value:.1%}" for name, value in result.items())
+          + f" ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+  main()

