@@ -170,8 +170,10 @@ def _draw(shown, class_names, out, top):
     best = np.argsort(-probs)[:top]
     colours = ["#0072B2" if i in best else "#BBBBBB" for i in range(len(class_names))]
     bars.barh(range(len(class_names)), probs, color=colours)
-    for i in best:
-      bars.text(min(probs[i], 0.75) + 0.02, i, f"{class_names[i]} {probs[i]:.2f}", va="center", fontsize=7)
+    for i in best:  # the label inside a long bar, beside a short one
+      inside = probs[i] > 0.7
+      bars.text(probs[i] + (-0.02 if inside else 0.02), i, f"{class_names[i]} {probs[i]:.2f}", va="center", fontsize=7,
+                ha="right" if inside else "left", color="white" if inside else "black")
     bars.set_yticks(range(len(class_names)), class_names, fontsize=7)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()

@@ -107,3 +107,26 @@ def test_real_digits_scored_per_source_with_unreadable_files_as_misses(tmp_path,
 def test_absent_folder_records_nothing_and_says_so(tmp_path, capsys):
   assert experiments.evaluate_real_digits("unused-workdir", tmp_path / "absent") is None
   assert "absent" in capsys.readouterr().err
+
+
+def test_mnist_c_corruptions_are_fixed_change_the_digits_and_keep_their_format():
+  import robustness
+  images, _ = robustness.mnist_test()
+  images = images[:64]
+  for name in robustness.CORRUPTIONS:
+    corrupted = robustness.corrupt(images, name)
+    assert corrupted.shape == images.shape and corrupted.dtype == np.uint8, name
+    assert np.abs(corrupted.astype(int) - images).mean() > 1.0, name
+    np.testing.assert_array_equal(corrupted, robustness.corrupt(images, name), err_msg=name)
+
+
+def test_robustness_table_has_a_column_per_measured_record_and_bolds_each_rows_best():
+  import robustness
+  figures = lambda value: {name: value for name in ["clean", *robustness.CORRUPTIONS, "mean", "photographed",
+                                                  "european_ones"]}
+  records = [record("mnist_cnn", 0.98), record("mnist_fast", 0.99), record("mnist_handwriting", 0.993)]
+  records[0]["mnist_c"], records[2]["mnist_c"] = figures(0.7), figures(0.9)
+  lines = robustness.table(records).splitlines()
+  assert lines[0] == "| corruption | `mnist_cnn` | `mnist_handwriting` |"
+  assert "| **mean** | 70.0% | **90.0%** |" in lines and len(lines) == 2 + len(robustness.CORRUPTIONS) + 4
+  assert experiments.table(records).splitlines()[2].split(" | ")[2] == "70.0%"
