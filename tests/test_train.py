@@ -1,4 +1,5 @@
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from fluxdigits import augment, config as configs, data, mesh as meshes, registry, optim, run, train
 
-from conftest import EXPERIMENTS, read_summary, run_cli
+from conftest import EXPERIMENTS, REPO, read_summary, run_cli
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 
@@ -270,3 +271,19 @@ def test_a_new_metric_is_one_function_that_reaches_every_output(tmp_path, monkey
   summary = json.loads((workdir / "summary.json").read_text())
   assert 0.97 < summary["test_top5_accuracy"] <= 1 and summary["test_top5_accuracy"] >= summary["test_accuracy"]
   assert "test top5 accuracy" in (workdir / "report" / "index.html").read_text()
+
+
+def test_european_ones_in_training_teach_the_cnn_to_read_them(tmp_path):
+  """MNIST's 1s have no flag and base stroke; one epoch with augment.european_ones reads test 1s drawn so as 1s."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import fluxdigits
+  import robustness
+  images, labels = robustness.mnist_test()
+  european = robustness.european_ones(images, labels)
+  read_as_one = {}
+  for share in (0.0, 1.0):
+    workdir = tmp_path / f"share-{share}"
+    assert run.main([CNN, "--workdir", str(workdir), "--config.num_epochs=1", "--config.report=false",
+                     "--config.tensorboard=false", "--config.augment.name=digits", f"--config.augment.european_ones={share}"]) == 0
+    read_as_one[share] = float((fluxdigits.load_classifier(workdir).predict(european).argmax(-1) == 1).mean())
+  assert read_as_one[1.0] >= 0.95 and read_as_one[0.0] <= 0.8, read_as_one
