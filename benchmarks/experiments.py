@@ -4,10 +4,10 @@
   python benchmarks/experiments.py                       # rewrite the table from what is recorded
 
 Each experiment runs as `python -m fluxdigits.run experiments/NAME.py` in a scratch workdir (the report
-off; `--keep` trains in runs/NAME and keeps it), timed from process start to end, and is recorded in benchmarks/results/experiments/NAME.json
-with its summary.json, the date, the machine and the commit. A digit experiment (dataset mnist or
-idx) is then, before its workdir is deleted, evaluated on the photos and drawings of
-../shared/data/real-digits (--real-digits DIR or FLUXDIGITS_REAL_DIGITS to use another folder) with
+off; `--keep` trains in runs/NAME and keeps it), timed from process start to end, and is recorded in
+benchmarks/results/experiments/NAME.json with its summary.json, the date, the machine and the commit.
+A digit experiment (dataset mnist or idx) is then, before a scratch workdir is deleted, evaluated on
+the photos and drawings of ../shared/data/real-digits (--real-digits DIR or FLUXDIGITS_REAL_DIGITS to use another folder) with
 `fluxdigits.load_classifier(workdir)`: each file's label is the first character of its name, its
 source the part after the first underscore (`4_krisut_1.png`: a 4, from krisut); the record gets
 top-1 overall and per source, the counts and every misclassified or unreadable file. Without the

@@ -11,22 +11,12 @@ def standardize(x, mean, std, dtype=jnp.float32):
   return ((x - jnp.asarray(mean)) / jnp.asarray(std)).astype(dtype)
 
 
-def _smooth(field, sigma):
-  """A 2-D field blurred by a Gaussian of `sigma` pixels (separable, zero outside)."""
-  radius = max(1, int(round(2 * sigma)))
-  taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)
+def _gaussian(field, sigma, radius):
+  """A 2-D field blurred by a Gaussian of `sigma` pixels (traced or not), cut at `radius` (separable, zero outside)."""
+  taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / jnp.maximum(sigma, 1e-3)) ** 2)
   taps = taps / taps.sum()
   field = jax.scipy.signal.convolve2d(field, taps[:, None], mode="same")
   return jax.scipy.signal.convolve2d(field, taps[None, :], mode="same")
-
-
-def _gaussian_blur(image, sigma):
-  """Each channel blurred by a Gaussian of a traced `sigma` (<= ~1.2 px: a 5x5 kernel holds it)."""
-  taps = jnp.exp(-0.5 * (jnp.arange(-2, 3) / jnp.maximum(sigma, 1e-3)) ** 2)
-  taps = taps / taps.sum()
-  blur = lambda channel: jax.scipy.signal.convolve2d(jax.scipy.signal.convolve2d(channel, taps[:, None], mode="same"),
-                                                     taps[None, :], mode="same")
-  return jax.vmap(blur, in_axes=2, out_axes=2)(image)
 
 
 def _stroke_width(image, change):
@@ -83,7 +73,8 @@ def _distort_one(rng, image, label, a):
   source = [cos * r - sin * c + (h - 1) / 2, sin * r + cos * c + (w - 1) / 2]
   if a["elastic"]:
     # Simard et al. (2003): a random displacement field, smoothed; scaled here to `elastic` pixels' std at most.
-    fields = [_smooth(uniform(4 + k, 1.0, (h, w)), a["elastic_sigma"]) for k in range(2)]
+    radius = max(1, int(round(2 * a["elastic_sigma"])))
+    fields = [_gaussian(uniform(4 + k, 1.0, (h, w)), a["elastic_sigma"], radius) for k in range(2)]
     magnitude = a["elastic"] * jax.random.uniform(jax.random.fold_in(rng, 6))
     source = [s + magnitude * f / (f.std() + 1e-6) for s, f in zip(source, fields)]
   sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, source, order=1, mode="constant", cval=0.0)
@@ -91,7 +82,9 @@ def _distort_one(rng, image, label, a):
   if a["max_stroke"]:
     image = _stroke_width(image, uniform(7, a["max_stroke"]))
   if a["max_blur"]:
-    image = _gaussian_blur(image, a["max_blur"] * jax.random.uniform(jax.random.fold_in(rng, 8)))
+    sigma = a["max_blur"] * jax.random.uniform(jax.random.fold_in(rng, 8))
+    blur = functools.partial(_gaussian, sigma=sigma, radius=2)  # max_blur <= 1.2 px: a 5x5 kernel holds it
+    image = jax.vmap(blur, in_axes=2, out_axes=2)(image)
   if a["min_contrast"] < 1:
     contrast = jax.random.uniform(jax.random.fold_in(rng, 9), minval=a["min_contrast"], maxval=1.0)
     image = contrast * image + (1 - contrast) * jax.random.uniform(jax.random.fold_in(rng, 10))

@@ -86,10 +86,18 @@ def expand(patterns) -> list[pathlib.Path]:
   return files
 
 
+def _top(probs, top):
+  return np.argsort(-probs)[:top]
+
+
+def _flag(probability) -> str:
+  return "  (low confidence)" if probability < LOW_CONFIDENCE else ""
+
+
 def _describe(probs, class_names, top):
-  order = np.argsort(-probs)[:top]
+  order = _top(probs, top)
   text = "  ".join(f"{class_names[i]} {probs[i]:.3f}" for i in order)
-  return text + ("  (low confidence)" if probs[order[0]] < LOW_CONFIDENCE else "")
+  return text + _flag(probs[order[0]])
 
 
 def parse_args(argv):
@@ -133,7 +141,7 @@ def main(argv=None) -> int:
     if args.digits:
       number = "".join(names[i] for i in probs.argmax(-1))
       confidences = "  ".join(f"{names[i]} {p[i]:.3f}" for p, i in zip(probs, probs.argmax(-1)))
-      low = "  (low confidence)" if probs.max(-1).min() < LOW_CONFIDENCE else ""
+      low = _flag(probs.max(-1).min())
       print(f"{path}: {number}  ({confidences}){low}")
     else:
       print(f"{path}: {_describe(probs[0], names, args.top)}")
@@ -167,7 +175,7 @@ def _draw(shown, class_names, out, top):
     seen.set_title(f"model input {model_input.shape[0]}x{model_input.shape[1]}", fontsize=8)
     for ax in (orig, seen):
       ax.set_xticks([]), ax.set_yticks([])
-    best = np.argsort(-probs)[:top]
+    best = _top(probs, top)
     colours = ["#0072B2" if i in best else "#BBBBBB" for i in range(len(class_names))]
     bars.barh(range(len(class_names)), probs, color=colours)
     for i in best:  # the label inside a long bar, beside a short one
@@ -177,8 +185,7 @@ def _draw(shown, class_names, out, top):
     bars.set_yticks(range(len(class_names)), class_names, fontsize=7)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
-    low = "  (low confidence)" if probs[best[0]] < LOW_CONFIDENCE else ""
-    bars.set_title(f"reads {class_names[best[0]]}{low}", fontsize=8)
+    bars.set_title(f"reads {class_names[best[0]]}{_flag(probs[best[0]])}", fontsize=8)
   fig.savefig(out, dpi=100)
 
 
