@@ -51,6 +51,26 @@ def _european_one(rng, image, rows, cols):
   return jnp.maximum(image, jnp.maximum(base, flagged)[..., None])
 
 
+def _closed_four(rng, image, rows, cols):
+  """A 4 with its top closed: a stroke from the top of its left arm across to its stem, as many people write it."""
+  ink = image[..., 0] > 0.3
+  bottom = image.shape[0] - 1 - jnp.argmax(ink.any(1)[::-1])
+  centroid = lambda mask: (mask * cols).sum() / jnp.maximum(mask.sum(), 1)
+  stem_foot = centroid(ink & (rows >= bottom - 3))  # below the crossbar only the stem has ink
+  arm, stem = ink & (cols < stem_foot - 3), ink & (cols >= stem_foot - 3)
+  arm_top, stem_top = jnp.argmax(arm.any(1)), jnp.argmax(stem.any(1))
+  stem_top_col = centroid(stem & (rows == stem_top))
+  end_row = jnp.maximum(arm_top, stem_top) + jax.random.uniform(jax.random.fold_in(rng, 0), minval=-1.0, maxval=1.0)
+  end_col = stem_top_col + (end_row - stem_top) / jnp.maximum(bottom - stem_top, 1) * (stem_foot - stem_top_col)
+  width = jax.random.uniform(jax.random.fold_in(rng, 1), minval=1.5, maxval=2.5)
+  top = _stroke(rows, cols, (arm_top, centroid(arm & (rows == arm_top))), (end_row, end_col), width)
+  return jnp.where(arm.any(), jnp.maximum(image, top[..., None]), image)
+
+
+# Digits written as MNIST's American writers rarely wrote them: (config key, class, renderer).
+WRITTEN_OTHERWISE = (("european_ones", 1, _european_one), ("closed_fours", 4, _closed_four))
+
+
 def _distort_one(rng, image, label, a):
   shift_rng, angle_rng = jax.random.split(rng)
   uniform = lambda k, limit, shape=(): jax.random.uniform(jax.random.fold_in(rng, k), shape, minval=-limit, maxval=limit)
@@ -58,9 +78,10 @@ def _distort_one(rng, image, label, a):
   angle = jax.random.uniform(angle_rng, (), minval=-a["max_rotation"], maxval=a["max_rotation"])
   h, w, _ = image.shape
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-  if a["european_ones"]:
-    chosen = (label == 1) & jax.random.bernoulli(jax.random.fold_in(rng, 13), a["european_ones"])
-    image = jnp.where(chosen, _european_one(jax.random.fold_in(rng, 14), image, rows, cols), image)
+  for k, (key, digit, render) in enumerate(WRITTEN_OTHERWISE):
+    if a[key]:
+      chosen = (label == digit) & jax.random.bernoulli(jax.random.fold_in(rng, 13 + 2 * k), a[key])
+      image = jnp.where(chosen, render(jax.random.fold_in(rng, 14 + 2 * k), image, rows, cols), image)
   # Each output pixel samples the input at the inverse-distorted position; the pieces not asked for are left out of
   # the program, so 'digits' with shifts and rotations alone samples exactly as it always has.
   r, c = rows - (h - 1) / 2 - shift[0], cols - (w - 1) / 2 - shift[1]
@@ -97,7 +118,7 @@ def _distort_one(rng, image, label, a):
 def distort(rng, images, labels, **amounts):
   """Digits: each image shifted, rotated, scaled, slanted, elastically distorted, its strokes thickened or thinned,
   blurred, its contrast lowered and noise added, each by a random amount up to its limit (augment.* in the config);
-  a share of the 1s (class 1) first get a European flag and base stroke."""
+  a share of the 1s (class 1) first get a European flag and base stroke, and a share of the 4s a closed top."""
   amounts["max_rotation"] = jnp.deg2rad(amounts["max_rotation"])
   rngs = jax.random.split(rng, images.shape[0])
   return jax.vmap(functools.partial(_distort_one, a=amounts))(rngs, images, labels)
@@ -116,7 +137,7 @@ def pad_crop_flip(rng, images, padding):
 
 
 DIGIT_AMOUNTS = ("max_shift", "max_rotation", "max_scale", "max_aspect", "max_shear", "elastic", "elastic_sigma",
-                 "max_stroke", "max_blur", "min_contrast", "max_noise", "european_ones")
+                 "max_stroke", "max_blur", "min_contrast", "max_noise", "european_ones", "closed_fours")
 
 
 def make(config):

@@ -108,6 +108,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.augment.min_contrast = 1.0  # ink-to-paper contrast down to this fraction, on a random grey
   c.augment.max_noise = 0.0  # std of Gaussian noise, on the [0, 1] scale
   c.augment.european_ones = 0.0  # share of class 1 given a flag and a base stroke, as 1s are written in Europe
+  c.augment.closed_fours = 0.0  # share of class 4 given a closed top
   c.augment.crop_padding = 4  # pixels, for 'cifar'
 
   c.model = ml_collections.ConfigDict()
@@ -365,7 +366,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(c.augment.elastic_sigma > 0, f"augment.elastic_sigma must be > 0 pixels, got {c.augment.elastic_sigma}")
   _require(0 <= c.augment.max_stroke <= 1, f"augment.max_stroke must be in [0, 1] (pixels each side), got {c.augment.max_stroke}")
   _require(0 <= c.augment.max_blur <= 1.2, f"augment.max_blur must be in [0, 1.2] pixels, got {c.augment.max_blur}")
-  _require(0 <= c.augment.european_ones <= 1, f"augment.european_ones must be in [0, 1], got {c.augment.european_ones}")
+  for key in ("european_ones", "closed_fours"):
+    _require(0 <= c.augment[key] <= 1, f"augment.{key} must be in [0, 1] (a share of the class), got {c.augment[key]}")
   _require(0 < c.augment.min_contrast <= 1, f"augment.min_contrast must be in (0, 1] (1 leaves it out), got {c.augment.min_contrast}")
   _require(c.patience == 0 or c.validation_fraction > 0, "patience > 0 needs a validation split: set validation_fraction > 0")
   _require(bool(c.dataset.name), "dataset.name is empty; name a tfds dataset, 'folder' or 'idx'")
