@@ -273,6 +273,43 @@ class Conv1x1(nn.Module):
     return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 
+class BatchNorm(nn.Module):
+  """nn.BatchNorm over N, H and W, with its parameters, batch_stats and values, followed by a ReLU when `relu`.
+
+  In training on a CPU with the oneDNN extension, float32: normalisation and ReLU are one oneDNN primitive each way
+  (XLA:CPU spends as long on a ResNet's BatchNorm and ReLU as on half its convolutions; benchmarks/NOTES.md).
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  use_scale: bool = True
+  relu: bool = False
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32) if self.use_scale else jnp.ones(features)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
+    running_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
+    y = None
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    elif x.ndim == 4 and x.dtype == jnp.float32 and not _on_accelerator() and onednn.in_use():
+      y, mean, var = onednn.batch_norm(x, scale, bias, self.epsilon, self.relu)
+    else:  # flax's statistics: the mean of squares less the squared mean
+      mean = x.mean(range(x.ndim - 1), dtype=jnp.float32)
+      var = jnp.maximum(0.0, lax.square(x.astype(jnp.float32)).mean(range(x.ndim - 1)) - lax.square(mean))
+    if not self.use_running_average and not self.is_initializing():
+      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+      running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+    if y is None:
+      y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+      y = nn.relu(y) if self.relu else y
+    return y.astype(self.dtype or jnp.result_type(x, jnp.float32))
+
+
 def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
   """The bits of JAX's default PRNG, threefry2x32, for `shape` (the same bits: with jax_threefry_partitionable, the
   default, its counters are a row-major iota), computed as one unrolled pass inside a one-trip loop.

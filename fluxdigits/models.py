@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fluxdigits.layers import Conv1x1, Conv3x3, Dropout, max_pool_2x2
+from fluxdigits.layers import BatchNorm, Conv1x1, Conv3x3, Dropout, max_pool_2x2
 
 # Keras' default kernel initialiser: the seed notebooks' recipes (learning rates, epochs) were
 # tuned with it. The ResNets keep flax's default, as their reference implementations do.
@@ -78,9 +78,9 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    norm = lambda relu=False: BatchNorm(not train, relu=relu, dtype=self.dtype)
     conv = lambda strides: Conv3x3(self.features, nn.initializers.lecun_normal(), self.dtype, strides, "SAME", use_bias=False)
-    y = nn.relu(norm()(conv(self.strides)(x)))
+    y = norm(relu=True)(conv(self.strides)(x))
     y = norm()(conv(1)(y))
     if x.shape != y.shape:  # projection shortcut where the stage changes width or resolution
       # Named as the nn.Conv it replaced, so that earlier checkpoints load.
@@ -113,7 +113,7 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet depth must be one of {', '.join(map(str, RESNET_STAGES))}, got {self.depth}")
     widths, blocks = RESNET_STAGES[self.depth]
     x = Conv3x3(widths[0], nn.initializers.lecun_normal(), self.dtype, padding="SAME", use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x))
+    x = BatchNorm(not train, relu=True, dtype=self.dtype)(x)
     for stage, features in enumerate(widths):
       for block in range(blocks):
         x = ResidualBlock(features, 2 if stage > 0 and block == 0 else 1, self.dtype)(x, train)
@@ -136,7 +136,7 @@ class ConvGroup(nn.Module):
 
 def _airbench_norm(train, dtype):
   # No learned scale, and statistics that follow the weights quickly: a short run has few steps.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.6, epsilon=1e-5, use_scale=False, dtype=dtype)
+  return BatchNorm(not train, momentum=0.6, use_scale=False, dtype=dtype)
 
 
 class AirbenchNet(nn.Module):

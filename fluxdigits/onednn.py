@@ -1,7 +1,8 @@
-"""Convolutions on oneDNN's CPU primitives, called from XLA through its FFI (the extension fluxdigits/onednn_conv.cc).
+"""oneDNN's CPU primitives, called from XLA through its FFI (the extension fluxdigits/onednn_kernels.cc).
 
-`available()` says whether the extension was built and loads; `conv` is a float32 NHWC x HWIO convolution with its
-gradients (a custom_vjp over three FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
+`available()` says whether the extension was built and loads; `conv` is a float32 NHWC x HWIO convolution and
+`batch_norm` a training-mode batch normalisation with an optional fused ReLU, each with its gradients (a custom_vjp
+over FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
 FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulations. With it, a CPU run keeps one JAX
 device (mesh.claim_cpu_cores): oneDNN's OpenMP threads use every core within each convolution.
 """
@@ -20,21 +21,22 @@ import numpy as np
 from fluxdigits import mesh
 
 DISABLE_ENV = "FLUXDIGITS_ONEDNN"
-TARGETS = ("fluxdigits_conv_forward", "fluxdigits_conv_backward_data", "fluxdigits_conv_backward_kernel")
+TARGETS = ("fluxdigits_conv_forward", "fluxdigits_conv_backward_data", "fluxdigits_conv_backward_kernel",
+           "fluxdigits_batch_norm_forward", "fluxdigits_batch_norm_backward")
 
 
 def extension() -> pathlib.Path | None:
-  """The built extension beside this file (setuptools names it _onednn_conv.<abi>.so), or None."""
-  return next(iter(sorted(pathlib.Path(__file__).parent.glob("_onednn_conv*.so"))), None)
+  """The built extension beside this file (setuptools names it _onednn_kernels.<abi>.so), or None."""
+  return next(iter(sorted(pathlib.Path(__file__).parent.glob("_onednn_kernels*.so"))), None)
 
 
 @functools.cache
-def available() -> bool:
-  """Whether the extension is built, loads with its oneDNN, and is wanted: then its FFI targets are registered."""
+def _library() -> ctypes.CDLL | None:
+  """The extension, loaded with its oneDNN and its FFI targets registered, when it is built and wanted."""
   path = extension()
   # Several CPU devices calling oneDNN's all-core OpenMP team at once stall XLA's collectives (NOTES, "oneDNN").
   if os.environ.get(DISABLE_ENV, "1") == "0" or path is None or (mesh.user_cpu_device_count() or 1) > 1:
-    return False
+    return None
   try:
     # oneDNN's wheel puts libdnnl in the environment's lib/; loaded first, it satisfies the extension's link to it.
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
@@ -44,10 +46,16 @@ def available() -> bool:
         break
     library = ctypes.CDLL(str(path))
   except OSError:
-    return False
+    return None
   for target in TARGETS:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
-  return True
+  library.fluxdigits_batch_norm_workspace_bytes.restype = ctypes.c_int64
+  return library
+
+
+def available() -> bool:
+  """Whether the extension is built, loads with its oneDNN, and is wanted: then its FFI targets are registered."""
+  return _library() is not None
 
 
 _suspended = False
@@ -106,3 +114,34 @@ def _conv_backward(stride, padding, residuals, grad):
 
 
 conv.defvjp(_conv_forward, _conv_backward)
+
+
+def _norm_call(target, outputs, *arrays, epsilon, relu):
+  return jax.ffi.ffi_call(target, outputs, vmap_method="sequential")(*arrays, epsilon=np.float32(epsilon), relu=relu)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm(x, scale, shift, epsilon: float, relu: bool):
+  """(y, mean, variance): NHWC float32 x normalised by its own mean and (biased) variance over N, H and W, times
+  scale plus shift, through a ReLU when `relu`. The statistics are outputs for the running averages only: gradients
+  do not flow back through them."""
+  return _batch_norm_forward(x, scale, shift, epsilon, relu)[0]
+
+
+def _batch_norm_forward(x, scale, shift, epsilon, relu):
+  n, h, w, c = x.shape
+  # The fused ReLU keeps a mask for the backward pass, in a buffer of the size oneDNN asks for.
+  workspace = _library().fluxdigits_batch_norm_workspace_bytes(n, h, w, c) if relu else 1
+  channel = jax.ShapeDtypeStruct((c,), jnp.float32)
+  outputs = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channel, channel, jax.ShapeDtypeStruct((workspace,), jnp.uint8))
+  y, mean, variance, mask = _norm_call(TARGETS[3], outputs, x, scale, shift, epsilon=epsilon, relu=relu)
+  return (y, mean, variance), (x, scale, mean, variance, mask)
+
+
+def _batch_norm_backward(epsilon, relu, residuals, grads):
+  x, scale, mean, variance, mask = residuals
+  outputs = (jax.ShapeDtypeStruct(x.shape, jnp.float32), *[jax.ShapeDtypeStruct(scale.shape, jnp.float32)] * 2)
+  return _norm_call(TARGETS[4], outputs, x, grads[0], scale, mean, variance, mask, epsilon=epsilon, relu=relu)
+
+
+batch_norm.defvjp(_batch_norm_forward, _batch_norm_backward)

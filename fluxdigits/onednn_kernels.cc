@@ -1,12 +1,15 @@
-// 2-D convolutions on oneDNN's CPU primitives, as XLA FFI targets: forward, input gradient, kernel gradient.
+// oneDNN's CPU primitives as XLA FFI targets: 2-D convolution (forward, input gradient, kernel gradient) and
+// training-mode batch normalization with an optional fused ReLU (forward, backward).
 // Arrays are JAX's: NHWC activations and HWIO kernels, float32. oneDNN picks its own kernel layout (format `any`),
 // which is what lets it choose its fastest (blocked) kernels; kernels are reordered to and from HWIO per call, a
 // small cost next to the convolution. Primitives are built once per shape and cached.
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -84,6 +87,13 @@ const Conv& Cached(Kind kind, const Shape& s) {
   return *entry;
 }
 
+// One oneDNN call at a time: each already runs on every core (its OpenMP team), and two at once, which XLA starts for
+// independent layers, oversubscribe the cores and split the batch statistics' sums in a timing-dependent order.
+std::mutex& Exclusive() {
+  static std::mutex mutex;
+  return mutex;
+}
+
 dnnl::stream& Stream() {
   // One stream per calling thread: XLA may run two devices' calls at once.
   thread_local dnnl::stream stream(Engine());
@@ -93,6 +103,7 @@ dnnl::stream& Stream() {
 ffi::Error Run(Kind kind, const Shape& s, float* src, float* kernel_hwio, float* dst) {
   try {
     const Conv& conv = Cached(kind, s);
+    std::lock_guard<std::mutex> exclusive(Exclusive());
     auto& stream = Stream();
     auto& engine = Engine();
     dnnl::memory src_mem(Plain(s.Src(), tag::nhwc), engine, src);
@@ -139,7 +150,104 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi
   return Run(kBackwardWeights, s, x.typed_data(), dkernel->typed_data(), dy.typed_data());
 }
 
+// Batch normalization of NHWC float32 over N, H and W, with scale and shift, in training mode (batch statistics).
+// With `relu`, the ReLU after it runs in the same pass; oneDNN then keeps a mask in a workspace the backward reads.
+using NormKey = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, uint32_t>;
+
+struct Norm {
+  dnnl::batch_normalization_forward::primitive_desc forward_desc;
+  dnnl::batch_normalization_forward forward;
+  dnnl::batch_normalization_backward backward;
+};
+
+dnnl::normalization_flags NormFlags(bool relu) {
+  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  return relu ? flags | dnnl::normalization_flags::fuse_norm_relu : flags;
+}
+
+const Norm& CachedNorm(int64_t n, int64_t h, int64_t w, int64_t c, bool relu, float epsilon) {
+  static std::mutex mutex;
+  static std::map<NormKey, std::unique_ptr<Norm>> cache;
+  uint32_t epsilon_bits;
+  std::memcpy(&epsilon_bits, &epsilon, sizeof epsilon);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[{n, h, w, c, relu, epsilon_bits}];
+  if (!entry) {
+    auto data = Plain({n, c, h, w}, tag::nhwc);
+    auto forward = dnnl::batch_normalization_forward::primitive_desc(
+        Engine(), dnnl::prop_kind::forward_training, data, data, epsilon, NormFlags(relu));
+    auto backward = dnnl::batch_normalization_backward::primitive_desc(
+        Engine(), dnnl::prop_kind::backward, data, data, data, epsilon, NormFlags(relu), forward);
+    entry = std::make_unique<Norm>(Norm{forward, dnnl::batch_normalization_forward(forward),
+                                        dnnl::batch_normalization_backward(backward)});
+  }
+  return *entry;
+}
+
+dnnl::memory Channels(int64_t c, float* data) { return dnnl::memory(Plain({c}, tag::a), Engine(), data); }
+
+ffi::Error NormForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> shift,
+                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
+                       ffi::ResultBuffer<ffi::F32> variance, ffi::ResultBuffer<ffi::U8> workspace, float epsilon,
+                       bool relu) {
+  auto d = x.dimensions();
+  try {
+    const Norm& norm = CachedNorm(d[0], d[1], d[2], d[3], relu, epsilon);
+    std::lock_guard<std::mutex> exclusive(Exclusive());
+    auto data = Plain({d[0], d[3], d[1], d[2]}, tag::nhwc);
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(data, Engine(), x.typed_data())},
+        {DNNL_ARG_DST, dnnl::memory(data, Engine(), y->typed_data())},
+        {DNNL_ARG_SCALE, Channels(d[3], scale.typed_data())},
+        {DNNL_ARG_SHIFT, Channels(d[3], shift.typed_data())},
+        {DNNL_ARG_MEAN, Channels(d[3], mean->typed_data())},
+        {DNNL_ARG_VARIANCE, Channels(d[3], variance->typed_data())}};
+    if (relu) args[DNNL_ARG_WORKSPACE] = dnnl::memory(norm.forward_desc.workspace_desc(), Engine(), workspace->typed_data());
+    norm.forward.execute(Stream(), args);
+    Stream().wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> scale,
+                        ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> variance, ffi::Buffer<ffi::U8> workspace,
+                        ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
+                        ffi::ResultBuffer<ffi::F32> dshift, float epsilon, bool relu) {
+  auto d = x.dimensions();
+  try {
+    const Norm& norm = CachedNorm(d[0], d[1], d[2], d[3], relu, epsilon);
+    std::lock_guard<std::mutex> exclusive(Exclusive());
+    auto data = Plain({d[0], d[3], d[1], d[2]}, tag::nhwc);
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory(data, Engine(), x.typed_data())},
+        {DNNL_ARG_DIFF_DST, dnnl::memory(data, Engine(), dy.typed_data())},
+        {DNNL_ARG_DIFF_SRC, dnnl::memory(data, Engine(), dx->typed_data())},
+        {DNNL_ARG_SCALE, Channels(d[3], scale.typed_data())},
+        {DNNL_ARG_MEAN, Channels(d[3], mean.typed_data())},
+        {DNNL_ARG_VARIANCE, Channels(d[3], variance.typed_data())},
+        {DNNL_ARG_DIFF_SCALE, Channels(d[3], dscale->typed_data())},
+        {DNNL_ARG_DIFF_SHIFT, Channels(d[3], dshift->typed_data())}};
+    if (relu) args[DNNL_ARG_WORKSPACE] = dnnl::memory(norm.forward_desc.workspace_desc(), Engine(), workspace.typed_data());
+    norm.backward.execute(Stream(), args);
+    Stream().wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+// The workspace bytes a fused-ReLU normalization of this shape needs (Python sizes the buffer it passes).
+extern "C" int64_t fluxdigits_batch_norm_workspace_bytes(int64_t n, int64_t h, int64_t w, int64_t c) {
+  try {
+    return static_cast<int64_t>(CachedNorm(n, h, w, c, true, 1e-5f).forward_desc.workspace_desc().get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
 
 #define FLUXDIGITS_CONV_BINDING                                                                             \
   ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() \
@@ -148,3 +256,16 @@ ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi
 XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_forward, Forward, FLUXDIGITS_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_backward_data, BackwardData, FLUXDIGITS_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_backward_kernel, BackwardKernel, FLUXDIGITS_CONV_BINDING);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_batch_norm_forward, NormForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>()
+                                  .Attr<float>("epsilon").Attr<bool>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_batch_norm_backward, NormBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("epsilon").Attr<bool>("relu"));
