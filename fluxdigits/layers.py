@@ -1,7 +1,7 @@
 """Layers for any Flax model, fast on a CPU: each picks its CPU formulation there and lax's own on a GPU or TPU.
 
-`Conv3x3`, `Conv1x1`, `max_pool_2x2` and `Dropout` compute what nn.Conv, nn.max_pool and nn.Dropout compute,
-with gradients XLA:CPU runs faster (benchmarks/NOTES.md holds the measurements). A model built from them gets the
+`Conv3x3`, `Conv1x1`, `max_pool_2x2`, `Dropout` and `BatchNorm` compute what nn.Conv, nn.max_pool, nn.Dropout and
+nn.BatchNorm compute, with gradients a CPU runs faster (benchmarks/NOTES.md holds the measurements). A model built from them gets the
 built-in models' speed; `whitening_kernel` initialises a first 3x3 layer from the data.
 """
 
