@@ -18,7 +18,7 @@ class SmallCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     for features in (self.features, 2 * self.features):
       x = layers.Conv3x3(features, padding="SAME", use_bias=False)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+      x = layers.BatchNorm(not train, relu=True)(x)  # nn.BatchNorm and nn.relu, on oneDNN
       x = layers.max_pool_2x2(x)
     x = x.reshape(x.shape[0], -1)
     x = layers.Dropout(self.dropout_rate, deterministic=not train)(x)

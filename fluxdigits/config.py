@@ -62,7 +62,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.ema_decay = 0.999
   # Evaluate each image and its mirror image and average the logits (validation, test, report).
   c.test_time_flip = False
-  # bf16 activations and matmuls, f32 parameters and optimizer state (for GPU and TPU).
+  # bf16 activations and matmuls, f32 parameters and optimizer state (for GPU, TPU, and CPUs with bf16 instructions,
+  # where oneDNN runs the convolutions; elsewhere a CPU computes bf16 at half float32's speed).
   c.mixed_precision = False
   # Write WORKDIR/report/ at the end of the run.
   c.report = True

@@ -1,8 +1,8 @@
 """Layers for any Flax model, fast on a CPU: each picks its CPU formulation there and lax's own on a GPU or TPU.
 
 `Conv3x3`, `Conv1x1`, `max_pool_2x2`, `Dropout` and `BatchNorm` compute what nn.Conv, nn.max_pool, nn.Dropout and
-nn.BatchNorm compute, with gradients a CPU runs faster (benchmarks/NOTES.md holds the measurements). A model built from them gets the
-built-in models' speed; `whitening_kernel` initialises a first 3x3 layer from the data.
+nn.BatchNorm compute, with gradients a CPU runs faster (benchmarks/NOTES.md holds the measurements). A model built
+from them gets the built-in models' speed; `whitening_kernel` initialises a first 3x3 layer from the data.
 """
 
 import functools
@@ -93,9 +93,11 @@ def _on_accelerator() -> bool:
 
 
 def _onednn_runs(x) -> bool:
-  """Whether a CPU convolution of `x` runs on oneDNN: the extension is there (onednn.available), x is float32, and
-  has the channels where oneDNN's kernels beat the patches' matmul (a first layer keeps the matmul)."""
-  return x.dtype == jnp.float32 and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.in_use()
+  """Whether a CPU convolution of `x` runs on oneDNN: the extension is there (onednn.available), x is float32 (or
+  bfloat16 on a CPU with bf16 instructions), and has the channels where oneDNN's kernels beat the patches' matmul (a
+  first layer keeps the matmul)."""
+  wanted_dtype = x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and onednn.native_bf16())
+  return wanted_dtype and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.in_use()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -269,7 +271,7 @@ class Conv1x1(nn.Module):
     if _on_accelerator():
       return _conv(x.astype(self.dtype), kernel.astype(self.dtype), "VALID", s)
     if _onednn_runs(x.astype(self.dtype)):
-      return onednn.conv(x.astype(self.dtype), kernel, s, "VALID")
+      return onednn.conv(x.astype(self.dtype), kernel.astype(self.dtype), s, "VALID")
     return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
 
 

@@ -1,10 +1,10 @@
 """oneDNN's CPU primitives, called from XLA through its FFI (the extension fluxdigits/onednn_kernels.cc).
 
-`available()` says whether the extension was built and loads; `conv` is a float32 NHWC x HWIO convolution and
+`available()` says whether the extension was built and loads; `conv` is a float32 or bfloat16 NHWC x HWIO convolution and
 `batch_norm` a training-mode batch normalisation with an optional fused ReLU, each with its gradients (a custom_vjp
 over FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
 FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulations. With it, a CPU run keeps one JAX
-device (mesh.claim_cpu_cores): oneDNN's OpenMP threads use every core within each convolution.
+device (mesh.claim_cpu_cores): oneDNN's OpenMP threads use every core within each call.
 """
 
 import contextlib
@@ -89,14 +89,21 @@ def _padding(size: int, window: int, stride: int, padding: str) -> tuple[int, in
   return out, max((out - 1) * stride + window - size, 0) // 2
 
 
+@functools.cache
+def native_bf16() -> bool:
+  """Whether this CPU has bfloat16 instructions (AVX512-BF16, AMX), where oneDNN's bf16 convolutions beat float32's."""
+  return available() and bool(_library().fluxdigits_native_bf16())
+
+
 def _call(target, shape, a, b, stride, pad_top, pad_left):
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")(
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="sequential")(
       a, b, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x, kernel, stride: int, padding: str):
-  """The values of lax.conv_general_dilated(x, kernel, (stride, stride), padding) for NHWC x and HWIO kernel."""
+  """The values of lax.conv_general_dilated(x, kernel, (stride, stride), padding) for NHWC x and HWIO kernel, both
+  float32 or both bfloat16."""
   (out_h, top), (out_w, left) = (_padding(x.shape[i], kernel.shape[i - 1], stride, padding) for i in (1, 2))
   return _call(TARGETS[0], (x.shape[0], out_h, out_w, kernel.shape[3]), x, kernel, stride, top, left)
 

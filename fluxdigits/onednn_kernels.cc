@@ -1,6 +1,6 @@
 // oneDNN's CPU primitives as XLA FFI targets: 2-D convolution (forward, input gradient, kernel gradient) and
 // training-mode batch normalization with an optional fused ReLU (forward, backward).
-// Arrays are JAX's: NHWC activations and HWIO kernels, float32. oneDNN picks its own kernel layout (format `any`),
+// Arrays are JAX's: NHWC activations and HWIO kernels, float32 or bfloat16 (convolutions). oneDNN picks its own kernel layout (format `any`),
 // which is what lets it choose its fastest (blocked) kernels; kernels are reordered to and from HWIO per call, a
 // small cost next to the convolution. Primitives are built once per shape and cached.
 #include <cstdint>
@@ -18,7 +18,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 struct Conv {
@@ -32,9 +32,14 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// Shapes of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), output (oh, ow), stride, padding.
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+// Shapes of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), output (oh, ow), stride, padding; and the
+// data type of all three.
 struct Shape {
   int64_t n, h, w, c, kh, kw, f, oh, ow, stride, pad_top, pad_left;
+  dt type;
   dnnl::memory::dims Src() const { return {n, c, h, w}; }
   dnnl::memory::dims Kernel() const { return {f, c, kh, kw}; }
   dnnl::memory::dims Dst() const { return {n, f, oh, ow}; }
@@ -45,19 +50,18 @@ struct Shape {
   }
 };
 
-using dt = dnnl::memory::data_type;
-using tag = dnnl::memory::format_tag;
-
-dnnl::memory::desc Plain(const dnnl::memory::dims& dims, tag t) { return dnnl::memory::desc(dims, dt::f32, t); }
+dnnl::memory::desc Plain(const dnnl::memory::dims& dims, tag t, dt type = dt::f32) {
+  return dnnl::memory::desc(dims, type, t);
+}
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s) {
   return dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc),
-      Plain(s.Kernel(), tag::any), Plain(s.Dst(), tag::nhwc), s.Strides(), s.PadLow(), s.PadHigh());
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc, s.type),
+      Plain(s.Kernel(), tag::any, s.type), Plain(s.Dst(), tag::nhwc, s.type), s.Strides(), s.PadLow(), s.PadHigh());
 }
 
 Conv Build(Kind kind, const Shape& s) {
-  auto hwio = Plain(s.Kernel(), tag::hwio);
+  auto hwio = Plain(s.Kernel(), tag::hwio, s.type);
   auto forward = ForwardDesc(s);
   if (kind == kForward) {
     auto kernel = forward.weights_desc();
@@ -65,14 +69,14 @@ Conv Build(Kind kind, const Shape& s) {
   }
   if (kind == kBackwardData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc), Plain(s.Kernel(), tag::any),
-        Plain(s.Dst(), tag::nhwc), s.Strides(), s.PadLow(), s.PadHigh(), forward);
+        Engine(), dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc, s.type), Plain(s.Kernel(), tag::any, s.type),
+        Plain(s.Dst(), tag::nhwc, s.type), s.Strides(), s.PadLow(), s.PadHigh(), forward);
     auto kernel = pd.weights_desc();
     return {dnnl::convolution_backward_data(pd), kernel, dnnl::reorder(dnnl::memory(hwio, Engine()), dnnl::memory(kernel, Engine()))};
   }
   auto pd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc), Plain(s.Kernel(), tag::any),
-      Plain(s.Dst(), tag::nhwc), s.Strides(), s.PadLow(), s.PadHigh(), forward);
+      Engine(), dnnl::algorithm::convolution_direct, Plain(s.Src(), tag::nhwc, s.type), Plain(s.Kernel(), tag::any, s.type),
+      Plain(s.Dst(), tag::nhwc, s.type), s.Strides(), s.PadLow(), s.PadHigh(), forward);
   auto kernel = pd.diff_weights_desc();
   return {dnnl::convolution_backward_weights(pd), kernel, dnnl::reorder(dnnl::memory(kernel, Engine()), dnnl::memory(hwio, Engine()))};
 }
@@ -80,7 +84,7 @@ Conv Build(Kind kind, const Shape& s) {
 const Conv& Cached(Kind kind, const Shape& s) {
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Conv>> cache;
-  Key key{kind, s.n, s.h, s.w, s.c, s.kh, s.kw, s.f, s.stride, s.pad_top, s.pad_left};
+  Key key{kind, static_cast<int>(s.type), s.n, s.h, s.w, s.c, s.kh, s.kw, s.f, s.stride, s.pad_top, s.pad_left};
   std::lock_guard<std::mutex> lock(mutex);
   auto& entry = cache[key];
   if (!entry) entry = std::make_unique<Conv>(Build(kind, s));
@@ -100,15 +104,15 @@ dnnl::stream& Stream() {
   return stream;
 }
 
-ffi::Error Run(Kind kind, const Shape& s, float* src, float* kernel_hwio, float* dst) {
+ffi::Error Run(Kind kind, const Shape& s, void* src, void* kernel_hwio, void* dst) {
   try {
     const Conv& conv = Cached(kind, s);
     std::lock_guard<std::mutex> exclusive(Exclusive());
     auto& stream = Stream();
     auto& engine = Engine();
-    dnnl::memory src_mem(Plain(s.Src(), tag::nhwc), engine, src);
-    dnnl::memory dst_mem(Plain(s.Dst(), tag::nhwc), engine, dst);
-    dnnl::memory hwio(Plain(s.Kernel(), tag::hwio), engine, kernel_hwio);
+    dnnl::memory src_mem(Plain(s.Src(), tag::nhwc, s.type), engine, src);
+    dnnl::memory dst_mem(Plain(s.Dst(), tag::nhwc, s.type), engine, dst);
+    dnnl::memory hwio(Plain(s.Kernel(), tag::hwio, s.type), engine, kernel_hwio);
     dnnl::memory kernel(conv.kernel, engine);  // oneDNN allocates it in its layout
     if (kind == kForward) {
       conv.kernel_reorder.execute(stream, hwio, kernel);
@@ -127,27 +131,28 @@ ffi::Error Run(Kind kind, const Shape& s, float* src, float* kernel_hwio, float*
   return ffi::Error::Success();
 }
 
-Shape ShapeOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, ffi::Span<const int64_t> y, int64_t stride,
-              int64_t pad_top, int64_t pad_left) {
-  return {x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], stride, pad_top, pad_left};
+Shape ShapeOf(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions k, ffi::AnyBuffer::Dimensions y,
+              ffi::DataType type, int64_t stride, int64_t pad_top, int64_t pad_left) {
+  return {x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], stride, pad_top, pad_left,
+          type == ffi::DataType::BF16 ? dt::bf16 : dt::f32};
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y,
-                   int64_t stride, int64_t pad_top, int64_t pad_left) {
-  auto s = ShapeOf(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, pad_top, pad_left);
-  return Run(kForward, s, x.typed_data(), kernel.typed_data(), y->typed_data());
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
+                   int64_t pad_top, int64_t pad_left) {
+  auto s = ShapeOf(x.dimensions(), kernel.dimensions(), y->dimensions(), x.element_type(), stride, pad_top, pad_left);
+  return Run(kForward, s, x.untyped_data(), kernel.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> dx,
-                        int64_t stride, int64_t pad_top, int64_t pad_left) {
-  auto s = ShapeOf(dx->dimensions(), kernel.dimensions(), dy.dimensions(), stride, pad_top, pad_left);
-  return Run(kBackwardData, s, dx->typed_data(), kernel.typed_data(), dy.typed_data());
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx, int64_t stride,
+                        int64_t pad_top, int64_t pad_left) {
+  auto s = ShapeOf(dx->dimensions(), kernel.dimensions(), dy.dimensions(), dy.element_type(), stride, pad_top, pad_left);
+  return Run(kBackwardData, s, dx->untyped_data(), kernel.untyped_data(), dy.untyped_data());
 }
 
-ffi::Error BackwardKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dkernel,
-                          int64_t stride, int64_t pad_top, int64_t pad_left) {
-  auto s = ShapeOf(x.dimensions(), dkernel->dimensions(), dy.dimensions(), stride, pad_top, pad_left);
-  return Run(kBackwardWeights, s, x.typed_data(), dkernel->typed_data(), dy.typed_data());
+ffi::Error BackwardKernel(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel, int64_t stride,
+                          int64_t pad_top, int64_t pad_left) {
+  auto s = ShapeOf(x.dimensions(), dkernel->dimensions(), dy.dimensions(), x.element_type(), stride, pad_top, pad_left);
+  return Run(kBackwardWeights, s, x.untyped_data(), dkernel->untyped_data(), dy.untyped_data());
 }
 
 // Batch normalization of NHWC float32 over N, H and W, with scale and shift, in training mode (batch statistics).
@@ -250,7 +255,7 @@ extern "C" int64_t fluxdigits_batch_norm_workspace_bytes(int64_t n, int64_t h, i
 }
 
 #define FLUXDIGITS_CONV_BINDING                                                                             \
-  ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() \
+  ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()                     \
       .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_conv_forward, Forward, FLUXDIGITS_CONV_BINDING);
@@ -269,3 +274,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(fluxdigits_batch_norm_backward, NormBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("epsilon").Attr<bool>("relu"));
+
+// Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX): elsewhere oneDNN emulates bf16, slower than f32.
+extern "C" int fluxdigits_native_bf16() {
+  auto isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_fp16 ||
+         isa == dnnl::cpu_isa::avx512_core_amx || isa == dnnl::cpu_isa::avx512_core_amx_fp16;
+}

@@ -45,6 +45,27 @@ def test_values_and_gradients_equal_lax(case):
     np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()), rtol=1e-4)
 
 
+@pytest.mark.skipif(not onednn.native_bf16(), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.parametrize("case", CASES[4:7], ids=lambda c: "-".join(map(str, c)))
+def test_bfloat16_values_and_gradients_equal_lax_within_bfloat16_rounding(case):
+  n, size, channels, features, window, stride, padding = case
+  keys = jax.random.split(jax.random.key(sum(case[:5])), 3)
+  x = jax.random.normal(keys[0], (n, size, size, channels)).astype(jnp.bfloat16)
+  kernel = (jax.random.normal(keys[1], (window, window, channels, features)) / np.sqrt(9 * channels)).astype(jnp.bfloat16)
+  as_float = lambda *arrays: [a.astype(jnp.float32) for a in arrays]
+  expected = lax_conv(*as_float(x, kernel), stride, padding)
+  target = jax.random.normal(keys[2], expected.shape)
+  got = jax.jit(onednn.conv, static_argnums=(2, 3))(x, kernel, stride, padding)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(jnp.float32), expected, atol=1e-2 * float(jnp.abs(expected).max()))
+  loss = lambda conv: lambda x, k: jnp.vdot(conv(x, k, stride, padding).astype(jnp.float32), target)
+  want = jax.grad(loss(lax_conv), (0, 1))(*as_float(x, kernel))
+  grads = jax.jit(jax.grad(loss(onednn.conv), (0, 1)))(x, kernel)
+  for g, w in zip(grads, want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g.astype(jnp.float32), w, atol=1e-2 * float(jnp.abs(w).max()))
+
+
 def test_vmap_over_members_equals_each_member_alone():
   x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 4))
   kernels = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 5))
