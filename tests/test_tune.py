@@ -157,7 +157,7 @@ def space(trial):
 
 BAD_INPUTS = {
     "unknown_key": ('def space(trial):\n  trial.suggest_float("model.dropout", 0.0, 0.5)\n',
-                    [], "unknown config key 'model.dropout'; known keys: augment.crop_padding"),
+                    [], "unknown config key 'model.dropout'; known keys: augment.closed_fours, augment.crop_padding"),
     "refused_value": ('def space(trial):\n  trial.suggest_float("model.dropout_rate", 0.0, 1.0)\n',
                       [], "'model.dropout_rate' can take 1.0, which the config refuses"),
     "empty_space": ("def space(trial):\n  pass\n", [], "the search space is empty"),
