@@ -1,8 +1,8 @@
 // oneDNN's CPU primitives as XLA FFI targets: 2-D convolution (forward, input gradient, kernel gradient) and
 // training-mode batch normalization with an optional fused ReLU (forward, backward).
-// Arrays are JAX's: NHWC activations and HWIO kernels, float32 or bfloat16 (convolutions). oneDNN picks its own kernel layout (format `any`),
-// which is what lets it choose its fastest (blocked) kernels; kernels are reordered to and from HWIO per call, a
-// small cost next to the convolution. Primitives are built once per shape and cached.
+// Arrays are JAX's: NHWC activations and HWIO kernels; convolutions take float32 or bfloat16. oneDNN picks its own
+// kernel layout (format `any`), which is what lets it choose its fastest (blocked) kernels; kernels are reordered to
+// and from HWIO per call, a small cost next to the convolution. Primitives are built once per shape and cached.
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -26,6 +26,17 @@ struct Conv {
   dnnl::memory::desc kernel;  // the kernel (or kernel gradient) in oneDNN's chosen layout
   dnnl::reorder kernel_reorder;  // HWIO -> chosen, or chosen -> HWIO for the kernel gradient
 };
+
+// One cache per call site; `build` runs once per key, and the entry lives as long as the process.
+template <typename Value, typename K, typename Build>
+const Value& Memoized(const K& key, Build build) {
+  static std::mutex mutex;
+  static std::map<K, std::unique_ptr<Value>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[key];
+  if (!entry) entry = std::make_unique<Value>(build());
+  return *entry;
+}
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -82,13 +93,8 @@ Conv Build(Kind kind, const Shape& s) {
 }
 
 const Conv& Cached(Kind kind, const Shape& s) {
-  static std::mutex mutex;
-  static std::map<Key, std::unique_ptr<Conv>> cache;
   Key key{kind, static_cast<int>(s.type), s.n, s.h, s.w, s.c, s.kh, s.kw, s.f, s.stride, s.pad_top, s.pad_left};
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& entry = cache[key];
-  if (!entry) entry = std::make_unique<Conv>(Build(kind, s));
-  return *entry;
+  return Memoized<Conv>(key, [&] { return Build(kind, s); });
 }
 
 // One oneDNN call at a time: each already runs on every core (its OpenMP team), and two at once, which XLA starts for
@@ -104,11 +110,22 @@ dnnl::stream& Stream() {
   return stream;
 }
 
-ffi::Error Run(Kind kind, const Shape& s, void* src, void* kernel_hwio, void* dst) {
+// Runs `body`'s primitives alone and to completion, with oneDNN's errors returned to XLA as errors.
+template <typename Body>
+ffi::Error Exclusively(Body body) {
   try {
-    const Conv& conv = Cached(kind, s);
     std::lock_guard<std::mutex> exclusive(Exclusive());
-    auto& stream = Stream();
+    body(Stream());
+    Stream().wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Run(Kind kind, const Shape& s, void* src, void* kernel_hwio, void* dst) {
+  return Exclusively([&](dnnl::stream& stream) {
+    const Conv& conv = Cached(kind, s);
     auto& engine = Engine();
     dnnl::memory src_mem(Plain(s.Src(), tag::nhwc, s.type), engine, src);
     dnnl::memory dst_mem(Plain(s.Dst(), tag::nhwc, s.type), engine, dst);
@@ -124,11 +141,7 @@ ffi::Error Run(Kind kind, const Shape& s, void* src, void* kernel_hwio, void* ds
       conv.conv.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst_mem}});
       conv.kernel_reorder.execute(stream, kernel, hwio);
     }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 Shape ShapeOf(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions k, ffi::AnyBuffer::Dimensions y,
@@ -171,22 +184,16 @@ dnnl::normalization_flags NormFlags(bool relu) {
 }
 
 const Norm& CachedNorm(int64_t n, int64_t h, int64_t w, int64_t c, bool relu, float epsilon) {
-  static std::mutex mutex;
-  static std::map<NormKey, std::unique_ptr<Norm>> cache;
   uint32_t epsilon_bits;
   std::memcpy(&epsilon_bits, &epsilon, sizeof epsilon);
-  std::lock_guard<std::mutex> lock(mutex);
-  auto& entry = cache[{n, h, w, c, relu, epsilon_bits}];
-  if (!entry) {
+  return Memoized<Norm>(NormKey{n, h, w, c, relu, epsilon_bits}, [&] {
     auto data = Plain({n, c, h, w}, tag::nhwc);
     auto forward = dnnl::batch_normalization_forward::primitive_desc(
         Engine(), dnnl::prop_kind::forward_training, data, data, epsilon, NormFlags(relu));
     auto backward = dnnl::batch_normalization_backward::primitive_desc(
         Engine(), dnnl::prop_kind::backward, data, data, data, epsilon, NormFlags(relu), forward);
-    entry = std::make_unique<Norm>(Norm{forward, dnnl::batch_normalization_forward(forward),
-                                        dnnl::batch_normalization_backward(backward)});
-  }
-  return *entry;
+    return Norm{forward, dnnl::batch_normalization_forward(forward), dnnl::batch_normalization_backward(backward)};
+  });
 }
 
 dnnl::memory Channels(int64_t c, float* data) { return dnnl::memory(Plain({c}, tag::a), Engine(), data); }
@@ -196,9 +203,8 @@ ffi::Error NormForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi
                        ffi::ResultBuffer<ffi::F32> variance, ffi::ResultBuffer<ffi::U8> workspace, float epsilon,
                        bool relu) {
   auto d = x.dimensions();
-  try {
+  return Exclusively([&](dnnl::stream& stream) {
     const Norm& norm = CachedNorm(d[0], d[1], d[2], d[3], relu, epsilon);
-    std::lock_guard<std::mutex> exclusive(Exclusive());
     auto data = Plain({d[0], d[3], d[1], d[2]}, tag::nhwc);
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, dnnl::memory(data, Engine(), x.typed_data())},
@@ -208,12 +214,8 @@ ffi::Error NormForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi
         {DNNL_ARG_MEAN, Channels(d[3], mean->typed_data())},
         {DNNL_ARG_VARIANCE, Channels(d[3], variance->typed_data())}};
     if (relu) args[DNNL_ARG_WORKSPACE] = dnnl::memory(norm.forward_desc.workspace_desc(), Engine(), workspace->typed_data());
-    norm.forward.execute(Stream(), args);
-    Stream().wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+    norm.forward.execute(stream, args);
+  });
 }
 
 ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> scale,
@@ -221,9 +223,8 @@ ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
                         ffi::ResultBuffer<ffi::F32> dshift, float epsilon, bool relu) {
   auto d = x.dimensions();
-  try {
+  return Exclusively([&](dnnl::stream& stream) {
     const Norm& norm = CachedNorm(d[0], d[1], d[2], d[3], relu, epsilon);
-    std::lock_guard<std::mutex> exclusive(Exclusive());
     auto data = Plain({d[0], d[3], d[1], d[2]}, tag::nhwc);
     std::unordered_map<int, dnnl::memory> args{
         {DNNL_ARG_SRC, dnnl::memory(data, Engine(), x.typed_data())},
@@ -235,12 +236,8 @@ ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::
         {DNNL_ARG_DIFF_SCALE, Channels(d[3], dscale->typed_data())},
         {DNNL_ARG_DIFF_SHIFT, Channels(d[3], dshift->typed_data())}};
     if (relu) args[DNNL_ARG_WORKSPACE] = dnnl::memory(norm.forward_desc.workspace_desc(), Engine(), workspace.typed_data());
-    norm.backward.execute(Stream(), args);
-    Stream().wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+    norm.backward.execute(stream, args);
+  });
 }
 
 }  // namespace
