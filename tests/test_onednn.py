@@ -45,7 +45,7 @@ def test_values_and_gradients_equal_lax(case):
     np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()), rtol=1e-4)
 
 
-@pytest.mark.skipif(not onednn.native_bf16(), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.skipif(not onednn.native_bf16(), reason="oneDNN is off, or this CPU has no bfloat16 instructions")
 @pytest.mark.parametrize("case", CASES[4:7], ids=lambda c: "-".join(map(str, c)))
 def test_bfloat16_values_and_gradients_equal_lax_within_bfloat16_rounding(case):
   n, size, channels, features, window, stride, padding = case
