@@ -49,7 +49,8 @@ def _library() -> ctypes.CDLL | None:
     return None
   for target in TARGETS:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
-  library.fluxdigits_batch_norm_workspace_bytes.restype = ctypes.c_int64
+  workspace_bytes = library.fluxdigits_batch_norm_workspace_bytes
+  workspace_bytes.argtypes, workspace_bytes.restype = [ctypes.c_int64] * 4 + [ctypes.c_float], ctypes.c_int64
   return library
 
 
@@ -138,7 +139,7 @@ def batch_norm(x, scale, shift, epsilon: float, relu: bool):
 def _batch_norm_forward(x, scale, shift, epsilon, relu):
   n, h, w, c = x.shape
   # The fused ReLU keeps a mask for the backward pass, in a buffer of the size oneDNN asks for.
-  workspace = _library().fluxdigits_batch_norm_workspace_bytes(n, h, w, c) if relu else 1
+  workspace = _library().fluxdigits_batch_norm_workspace_bytes(n, h, w, c, epsilon) if relu else 1
   channel = jax.ShapeDtypeStruct((c,), jnp.float32)
   outputs = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channel, channel, jax.ShapeDtypeStruct((workspace,), jnp.uint8))
   y, mean, variance, mask = _norm_call(TARGETS[3], outputs, x, scale, shift, epsilon=epsilon, relu=relu)

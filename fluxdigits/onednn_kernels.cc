@@ -242,10 +242,11 @@ ffi::Error NormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::
 
 }  // namespace
 
-// The workspace bytes a fused-ReLU normalization of this shape needs (Python sizes the buffer it passes).
-extern "C" int64_t fluxdigits_batch_norm_workspace_bytes(int64_t n, int64_t h, int64_t w, int64_t c) {
+// The workspace bytes a fused-ReLU normalization of this shape needs (Python sizes the buffer it passes), from the
+// primitive the call then uses.
+extern "C" int64_t fluxdigits_batch_norm_workspace_bytes(int64_t n, int64_t h, int64_t w, int64_t c, float epsilon) {
   try {
-    return static_cast<int64_t>(CachedNorm(n, h, w, c, true, 1e-5f).forward_desc.workspace_desc().get_size());
+    return static_cast<int64_t>(CachedNorm(n, h, w, c, true, epsilon).forward_desc.workspace_desc().get_size());
   } catch (const dnnl::error&) {
     return -1;
   }
