@@ -1,4 +1,5 @@
-"""The optional C++ extension: oneDNN's convolutions as XLA FFI targets (fluxdigits/onednn_kernels.cc).
+"""The optional C++ extension: oneDNN's convolutions and batch normalisation as XLA FFI targets
+(fluxdigits/onednn_kernels.cc).
 
 Built by `pip install` against the build requirements' jaxlib (XLA's FFI headers) and oneDNN (onednn-devel-cpu-gomp).
 Optional: where it cannot be built (no C++ compiler, another OS or CPU) the install goes on without it, and the
