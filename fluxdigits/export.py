@@ -10,8 +10,9 @@ ONNX Runtime's logits (or the reloaded artifact's) must equal the JAX model's wi
 """
 
 import argparse
+import contextlib
+import io
 import json
-import logging
 import pathlib
 import sys
 
@@ -37,17 +38,86 @@ def model_fn(classifier):
   return logits
 
 
+def traced(fn, image_shape):
+  """`fn` as a jaxpr of lax's own operations, for any batch size N: what the exporters convert."""
+  import jax
+  from fluxdigits import layers
+  batch, = jax.export.symbolic_shape("N")
+  images = jax.ShapeDtypeStruct((batch, *image_shape), np.float32)
+  with layers.canonical():  # the file runs without fluxdigits' extension, with the operations runtimes know
+    return jax.make_jaxpr(fn)(images), images
+
+
+def _primitives(jaxpr) -> set[str]:
+  import jax.extend.core as jcore
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for inner in jcore.jaxprs_in_params(eqn.params):
+      names |= _primitives(inner)
+  return names
+
+
 def export_onnx(fn, image_shape, out: pathlib.Path):
-  # jax2onnx 0.13.0 logs a traceback for its dm_pix plugin (which jax 0.10 cannot import and these
-  # models never use) and onnx_ir a warning per untyped constant: noise to a user.
-  for name in ("jax2onnx.plugins.plugin_system", "onnx_ir.serde"):
-    logging.getLogger(name).setLevel(logging.ERROR)
+  """Converts the traced jaxpr, not `fn` itself: jax2onnx's Flax plugins patch flax's functions while it traces, and
+  some of those patches refuse Flax's own calls (nn.max_pool(x, (2, 2), (2, 2))); lax operations any model reduces to
+  convert alike."""
+  import jax.extend.core as jcore
   try:
     import jax2onnx
+    from jax2onnx.plugins import plugin_system
   except ImportError:
     raise UserError("ONNX export needs jax2onnx and onnxruntime: pip install -e '.[export]'") from None
-  jax2onnx.to_onnx(fn, [("N", *image_shape)], model_name="fluxdigits", return_mode="file", output_path=str(out),
-                   input_names=["images"], output_names=["logits"])
+  plugin_system.import_all_plugins()
+  _register_nhwc_max_pool(plugin_system)
+  closed, images = traced(fn, image_shape)
+  missing = sorted(_primitives(closed.jaxpr) - set(plugin_system.PLUGIN_REGISTRY))
+  if missing:
+    raise UserError(f"ONNX export cannot convert the model's {', '.join(missing)} operation{'s' * (len(missing) > 1)} "
+                    "(jax2onnx has no rule for it); export --format stablehlo instead, or build the model without it")
+  as_function = jcore.jaxpr_as_fun(closed)
+  with contextlib.redirect_stdout(io.StringIO()):  # converters' debug prints are not the user's output
+    jax2onnx.to_onnx(lambda x: as_function(x)[0], [images], model_name="fluxdigits", return_mode="file",
+                     output_path=str(out), input_names=["images"], output_names=["logits"])
+
+
+def _register_nhwc_max_pool(plugin_system):
+  """jax2onnx lowers lax.reduce_window_max to a MaxPool over every axis, a 4-D pool ONNX Runtime cannot run; an NHWC
+  pool over H and W becomes Transpose, 2-D MaxPool, Transpose, the graph a Flax model's nn.max_pool means."""
+  import onnx_ir as ir
+  from jax2onnx.plugins._ir_shapes import _ensure_value_metadata, _stamp_type_and_shape
+  from jax2onnx.plugins.jax.lax.reduce_window_max import ReduceWindowMaxPrimitivePlugin
+  name = "reduce_window_max"
+  if type(plugin_system.PLUGIN_REGISTRY.get(name)).__name__ == "NHWCMaxPool":
+    return
+
+  class NHWCMaxPool(ReduceWindowMaxPrimitivePlugin):
+    def lower(self, ctx, eqn):
+      p = eqn.params
+      x, y = eqn.invars[0], eqn.outvars[0]
+      spatial = lambda values: len(values) == 4 and values[0] == values[3] == 1
+      if not (spatial(p["window_dimensions"]) and spatial(p["window_strides"]) and spatial(p["base_dilation"])
+              and spatial(p["window_dilation"]) and p["padding"][0] == p["padding"][3] == (0, 0)):
+        return super().lower(ctx, eqn)
+
+      def node(op, value, shape, **attributes):
+        result = getattr(ctx.builder, op)(value, _outputs=[ctx.fresh_name(op.lower())], **attributes)
+        result.type = ir.TensorType(value.type.dtype)
+        _stamp_type_and_shape(result, shape)
+        _ensure_value_metadata(ctx, result)
+        return result
+
+      nchw = lambda shape: (shape[0], shape[3], shape[1], shape[2])
+      value = node("Transpose", ctx.get_value_for_var(x), nchw(x.aval.shape), perm=[0, 3, 1, 2])
+      (top, bottom), (left, right) = p["padding"][1:3]
+      pads = {"pads": [top, left, bottom, right]} if any((top, bottom, left, right)) else {}
+      value = node("MaxPool", value, nchw(y.aval.shape), kernel_shape=list(p["window_dimensions"][1:3]),
+                   strides=list(p["window_strides"][1:3]), **pads)
+      ctx.bind_value_for_var(y, node("Transpose", value, y.aval.shape, perm=[0, 2, 3, 1]))
+
+  plugin = NHWCMaxPool()
+  plugin.primitive, plugin.metadata = name, plugin_system.PLUGIN_REGISTRY[name].metadata
+  plugin_system.PLUGIN_REGISTRY[name] = plugin
 
 
 def run_onnx(path, images):
@@ -58,9 +128,10 @@ def run_onnx(path, images):
 
 def export_stablehlo(fn, image_shape, out: pathlib.Path):
   import jax
-  batch, = jax.export.symbolic_shape("n")
-  exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct((batch, *image_shape), np.float32))
-  out.write_bytes(exported.serialize())
+  import jax.extend.core as jcore
+  closed, images = traced(fn, image_shape)
+  as_function = jcore.jaxpr_as_fun(closed)
+  out.write_bytes(jax.export.export(jax.jit(lambda x: as_function(x)[0]))(images).serialize())
 
 
 def run_stablehlo(path, images):
@@ -73,7 +144,7 @@ EXPORTERS = {"onnx": (export_onnx, run_onnx), "stablehlo": (export_stablehlo, ru
 
 def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
   """Writes DIR/model.onnx or DIR/model.jax_export and DIR/model.json; returns (model path, largest logit difference, images checked)."""
-  from fluxdigits import data, onednn, predict
+  from fluxdigits import data, predict
   if fmt not in EXPORTERS:
     raise UserError(f"unknown --format {fmt!r}; choose one of {', '.join(EXPORTERS)}")
   classifier = predict.load_classifier(workdir)
@@ -82,8 +153,7 @@ def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
   fn = model_fn(classifier)
   write, run = EXPORTERS[fmt]
   path = out / FILES[fmt]
-  with onednn.suspended():  # the file runs without fluxdigits' extension
-    write(fn, classifier.image_shape, path)
+  write(fn, classifier.image_shape, path)
   (out / "model.json").write_text(json.dumps({
       "file": path.name, "format": fmt, "input_shape": [None, *classifier.image_shape], "input_dtype": "float32",
       "input_range": [0.0, 1.0], "layout": "NHWC", "output": "logits", "class_names": list(classifier.class_names),

@@ -44,11 +44,6 @@ class NoInk(UserError):
 # --- decoding ------------------------------------------------------------------------------------
 
 
-def load_gray(path) -> np.ndarray:
-  """A float32 (H, W) image in [0, 1]: EXIF orientation applied, transparency on white."""
-  return np.asarray(_load(path).convert("L"), np.float32) / 255.0
-
-
 def load_image(path) -> Image.Image:
   """An L or RGB image: EXIF orientation applied, transparency on white; one line naming the file if unreadable."""
   return _load(path)
@@ -179,17 +174,19 @@ def _work_size(gray: np.ndarray) -> np.ndarray:
   return np.asarray(Image.fromarray(gray, "F").resize(size, resample), np.float32)
 
 
-def _ink_bright(gray: np.ndarray) -> np.ndarray:
-  """The image with ink bright: dark ink on light paper is inverted.
-
-  The frame of the image is mostly background; if it lies nearer the bright end of the image's
-  range, the ink is dark.
-  """
+def _ink_is_dark(gray: np.ndarray) -> bool:
+  """Whether the ink is darker than its paper: the frame of the image is mostly background, and lies nearer the
+  bright end of the image's range."""
   h, w = gray.shape
   b = max(1, min(h, w) // 20)
   frame = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
   low, high = np.percentile(gray, [1, 99])
-  return 1.0 - gray if np.median(frame) > (low + high) / 2 else gray
+  return bool(np.median(frame) > (low + high) / 2)
+
+
+def _ink_bright(gray: np.ndarray) -> np.ndarray:
+  """The image with ink bright: dark ink on light paper is inverted."""
+  return 1.0 - gray if _ink_is_dark(gray) else gray
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -288,7 +285,7 @@ def split_digits(mask: np.ndarray) -> list[np.ndarray]:
 
 def read_digits(path) -> list[np.ndarray]:
   """Each digit of a number written on one line, left to right, as (28, 28, 1) uint8."""
-  return [mnist_digit(m) for m in split_digits(_named(path, ink_mask, load_gray(path)))]
+  return [mnist_digit(m) for m in split_digits(_named(path, ink_mask, _gray(load_image(path))))]
 
 
 def _named(path, fn, *args):
@@ -301,13 +298,18 @@ def _named(path, fn, *args):
 # --- one image per file, in each dataset's format --------------------------------------------
 
 
-def read_mnist(path) -> np.ndarray:
-  return mnist_digit(_named(path, ink_mask, load_gray(path)))
+def _gray(image: Image.Image) -> np.ndarray:
+  return np.asarray(image.convert("L"), np.float32) / 255.0
 
 
-def read_fashion_mnist(path) -> np.ndarray:
+def read_mnist(path, image: Image.Image | None = None) -> np.ndarray:
+  """A photo of one digit as MNIST made its digits; `image` is the file, already loaded."""
+  return mnist_digit(_named(path, ink_mask, _gray(image or load_image(path))))
+
+
+def read_fashion_mnist(path, image: Image.Image | None = None) -> np.ndarray:
   """The object bright on black, as Fashion-MNIST's product photos were: trimmed, longer side 28, centred."""
-  gray = _ink_bright(load_gray(path))
+  gray = _ink_bright(_gray(image or load_image(path)))
   background = np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
   rows, cols = np.nonzero(np.abs(gray - background) > MIN_CONTRAST)
   if not len(rows):
@@ -319,14 +321,28 @@ def read_fashion_mnist(path) -> np.ndarray:
 
 
 READERS = {"digit": read_mnist, "object": read_fashion_mnist}  # dataset.photos -> a 28x28 grayscale reader
+READER_SHAPE = (CANVAS, CANVAS, 1)
+
+
+def preparation(photos: str, image_shape) -> str:
+  """How a run's files are read: `photos` (config dataset.photos) where it fits the data, whose images READERS make
+  28x28 grayscale; else 'fit', as a folder's images were read for training."""
+  return photos if photos in READERS and tuple(image_shape) == READER_SHAPE else "fit"
+
+
+def _as_made(image: Image.Image, image_shape) -> bool:
+  """Whether a file is already one of the dataset's images: its size and channels, ink bright on a dark frame."""
+  height, width, channels = image_shape
+  return (image.size == (width, height) and image.mode == {1: "L", 3: "RGB"}.get(channels)
+          and not _ink_is_dark(_gray(image)))
 
 
 def read_photo(path, photos: str, image_shape) -> np.ndarray:
-  """One image file as a run's input, uint8 `image_shape`, made as `photos` (config dataset.photos) says."""
+  """One image file as a run's input, uint8 `image_shape`, made as `preparation(photos, image_shape)` says; a file
+  already in the dataset's format is taken as it is, so that predict reads a test image as evaluation did."""
   height, width, channels = image_shape
-  if photos not in READERS:
-    return fitted(load_image(path), height, width, channels)
-  image = READERS[photos](path)
-  if image.shape == tuple(image_shape):
-    return image
-  return fitted(Image.fromarray(image[..., 0], "L"), height, width, channels)
+  image = load_image(path)
+  how = preparation(photos, image_shape)
+  if how == "fit" or _as_made(image, image_shape):
+    return fitted(image, height, width, channels)
+  return READERS[how](path, image)

@@ -2,9 +2,12 @@
 
 `Conv3x3`, `Conv1x1`, `max_pool_2x2`, `Dropout` and `BatchNorm` compute what nn.Conv, nn.max_pool, nn.Dropout and
 nn.BatchNorm compute, with gradients a CPU runs faster (benchmarks/NOTES.md holds the measurements). A model built
-from them gets the built-in models' speed; `whitening_kernel` initialises a first 3x3 layer from the data.
+from them gets the built-in models' speed; `whitening_kernel` initialises a first 3x3 layer from the data. Traced
+inside `canonical()`, they are lax's own operations wherever they run: what an exported model holds.
 """
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any
@@ -17,6 +20,19 @@ import numpy as np
 from jax import lax
 
 from fluxdigits import jax_private, onednn
+
+_canonical = contextvars.ContextVar("fluxdigits_canonical_layers", default=False)
+
+
+@contextlib.contextmanager
+def canonical():
+  """Models traced inside use lax's convolution, reduce_window and flax's BatchNorm formulas: an exported file's
+  graph holds Conv, MaxPool and its normalisation as exporters and runtimes know them, without this extension."""
+  token = _canonical.set(True)
+  try:
+    yield
+  finally:
+    _canonical.reset(token)
 
 
 def _window_quarters(x):
@@ -62,6 +78,8 @@ def max_pool_2x2(x):
   Its gradient is one elementwise select per input, which XLA:CPU runs much faster than the select-and-scatter of
   nn.max_pool's gradient or a reshape-and-max's (benchmarks/NOTES.md).
   """
+  if _canonical.get():
+    return nn.max_pool(x, (2, 2), (2, 2))
   n, h, w, c = x.shape
   return _max_pool_2x2_even(x[:, : h // 2 * 2, : w // 2 * 2])
 
@@ -86,10 +104,11 @@ def _conv(x, kernel, padding, strides=1):
   return lax.conv_general_dilated(x, kernel, (strides, strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _on_accelerator() -> bool:
+def _lax_ops() -> bool:
   """The layers below are formulated for XLA:CPU. On a GPU or TPU they use lax's own convolution, which cuDNN and
-  the TPU's convolution units implement, compiles faster, and is as fast there (benchmarks/NOTES.md, "On a GPU")."""
-  return jax.default_backend() != "cpu"
+  the TPU's convolution units implement, compiles faster, and is as fast there (benchmarks/NOTES.md, "On a GPU");
+  inside canonical() too."""
+  return jax.default_backend() != "cpu" or _canonical.get()
 
 
 def _onednn_runs(x) -> bool:
@@ -97,7 +116,7 @@ def _onednn_runs(x) -> bool:
   bfloat16 on a CPU with bf16 instructions), and has the channels where oneDNN's kernels beat the patches' matmul (a
   first layer keeps the matmul)."""
   wanted_dtype = x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and onednn.native_bf16())
-  return wanted_dtype and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.in_use()
+  return wanted_dtype and x.shape[-1] >= CONV_MIN_CHANNELS and onednn.available()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -236,7 +255,7 @@ class Conv3x3(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
     x = x.astype(self.dtype)
-    if _on_accelerator():
+    if _lax_ops():
       y = _conv(x, kernel, self.padding, self.strides)
       return y if bias is None else y + bias
     if _onednn_runs(x):
@@ -268,7 +287,7 @@ class Conv1x1(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32)
     s = self.strides
-    if _on_accelerator():
+    if _lax_ops():
       return _conv(x.astype(self.dtype), kernel.astype(self.dtype), "VALID", s)
     if _onednn_runs(x.astype(self.dtype)):
       return onednn.conv(x.astype(self.dtype), kernel.astype(self.dtype), s, "VALID")
@@ -298,7 +317,7 @@ class BatchNorm(nn.Module):
     y = None
     if self.use_running_average:
       mean, var = running_mean.value, running_var.value
-    elif x.ndim == 4 and x.dtype == jnp.float32 and not _on_accelerator() and onednn.in_use():
+    elif x.ndim == 4 and x.dtype == jnp.float32 and not _lax_ops() and onednn.available():
       y, mean, var = onednn.batch_norm(x, scale, bias, self.epsilon, self.relu)
     else:  # flax's statistics: the mean of squares less the squared mean
       mean = x.mean(range(x.ndim - 1), dtype=jnp.float32)
@@ -355,7 +374,7 @@ class Dropout(nn.Module):
       return x
     keep = 1.0 - self.rate
     rng = self.make_rng("dropout")
-    if not _on_accelerator():
+    if not _lax_ops():
       rng = jax.random.wrap_key_data(jax.random.key_data(rng), impl=_THREEFRY_IN_ONE_PASS)
     mask = jax.random.bernoulli(rng, keep, x.shape)
     return lax.select(mask, x / keep, jnp.zeros_like(x))

@@ -7,7 +7,6 @@ FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulatio
 device (mesh.claim_cpu_cores): oneDNN's OpenMP threads use every core within each call.
 """
 
-import contextlib
 import ctypes
 import functools
 import os
@@ -57,25 +56,6 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
   """Whether the extension is built, loads with its oneDNN, and is wanted: then its FFI targets are registered."""
   return _library() is not None
-
-
-_suspended = False
-
-
-@contextlib.contextmanager
-def suspended():
-  """Models traced inside use XLA's convolutions: an exported model must run where this extension is not."""
-  global _suspended
-  previous, _suspended = _suspended, True
-  try:
-    yield
-  finally:
-    _suspended = previous
-
-
-def in_use() -> bool:
-  """Whether convolutions traced now run on oneDNN: it is available and not suspended."""
-  return not _suspended and available()
 
 
 def describe() -> str:

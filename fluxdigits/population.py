@@ -1,6 +1,6 @@
 """Populations: configs that differ only in what the train step takes as data, trained at once by train.py.
 
-Members may differ in DATA_KEYS. Everything else (model, data, batch size, optimizer family,
+Members may differ in DATA_KEYS (the dropout rate only where the model takes it as data, registry.py). Everything else (model, data, batch size, optimizer family,
 schedule, epochs, augmentation, weight averaging) fixes the shape of the compiled program and is
 shared; configs of different shapes form different populations (`groups`).
 """
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from fluxdigits import config as configs
+from fluxdigits import config as configs, registry
 from fluxdigits.errors import UserError
 
 DATA_KEYS = ("seed", "optimizer.learning_rate", "optimizer.weight_decay", "model.dropout_rate", "label_smoothing")
@@ -17,9 +17,15 @@ DATA_KEYS = ("seed", "optimizer.learning_rate", "optimizer.weight_decay", "model
 AGGREGATED = ("test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "train_seconds")
 
 
+def data_keys(config) -> tuple:
+  """The keys members of `config`'s population may differ in."""
+  return DATA_KEYS if registry.dropout_rate_is_data(config) else tuple(k for k in DATA_KEYS if k != "model.dropout_rate")
+
+
 def shape_key(config) -> tuple:
   """What a config shares with every member of its population."""
-  return tuple(sorted((k, v) for k, v in configs.flatten(config).items() if k not in DATA_KEYS))
+  varied = data_keys(config)
+  return tuple(sorted((k, v) for k, v in configs.flatten(config).items() if k not in varied))
 
 
 def check_shared_shape(members) -> None:
@@ -29,7 +35,7 @@ def check_shared_shape(members) -> None:
     differing = sorted(k for k in first if first[k] != other[k])
     if differing:
       raise UserError(f"population members differ in {', '.join(differing)}, which fix the compiled program; "
-                      f"members may differ only in {', '.join(DATA_KEYS)}")
+                      f"members may differ only in {', '.join(data_keys(members[0]))}")
 
 
 def groups(members) -> list[list[int]]:

@@ -73,16 +73,21 @@ def load_classifier(workdir) -> Classifier:
 
 
 def expand(patterns) -> list[pathlib.Path]:
-  """Files, folders (their images, sorted) and globs, in the order given."""
+  """Files, folders (their images and their subfolders', as a folder dataset's test/ holds them, sorted) and globs,
+  in the order given; a folder or glob with no image is one line (UserError)."""
   files = []
   for pattern in patterns:
     path = pathlib.Path(pattern)
     if path.is_dir():
-      files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     elif glob.has_magic(pattern):
-      files += [pathlib.Path(p) for p in sorted(glob.glob(pattern))]
+      found = [pathlib.Path(p) for p in sorted(glob.glob(pattern))]
     else:
       files.append(path)  # missing files get their error line when read
+      continue
+    if not found:
+      raise UserError(f"{pattern}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found there")
+    files += found
   return files
 
 
@@ -120,6 +125,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    files = expand(args.images)
     classifier = load_classifier(args.run)
     if args.digits and (classifier.config.dataset.photos != "digit" or classifier.image_shape != (28, 28, 1)):
       raise UserError(f"--digits needs a run that reads 28x28 digits (dataset.photos='digit'); {args.run} was "
@@ -127,7 +133,6 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
-  files = expand(args.images)
   names = classifier.class_names
   rows, shown, failed = [], [], 0
   for path in files:

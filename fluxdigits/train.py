@@ -26,8 +26,8 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from fluxdigits import (augment, checkpoint, config as configs, data, distributed, layers, mesh as meshes, metrics,
-                        onednn, optim, population, registry, tensorboard, workdir as workdirs)
+from fluxdigits import (augment, checkpoint, config as configs, data, distributed, images, layers, mesh as meshes,
+                        metrics, onednn, optim, population, registry, tensorboard, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -322,6 +322,10 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")
   num_classes, image_shape = len(dataset.class_names), dataset.info.image_shape
+  read_as = images.preparation(config.dataset.photos, image_shape)
+  if read_as != config.dataset.photos:
+    log(f"note: dataset.photos={config.dataset.photos!r} makes 28x28 grayscale inputs, but these images are "
+        f"{'x'.join(map(str, image_shape))}: predict will read files as these were read, {read_as!r}")
   model = registry.create(config, num_classes)
   variables = registry.check_output(model, config, image_shape, num_classes)
   if config.microbatches > 1 and variables.get("batch_stats"):

@@ -131,7 +131,7 @@ def not_a_module(x):
 @pytest.mark.parametrize("name, kwargs, message", [
     ("missing.py:Net", [], "missing.py not found; in model.name=FILE.py:CLASS give FILE relative to"),
     ("net.py:Nope", [], "defines no 'Nope'; its Flax modules: Fine, ThreeLogits"),
-    ("net.py:not_a_module", [], "is a function, not a flax.linen.Module class"),
+    ("net.py:not_a_module", [], "is a function, not a flax.linen.Module or flax.nnx.Module class"),
     ("net.py:ThreeLogits", [], "returned shape (2, 3) for a batch of 2 (28, 28, 1) images; it must return logits of "
                                "shape (N, num_classes) = (2, 10)"),
     ("net.py:Fine", ["--config.model.kwargs.widht=4"], "model.kwargs.widht: "),
