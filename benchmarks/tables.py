@@ -23,7 +23,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import cifar10  # noqa: E402
+import flax_apis  # noqa: E402
 import model_throughput  # noqa: E402
+import onnx_latency  # noqa: E402
 import population  # noqa: E402
 import robustness  # noqa: E402
 import step_throughput  # noqa: E402
@@ -81,6 +83,10 @@ def render(spec: str, link: str = "benchmarks/results") -> str:
   if kind in ("step-throughput", "model-throughput", "population"):
     rows = [row for r in records for row in r["results"]]
     return {"step-throughput": step_throughput, "model-throughput": model_throughput, "population": population}[kind].table(rows) + caption
+  if kind == "flax-apis":
+    return flax_apis.table([row for r in records for row in r["results"]]) + caption
+  if kind == "onnx-latency":
+    return onnx_latency.table(records) + caption
   if kind == "time-to-accuracy":
     return time_to_accuracy.table(records) + caption
   if kind == "projected":

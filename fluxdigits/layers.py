@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
@@ -231,10 +232,10 @@ CONV_MIN_CHANNELS = 16
 WINOGRAD_MIN_CHANNELS = 24
 
 
-class Conv3x3(nn.Module):
-  """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias).
+def conv3x3(x, kernel, bias, strides: int, padding: str):
+  """The values of nn.Conv's 3x3 convolution (`bias` may be None), in the formulation this device runs fastest.
 
-  On a CPU with the oneDNN extension built (fluxdigits/onednn.py), oneDNN's convolution, float32. Otherwise:
+  On a CPU with the oneDNN extension built (fluxdigits/onednn.py), oneDNN's convolution. Otherwise:
   With few input channels (a first layer) or stride 2: one matmul of the 3x3 patches (im2col), with
   a column of ones appended when there is a bias, so that the bias is a row of the same matmul.
   There XLA:CPU's convolution is slower than the matmul, its kernel gradient several times
@@ -242,6 +243,36 @@ class Conv3x3(nn.Module):
   here both gradients are the one matmul patches^T @ grad. Otherwise `conv_stride1` or
   `winograd_conv3x3`, by channels (WINOGRAD_MIN_CHANNELS). On a GPU or TPU, lax's convolution.
   """
+  with_bias = lambda y: y if bias is None else y + bias
+  channels, features = kernel.shape[2:]
+  if _lax_ops():
+    return with_bias(_conv(x, kernel, padding, strides))
+  if _onednn_runs(x):
+    return with_bias(onednn.conv(x, kernel, strides, padding))
+  if channels >= WINOGRAD_MIN_CHANNELS and strides == 1:
+    return with_bias(winograd_conv3x3(x, kernel, padding))
+  if channels >= CONV_MIN_CHANNELS and strides == 1:
+    return conv_stride1(x, kernel, bias, padding)
+  patches = _patches(x, strides, padding, with_ones=bias is not None)
+  weights = kernel.reshape(9 * channels, features)
+  if bias is not None:
+    weights = jnp.concatenate([weights, bias[None]])
+  return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(*patches.shape[:3], features)
+
+
+def conv1x1(x, kernel, strides: int):
+  """The values of nn.Conv's 1x1 convolution without bias. On a CPU without oneDNN, one matmul of the strided
+  pixels: XLA:CPU's convolution computes the kernel gradient of the strided 1x1 convolution far slower."""
+  if _lax_ops():
+    return _conv(x, kernel, "VALID", strides)
+  if _onednn_runs(x):
+    return onednn.conv(x, kernel, strides, "VALID")
+  return x[:, ::strides, ::strides] @ kernel[0, 0]
+
+
+class Conv3x3(nn.Module):
+  """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias), computed
+  by `conv3x3`."""
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
@@ -251,34 +282,14 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    n, h, w, channels = x.shape
-    kernel = self.param("kernel", self.kernel_init, (3, 3, channels, self.features), jnp.float32).astype(self.dtype)
+    kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features), jnp.float32).astype(self.dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
-    x = x.astype(self.dtype)
-    if _lax_ops():
-      y = _conv(x, kernel, self.padding, self.strides)
-      return y if bias is None else y + bias
-    if _onednn_runs(x):
-      y = onednn.conv(x, kernel, self.strides, self.padding)
-      return y if bias is None else y + bias
-    if channels >= WINOGRAD_MIN_CHANNELS and self.strides == 1:
-      y = winograd_conv3x3(x, kernel, self.padding)
-      return y if bias is None else y + bias
-    if channels >= CONV_MIN_CHANNELS and self.strides == 1:
-      return conv_stride1(x, kernel, bias, self.padding)
-    patches = _patches(x, self.strides, self.padding, with_ones=self.use_bias)
-    weights = kernel.reshape(9 * channels, self.features)
-    if self.use_bias:
-      weights = jnp.concatenate([weights, bias[None]])
-    return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(*patches.shape[:3], self.features)
+    return conv3x3(x.astype(self.dtype), kernel, bias, self.strides, self.padding)
 
 
 class Conv1x1(nn.Module):
-  """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False).
-
-  One matmul of the strided pixels: XLA:CPU's convolution computes the kernel gradient of the
-  strided 1x1 convolution far slower than this matmul does. On a GPU or TPU, lax's convolution.
-  """
+  """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False),
+  computed by `conv1x1`."""
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
@@ -286,12 +297,7 @@ class Conv1x1(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32)
-    s = self.strides
-    if _lax_ops():
-      return _conv(x.astype(self.dtype), kernel.astype(self.dtype), "VALID", s)
-    if _onednn_runs(x.astype(self.dtype)):
-      return onednn.conv(x.astype(self.dtype), kernel.astype(self.dtype), s, "VALID")
-    return x[:, ::s, ::s].astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
+    return conv1x1(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
 
 
 class BatchNorm(nn.Module):
@@ -391,3 +397,91 @@ def whitening_kernel(images, features: int, eps: float = 5e-4):
   eigenvalues, eigenvectors = jnp.linalg.eigh(patches.T @ patches / len(patches))  # ascending order
   top = eigenvectors[:, ::-1][:, : features // 2] / jnp.sqrt(eigenvalues[::-1][: features // 2] + eps)
   return jnp.concatenate([top, -top], axis=1).reshape(3, 3, c, features)
+
+
+# --- any model's operations in these formulations ----------------------------------------------
+
+_NHWC_HWIO = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+
+def cpu_formulated(fn):
+  """`fn` (a Flax model's apply, Linen or NNX, or any function of arrays) computing lax's 3x3 and 1x1 convolutions
+  and 2x2 max-pools as `conv3x3`, `conv1x1` and `max_pool_2x2` do on a CPU: traced to a jaxpr, then evaluated again
+  with those operations swapped, so that a model written with nn.Conv and nn.max_pool trains as fast as one built
+  from these layers. Elsewhere (an accelerator, canonical()) `fn` as it is."""
+
+  @functools.wraps(fn)
+  def formulated(*args):
+    if _lax_ops():
+      return fn(*args)
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+    return jax.tree.unflatten(jax.tree.structure(shapes), _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args)))
+
+  return formulated
+
+
+def _evaluate(jaxpr, consts, args) -> list:
+  """jax.core.eval_jaxpr's loop, with `_formulation` standing in where it applies and jit calls inlined (the
+  operations may be inside)."""
+  env = dict(zip(jaxpr.constvars, consts)) | dict(zip(jaxpr.invars, args))
+  read = lambda var: var.val if isinstance(var, jax.extend.core.Literal) else env[var]
+  made = {}  # var -> how it was made, for the peepholes of _formulation
+  for eqn in jaxpr.eqns:
+    inputs = [read(var) for var in eqn.invars]
+    outputs = _formulation(eqn, inputs, made)
+    if outputs is None and eqn.primitive.name in ("jit", "pjit"):
+      outputs = _evaluate(eqn.params["jaxpr"].jaxpr, eqn.params["jaxpr"].consts, inputs)
+    elif outputs is None:
+      with eqn.ctx.manager:
+        outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(eqn.params))
+      outputs = outputs if eqn.primitive.multiple_results else [outputs]
+    env.update(zip(eqn.outvars, outputs))
+  return [read(var) for var in jaxpr.outvars]
+
+
+def _formulation(eqn, inputs, made: dict) -> list | None:
+  """The outputs of a 3x3 or 1x1 NHWC convolution or a 2x2 max-pool as these layers compute them, or None. Two
+  peepholes give flax's own layers the built-in models' forms: a convolution's bias added after it joins the
+  patches' matmul (conv3x3), and a ReLU before a max-pool comes after it, on a quarter of the values (they commute).
+  What they replace is computed too, unused: XLA drops it."""
+  p, name = eqn.params, eqn.primitive.name
+  output = eqn.outvars[0]
+  kind = lambda var: "" if isinstance(var, jax.extend.core.Literal) else made.get(var, ("",))[0]
+  if eqn.primitive is lax.conv_general_dilated_p:
+    x, kernel = inputs
+    plain = (p["dimension_numbers"] == _NHWC_HWIO and p["feature_group_count"] == p["batch_group_count"] == 1
+             and p["lhs_dilation"] == p["rhs_dilation"] == (1, 1) and p["preferred_element_type"] is None
+             and x.dtype == kernel.dtype and p["window_strides"][0] == p["window_strides"][1])
+    strides = p["window_strides"][0]
+    if plain and kernel.shape[:2] == (3, 3):
+      padding = next((name for name in ("VALID", "SAME")
+                      if tuple(p["padding"]) == tuple(lax.padtype_to_pads(x.shape[1:3], (3, 3), (strides,) * 2, name))),
+                     None)
+      if padding is not None:
+        made[output] = ("conv3x3", (x, kernel, strides, padding))
+        return [conv3x3(x, kernel, None, strides, padding)]
+    if plain and kernel.shape[:2] == (1, 1) and all(pair == (0, 0) for pair in p["padding"]):
+      return [conv1x1(x, kernel, strides)]
+  elif name == "reshape" and inputs[0].ndim == 1 and p["new_sizes"] == (1, 1, 1, inputs[0].shape[0]):
+    made[output] = ("bias", inputs[0])
+  elif name == "add":
+    kinds = [kind(var) for var in eqn.invars]
+    if sorted(kinds) == ["bias", "conv3x3"]:
+      (x, kernel, strides, padding), bias = (made[eqn.invars[kinds.index(kind)]][1] for kind in ("conv3x3", "bias"))
+      if bias.dtype == x.dtype:
+        return [conv3x3(x, kernel, bias, strides, padding)]
+  elif name == "custom_jvp_call" and _is_relu(p["call_jaxpr"].jaxpr):
+    made[output] = ("relu", inputs[0])
+  elif eqn.primitive is lax.reduce_window_max_p:
+    pooled_2x2 = (p["window_dimensions"] == p["window_strides"] == (1, 2, 2, 1)
+                  and p["base_dilation"] == p["window_dilation"] == (1, 1, 1, 1)
+                  and all(pair == (0, 0) for pair in p["padding"]))
+    if pooled_2x2 and kind(eqn.invars[0]) == "relu":
+      return [nn.relu(max_pool_2x2(made[eqn.invars[0]][1]))]
+    return [max_pool_2x2(inputs[0])] if pooled_2x2 else None
+  return None
+
+
+def _is_relu(jaxpr) -> bool:
+  """Whether a custom_jvp function is jax.nn.relu (a jit named relu inside)."""
+  return len(jaxpr.eqns) == 1 and jaxpr.eqns[0].primitive.name in ("jit", "pjit") and jaxpr.eqns[0].params["name"] == "relu"

@@ -152,8 +152,8 @@ def train_step(state: TrainState, images, labels, hyperparams, *, config, num_cl
   model = registry.create(config, num_classes, dropout_rate=hyperparams["dropout_rate"])
 
   def loss_fn(params, x, labels, dropout_rng):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                                  rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    apply = functools.partial(model.apply, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    logits, updates = layers.cpu_formulated(apply)({"params": params, "batch_stats": state.batch_stats}, x)
     return cross_entropy(logits, labels, hyperparams["label_smoothing"]).mean(), (logits, updates)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -266,7 +266,8 @@ def make_predict(apply_fn, preprocess, flip=False):
     x = preprocess(images[idx])
     if flip:
       x = jnp.concatenate([x, x[:, :, ::-1]])
-    logits = apply_fn({"params": params, "batch_stats": batch_stats}, x, train=False).astype(jnp.float32)
+    apply = layers.cpu_formulated(functools.partial(apply_fn, train=False))
+    logits = apply({"params": params, "batch_stats": batch_stats}, x).astype(jnp.float32)
     return logits.reshape(2, -1, logits.shape[-1]).mean(0) if flip else logits
 
   return predict

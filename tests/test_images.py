@@ -215,3 +215,29 @@ def test_cifar_and_fashion_formats(tmp_path):
   ImageDraw.Draw(shirt).rectangle([(50, 100), (250, 400)], fill=60)
   fashion = images.read_fashion_mnist(_save(tmp_path / "shirt.png", shirt))
   assert fashion.shape == (28, 28, 1) and fashion[14, 14, 0] > 200 and fashion[0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("dataset, photos", [("mnist", "digit"), ("fashion_mnist", "object"), ("cifar10", "fit")])
+def test_a_dataset_s_own_images_saved_as_png_are_read_back_as_they_were(tmp_path, dataset, photos):
+  """What makes predict on a run's own test files give the evaluation's classes."""
+  from fluxdigits import data
+  test = data.read_tfds_split(dataset, "test", None, use_cache=True, log=lambda line: None)
+  for n, image in enumerate(test.images[:300]):
+    path = tmp_path / f"{n}.png"
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
+    np.testing.assert_array_equal(images.read_photo(path, photos, image.shape), image, err_msg=str(n))
+
+
+@pytest.mark.parametrize("photos, shape, expected", [("digit", (28, 28, 1), "digit"), ("object", (28, 28, 1), "object"),
+                                                     ("digit", (16, 16, 1), "fit"), ("digit", (28, 28, 3), "fit"),
+                                                     ("fit", (28, 28, 1), "fit")])
+def test_a_photo_preparation_applies_only_to_the_data_it_fits(photos, shape, expected):
+  assert images.preparation(photos, shape) == expected
+
+
+def test_a_digit_photo_on_white_paper_at_28x28_is_still_prepared(tmp_path):
+  dark_on_white = np.full((28, 28), 255, np.uint8)
+  dark_on_white[6:22, 12:16] = 0
+  Image.fromarray(dark_on_white).save(tmp_path / "one.png")
+  prepared = images.read_photo(tmp_path / "one.png", "digit", (28, 28, 1))
+  assert prepared[0, 0, 0] == 0 and prepared.max() == 255  # white ink on black, as MNIST's

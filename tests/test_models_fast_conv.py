@@ -100,3 +100,47 @@ def test_conv1x1_matches_flax_conv_with_the_same_parameters(size, strides):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads,
                jax.grad(loss, argnums=(1, 2))(reference, params, x))
 
+
+
+class FlaxWritten(nn.Module):
+  """flax's own layers, as a user writes them: what cpu_formulated rewrites."""
+  channels: int
+  strides: int
+  padding: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(self.channels, (3, 3), self.strides, padding=self.padding)(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.Conv(self.channels, (1, 1), 2, use_bias=False)(x)
+    x = nn.Conv(8, (3, 3), padding=self.padding, use_bias=False)(x)
+    return nn.avg_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)  # avg_pool: left as flax computes it
+
+
+@pytest.mark.parametrize("channels, strides, padding", [(1, 1, "VALID"), (16, 1, "SAME"), (32, 2, "SAME"),
+                                                        (24, 1, "VALID")])
+def test_cpu_formulated_computes_any_flax_model_s_convolutions_and_pools_in_the_layers_forms(channels, strides, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 22, 21, 3))
+  model = FlaxWritten(channels, strides, padding)
+  params = model.init(jax.random.key(1), x)
+  formulated = layers.cpu_formulated(model.apply)
+  operations = {eqn.primitive.name for eqn in jax.make_jaxpr(formulated)(params, x).jaxpr.eqns}
+  assert not operations & {"conv_general_dilated", "reduce_window_max"}, operations
+
+  def loss(apply, params, x):
+    return jnp.sum(jnp.sin(apply(params, x)))
+
+  def assert_close(actual, desired):
+    np.testing.assert_allclose(actual, desired, rtol=1e-4, atol=2e-5 * np.abs(desired).max())
+
+  assert_close(jax.jit(formulated)(params, x), model.apply(params, x))
+  grads = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(formulated, params, x)
+  jax.tree.map(assert_close, grads, jax.grad(loss, argnums=(1, 2))(model.apply, params, x))
+
+
+def test_cpu_formulated_leaves_a_model_on_an_accelerator_as_it_is(monkeypatch):
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 1))
+  model = FlaxWritten(8, 1, "SAME")
+  params = model.init(jax.random.key(1), x)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert str(jax.make_jaxpr(layers.cpu_formulated(model.apply))(params, x)) == str(jax.make_jaxpr(model.apply)(params, x))
