@@ -1,7 +1,8 @@
 """Seed 004's CNN written three ways, trained by fluxdigits' own command on MNIST: the built-in `cnn`
 (fluxdigits.layers), and benchmarks/models/seed_cnn.py's LinenCNN and NNXCNN (flax's own nn.Conv / nnx.Conv,
 max_pool and Dense, as a user writes them). images/s counts the training epochs of `summary.json`'s train_seconds
-(validation passes included, compile excluded).
+(validation passes included, compile excluded). Beside it, each model's compiled train step is counted by XLA
+operation (`compiled_operations`): models that compile to the same program differ only by the machine's noise.
 
 Each (model, batch) runs in a fresh process; the models alternate --repeats times and each keeps its median.
 
@@ -38,6 +39,25 @@ def train(model: str, batch_size: int, epochs: int) -> dict:
           "test_accuracy": summary["test_accuracy"]}
 
 
+def compiled_operations(model: str) -> dict:
+  """{XLA operation: count} of the model's train step as fluxdigits compiles it on this machine (4 steps a call)."""
+  import collections
+  import re
+  import numpy as np
+  from fluxdigits import augment, config as configs, data, mesh as meshes, optim, registry, train
+  config = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")),
+                                             [f"model.name={model}"]))
+  dataset = data.load(config, log=lambda line: None)
+  module = registry.create(config, len(dataset.class_names))
+  state = train.create_states([config], module, dataset.info.image_shape, optim.create(config, 100))
+  chunk = train.make_train_chunk(config, module, len(dataset.class_names), train.preprocess_for(config, dataset),
+                                 augment.make(config))
+  indices = meshes.shard_batches(np.zeros((1, 4, config.batch_size), np.int32), meshes.data_mesh())
+  text = chunk.lower(state, dataset.train.images, dataset.train.labels, indices, train.member_hyperparams([config]),
+                     np.ones(1, bool)).compile().as_text()
+  return dict(collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", text)))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--epochs", type=int, default=2)
@@ -58,6 +78,10 @@ def main():
       results.append({"model": name, "batch_size": batch_size, "train_images_per_s": median,
                       "compile_s": statistics.median(r["compile_s"] for r in model_runs),
                       "test_accuracy": model_runs[0]["test_accuracy"], "runs": model_runs})
+  operations = {name: compiled_operations(model) for name, model in MODELS.items()}
+  for r in results:
+    r["compiled_operations"] = sum(operations[r["model"]].values())
+    r["same_program_as_built_in"] = operations[r["model"]] == operations[next(iter(MODELS))]
   record = {"device": device_name(), "epochs": args.epochs, "repeats": args.repeats, "train_images": TRAIN_IMAGES,
             "date": datetime.date.today().isoformat(), "results": results}
   path = write_record(record, args.out, tag=args.tag)
@@ -68,11 +92,13 @@ def main():
 def table(results) -> str:
   builtin = {r["batch_size"]: r["train_images_per_s"] for r in results if r["model"].startswith("built-in")}
   linen = {r["batch_size"]: r["train_images_per_s"] for r in results if r["model"].startswith("LinenCNN")}
-  rows = ["| model | batch | images/s | vs built-in | vs LinenCNN | test accuracy |", "|---|---:|---:|---:|---:|---:|"]
+  rows = ["| model | batch | images/s | vs built-in | vs LinenCNN | XLA operations | test accuracy |",
+          "|---|---:|---:|---:|---:|---|---:|"]
   for r in results:
     rate, batch = r["train_images_per_s"], r["batch_size"]
+    program = f"{r['compiled_operations']:,}" + (", the built-in's program" if r["same_program_as_built_in"] else "")
     rows.append(f"| {r['model']} | {batch} | {rate:,.0f} | {rate / builtin[batch]:.2f}x | {rate / linen[batch]:.2f}x | "
-                f"{r['test_accuracy']:.4f} |")
+                f"{program} | {r['test_accuracy']:.4f} |")
   return "\n".join(rows)
 
 

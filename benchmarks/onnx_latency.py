@@ -49,6 +49,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("run")
   parser.add_argument("--baseline", help="an ONNX file of the same run to compare with")
+  parser.add_argument("--baseline-name", default="baseline", help="what the baseline is, for the table")
   parser.add_argument("--repeats", type=int, default=200)
   parser.add_argument("--tag", default="onnx-latency")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -57,7 +58,7 @@ def main():
   with tempfile.TemporaryDirectory() as folder:
     path, error, _ = export.export(args.run, "onnx", folder)
     image_shape = predict.load_classifier(args.run).image_shape
-    files = {"this checkout": path, **({"baseline": pathlib.Path(args.baseline)} if args.baseline else {})}
+    files = {"this checkout": path, **({args.baseline_name: pathlib.Path(args.baseline)} if args.baseline else {})}
     results = [{"export": name, "nodes": sum(operations(file).values()), "operations": operations(file),
                 **{f"batch_{batch}_ms": latency_ms(file, image_shape, batch, args.repeats) for batch in BATCHES}}
                for name, file in files.items()]

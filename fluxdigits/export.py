@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import pathlib
 import sys
 
@@ -76,6 +77,7 @@ def export_onnx(fn, image_shape, out: pathlib.Path):
     raise UserError(f"ONNX export cannot convert the model's {', '.join(missing)} operation{'s' * (len(missing) > 1)} "
                     "(jax2onnx has no rule for it); export --format stablehlo instead, or build the model without it")
   as_function = jcore.jaxpr_as_fun(closed)
+  logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # a warning per untyped shape constant: noise to a user
   with contextlib.redirect_stdout(io.StringIO()):  # converters' debug prints are not the user's output
     jax2onnx.to_onnx(lambda x: as_function(x)[0], [images], model_name="fluxdigits", return_mode="file",
                      output_path=str(out), input_names=["images"], output_names=["logits"])
