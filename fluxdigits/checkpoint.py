@@ -202,9 +202,13 @@ def close(mngr: ocp.CheckpointManager, state):
 
 
 def _restore(mngr, step, template):
-  """The checkpoint of epoch `step`: (stacked state, its progress JSON); `template` is a stacked state."""
+  """The checkpoint of epoch `step`: (stacked state, its progress JSON); `template` is a stacked state, or its
+  jax.eval_shape (restored onto the default device)."""
   single = population_size(template) == 1
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, member(template, 0) if single else template)
+  if isinstance(jax.tree.leaves(template)[0], jax.ShapeDtypeStruct):
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if single else x.shape, x.dtype), template)
+  else:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, member(template, 0) if single else template)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                         progress=ocp.args.JsonRestore()))
   return (stack([restored.state]) if single else restored.state), restored.progress

@@ -734,8 +734,9 @@ def load_run(workdir, which: str = "best"):
     raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
   info = dataset_info(workdir, config)
   mngr = checkpoint.manager(workdir, config, create=False, this_process_only=True)
-  template = create_states([config], registry.create(config, len(info.class_names)), info.image_shape,
-                           optim.create(config, 1))
+  # Abstract: restoring needs the state's structure and shapes, not a compiled initialiser.
+  template = jax.eval_shape(lambda: create_states([config], registry.create(config, len(info.class_names)),
+                                                  info.image_shape, optim.create(config, 1)))
   restored = checkpoint.restore_latest(mngr, template)
   if restored is None:
     raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")

@@ -128,7 +128,7 @@ def test_two_nnx_tuning_trials(digits, tmp_path):
                            str(tmp_path / "tune")], capture_output=True, text=True, cwd=REPO, timeout=900)
   assert result.returncode == 0, result.stderr
   trials = sorted((tmp_path / "tune" / "trials").iterdir())
-  assert len(trials) == 2 and all(read_summary(t)["best_val_accuracy"] > 0.5 for t in trials)
+  assert len(trials) == 2 and all(read_summary(t)["best_val_accuracy"] > 0.2 for t in trials)  # chance: 0.1
 
 
 BAD_NNX = '''
