@@ -1,9 +1,9 @@
 """The optional C++ extension: oneDNN's convolutions and batch normalisation as XLA FFI targets
-(fluxdigits/onednn_kernels.cc).
+(fluxdigits/cpu/onednn_kernels.cc).
 
 Built by `pip install` against the build requirements' jaxlib (XLA's FFI headers) and oneDNN (onednn-devel-cpu-gomp).
 Optional: where it cannot be built (no C++ compiler, another OS or CPU) the install goes on without it, and the
-layers use their XLA formulations (fluxdigits/onednn.py says which).
+layers use their XLA formulations (fluxdigits/cpu/onednn.py says which).
 """
 
 import pathlib
@@ -31,7 +31,7 @@ def extensions() -> list:
     include, lib = onednn_dirs()
   except Exception:  # the build requirements are missing (a build without isolation): install without it
     return []
-  return [Extension("fluxdigits._onednn_kernels", ["fluxdigits/onednn_kernels.cc"], language="c++", optional=True,
+  return [Extension("fluxdigits.cpu._onednn_kernels", ["fluxdigits/cpu/onednn_kernels.cc"], language="c++", optional=True,
                     include_dirs=[str(pathlib.Path(jaxlib.__file__).parent / "include"), include],
                     library_dirs=[lib], libraries=["dnnl"], extra_compile_args=["-std=c++17", "-O2", "-w"])]
 

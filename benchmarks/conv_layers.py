@@ -12,7 +12,7 @@ convolution's multiply-adds (3 x forward), so Winograd's figure is an effective 
 
 Formulations (`fluxdigits/layers.py`): `lax` is `lax.conv_general_dilated` with JAX's own gradient
 rules; `conv_stride1` its custom VJP whose three convolutions are canonical forward convolutions;
-`im2col` one matmul of the 3x3 patches; `winograd` Winograd F(2x2, 3x3); `onednn` oneDNN's primitives through XLA's FFI (`fluxdigits/onednn.py`), where
+`im2col` one matmul of the 3x3 patches; `winograd` Winograd F(2x2, 3x3); `onednn` oneDNN's primitives through XLA's FFI (`fluxdigits/cpu/onednn.py`), where
 the extension is built.
 """
 
@@ -44,22 +44,22 @@ def jax_times(height, channels, features, padding) -> dict:
   import jax
   import jax.numpy as jnp
   from jax import lax
-  from fluxdigits import layers, onednn
+  from fluxdigits.cpu import forms, onednn
 
   x = jax.random.normal(jax.random.key(0), (BATCH, height, height, channels))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, channels, features)) * 0.1
   bias = jnp.zeros((features,))
 
   def im2col(x, kernel, bias):
-    patches = layers._patches(x, 1, padding, with_ones=True)
+    patches = forms._patches(x, 1, padding, with_ones=True)
     weights = jnp.concatenate([kernel.reshape(9 * channels, features), bias[None]])
     return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(*patches.shape[:3], features)
 
   formulations = {
-      "lax": lambda x, k, b: layers._conv(x, k, padding) + b,
-      "conv_stride1": lambda x, k, b: layers.conv_stride1(x, k, b, padding),
+      "lax": lambda x, k, b: forms._conv(x, k, padding) + b,
+      "conv_stride1": lambda x, k, b: forms.conv_stride1(x, k, b, padding),
       "im2col": im2col,
-      "winograd": lambda x, k, b: layers.winograd_conv3x3(x, k, padding) + b,
+      "winograd": lambda x, k, b: forms.winograd_conv3x3(x, k, padding) + b,
   }
   if onednn.available():
     formulations["onednn"] = lambda x, k, b: onednn.conv(x, k, 1, padding) + b

@@ -269,8 +269,8 @@ def main():
   args, unknown = parser.parse_known_args()
   overrides = config_overrides(parser, unknown)
   if args.one:
-    from fluxdigits import mesh
-    mesh.claim_cpu_cores()  # before JAX starts, as fluxdigits' command lines do
+    from fluxdigits import cpu
+    cpu.claim_cores()  # before JAX starts, as fluxdigits' command lines do
     system, index = args.one.split(":")
     print(json.dumps(RUNNERS[system](adapted(ROWS[int(index)], args.steps_scale, overrides))))
     return

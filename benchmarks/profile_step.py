@@ -53,8 +53,8 @@ def main():
   args = parser.parse_args()
 
   import jax
-  from fluxdigits import augment, data, mesh as meshes, optim, registry, train
-  meshes.claim_cpu_cores()  # before JAX starts, as model_throughput's child processes do
+  from fluxdigits import augment, cpu, data, mesh as meshes, optim, registry, train
+  cpu.claim_cores()  # before JAX starts, as model_throughput's child processes do
   row = model_throughput.ROWS[args.row]
   config = model_throughput.row_config(row)
   dataset = data.load(config)

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from fluxdigits import cli
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.export RUN --format onnx|stablehlo [--out DIR]"
@@ -42,10 +43,10 @@ def model_fn(classifier):
 def traced(fn, image_shape):
   """`fn` as a jaxpr of lax's own operations, for any batch size N: what the exporters convert."""
   import jax
-  from fluxdigits import layers
+  from fluxdigits import cpu
   batch, = jax.export.symbolic_shape("N")
   images = jax.ShapeDtypeStruct((batch, *image_shape), np.float32)
-  with layers.canonical():  # the file runs without fluxdigits' extension, with the operations runtimes know
+  with cpu.canonical():  # the file runs without fluxdigits' extension, with the operations runtimes know
     return jax.make_jaxpr(fn)(images), images
 
 
@@ -177,13 +178,12 @@ def main(argv=None) -> int:
   parser.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="onnx or stablehlo (jax.export)")
   parser.add_argument("--out", help="output folder (default RUN/export)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
+
+  def command():
     path, error, n = export(args.run, args.format, args.out)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  print(f"{path} (+ model.json): logits match the JAX model's within {error:.1e} on {n} test images")
-  return 0
+    print(f"{path} (+ model.json): logits match the JAX model's within {error:.1e} on {n} test images")
+
+  return cli.main(command, "nothing was exported")
 
 
 if __name__ == "__main__":

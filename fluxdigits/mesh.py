@@ -5,56 +5,18 @@ XLA inserts the cross-device reductions (gradients, BatchNorm statistics) that t
 Every process computes the same host arrays (data, batch indices) and places only what its own
 devices hold.
 
-On a CPU, fluxdigits' command lines ask JAX for one device per core (`claim_cpu_cores`, before JAX starts): a
+On a CPU, fluxdigits' command lines may ask JAX for one device per core (cpu.claim_cores, before JAX starts): a
 population's members train side by side on them (`member_lanes`), runs of models with long steps split their
-batches over them (train.data_mesh_for), and the rest keeps to the first. Importing fluxdigits claims nothing.
+batches over them (train.data_mesh_for), and the rest keeps to the first.
 """
-
-import os
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fluxdigits.cpu import cores
 from fluxdigits.errors import UserError
-
-
-_cpu_lanes = 1  # the CPU devices claim_cpu_cores() made, one per core; 1 until it runs
-
-
-def claim_cpu_cores() -> int:
-  """Makes JAX's CPU backend one device per core; returns how many (1 where the user chose the count with
-  JAX_NUM_CPU_DEVICES or XLA_FLAGS, where oneDNN's convolutions run, or where JAX already ran something).
-
-  One compiled call per CPU device, running at once, fills two cores better than one call whose every op is
-  split over them, where steps are long (benchmarks/NOTES.md, "The CPU's cores as devices")."""
-  global _cpu_lanes
-  if user_cpu_device_count() is not None:
-    return _cpu_lanes
-  from fluxdigits import onednn
-  if onednn.available():  # its convolutions use every core within one call, on one device
-    return _cpu_lanes
-  cores = len(os.sched_getaffinity(0))
-  try:
-    jax.config.update("jax_num_cpu_devices", cores)
-  except RuntimeError:
-    return _cpu_lanes
-  _cpu_lanes = cores
-  return cores
-
-
-def user_cpu_device_count() -> int | None:
-  """The CPU device count the user chose with JAX_NUM_CPU_DEVICES or XLA_FLAGS, or None."""
-  count = os.environ.get("JAX_NUM_CPU_DEVICES") or next(
-      (flag.split("=")[1] for flag in os.environ.get("XLA_FLAGS", "").split()
-       if flag.startswith("--xla_force_host_platform_device_count=")), None)
-  return None if count is None else int(count)
-
-
-def cpu_lanes() -> int:
-  """The CPU devices fluxdigits claimed (one per core), or 1."""
-  return _cpu_lanes
 
 
 def data_mesh(local: bool = False, batch_sizes: tuple = ()) -> Mesh:
@@ -62,8 +24,8 @@ def data_mesh(local: bool = False, batch_sizes: tuple = ()) -> Mesh:
   whose devices are fluxdigits' (one per core): over as many of each process's as divide every size in `batch_sizes`,
   the first alone where none are given."""
   devices = jax.local_devices() if local else jax.devices()
-  if _cpu_lanes > 1 and devices[0].platform == "cpu":
-    count = max(n for n in range(1, _cpu_lanes + 1) if all(size % n == 0 for size in batch_sizes)) if batch_sizes else 1
+  if cores.lanes() > 1 and devices[0].platform == "cpu":
+    count = max(n for n in range(1, cores.lanes() + 1) if all(size % n == 0 for size in batch_sizes)) if batch_sizes else 1
     devices = [d for d in devices if jax.local_devices(d.process_index).index(d) < count]
   return Mesh(np.array(devices), ("data",))
 
@@ -71,7 +33,7 @@ def data_mesh(local: bool = False, batch_sizes: tuple = ()) -> Mesh:
 def member_lanes(members: int) -> Mesh | None:
   """The CPU devices a population of `members`, run one member after another, is split over (a 'members' mesh);
   None on accelerators, in multi-process jobs and where there is one lane or one member."""
-  lanes = min(_cpu_lanes, members)
+  lanes = min(cores.lanes(), members)
   if lanes < 2 or jax.default_backend() != "cpu" or jax.process_count() > 1:
     return None
   return Mesh(np.array(jax.local_devices()[:lanes]), ("members",))

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from fluxdigits import images as image_files
+from fluxdigits import cli, images as image_files
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.predict RUN IMAGE|DIR|GLOB ... [--top K] [--csv FILE] [--show FILE.png] [--digits]"
@@ -123,16 +123,17 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-  try:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    files = expand(args.images)
-    classifier = load_classifier(args.run)
-    if args.digits and (classifier.config.dataset.photos != "digit" or classifier.image_shape != (28, 28, 1)):
-      raise UserError(f"--digits needs a run that reads 28x28 digits (dataset.photos='digit'); {args.run} was "
-                      f"trained on {classifier.dataset} with dataset.photos={classifier.config.dataset.photos!r}")
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
+  return cli.main(lambda: predict_files(parse_args(sys.argv[1:] if argv is None else argv)),
+                  "the predictions printed so far stand")
+
+
+def predict_files(args) -> int:
+  """Prints each file's prediction (and writes --csv, --show); 1 if a file could not be predicted."""
+  files = expand(args.images)
+  classifier = load_classifier(args.run)
+  if args.digits and (classifier.config.dataset.photos != "digit" or classifier.image_shape != (28, 28, 1)):
+    raise UserError(f"--digits needs a run that reads 28x28 digits (dataset.photos='digit'); {args.run} was "
+                    f"trained on {classifier.dataset} with dataset.photos={classifier.config.dataset.photos!r}")
   names = classifier.class_names
   rows, shown, failed = [], [], 0
   for path in files:

@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from fluxdigits import data, mesh as meshes, train
+from fluxdigits import cli, data, mesh as meshes, train
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.report WORKDIR [WORKDIR ...] [--out DIR]"
@@ -471,8 +471,7 @@ def main(argv=None) -> int:
       print(f"comparison -> {out / 'comparison.md'}")
 
   # An --out that is a file, a read-only run folder, a full disk: one line, as the run command says it.
-  from fluxdigits import run
-  return run.exit_code(command, "nothing was written past the last report")
+  return cli.main(command, "nothing was written past the last report")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ import shlex
 import sys
 import textwrap
 
-from fluxdigits import config as configs, errors, signals
-from fluxdigits.errors import UserError
+from fluxdigits import cli, config as configs, signals
 
 USAGE = "python -m fluxdigits.run EXPERIMENT.py [--workdir DIR] [--restart] [--seeds 0-7] [--config.KEY=VALUE ...]"
 DESCRIPTION = "Train an experiment in WORKDIR, resuming what is there; report at the end."
@@ -55,15 +54,7 @@ def parse_args(argv):
   job.add_argument("--heartbeat_timeout", metavar="SECONDS", type=int, default=60,
                    help="a process silent this long counts as dead and stops the job (60)")
   args, rest = parser.parse_known_args(argv)
-  return args, config_overrides(rest, USAGE)
-
-
-def config_overrides(rest, usage) -> list[str]:
-  """KEY=VALUE of each --config.KEY=VALUE argument; any other argument is refused."""
-  for arg in rest:
-    if not arg.startswith("--config."):
-      raise UserError(f"unknown argument {arg!r}; usage: {usage}")
-  return [arg[len("--config."):] for arg in rest]
+  return args, cli.config_overrides(rest, USAGE)
 
 
 def train_run(config, workdir, restart=False, log=print, on_epoch=None, test=True) -> dict:
@@ -162,22 +153,6 @@ def resume_command(argv) -> str:
   return shlex.join(["python", "-m", "fluxdigits.run", *(a for a in argv if a != "--restart")])
 
 
-def exit_code(command, interrupted: str) -> int:
-  """Runs a command's body: bad input becomes one line and its exit code, Ctrl-C the `interrupted` hint and 130."""
-  try:
-    command()
-    return 0
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  except OSError as e:  # a folder the run cannot write to, a full disk outside the checkpoints
-    print(f"error: {errors.describe_os_error(e)}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print(f"interrupted; {interrupted}", file=sys.stderr)
-    return 130
-
-
 def main(argv=None) -> int:
   job = None
 
@@ -187,8 +162,8 @@ def main(argv=None) -> int:
     config = configs.smoke_budget(configs.validate(configs.override(configs.load(args.experiment), overrides)))
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / pathlib.Path(args.experiment).stem)
     # Before anything starts JAX: its CPU backend gets one device per core.
-    from fluxdigits import distributed, mesh, population
-    mesh.claim_cpu_cores()
+    from fluxdigits import cpu, distributed, population
+    cpu.claim_cores()
     job = distributed.job_spec(args.coordinator, args.num_processes, args.process_id, args.distributed,
                                args.heartbeat_timeout)
     distributed.initialize(job)
@@ -199,7 +174,7 @@ def main(argv=None) -> int:
       train_run(config, workdir, args.restart, log)
 
   try:
-    return exit_code(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")
+    return cli.main(command, "the last finished epoch's checkpoint is kept: re-run the same command to resume")
   except Exception as e:
     if job is None or not job.wanted:
       raise

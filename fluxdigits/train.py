@@ -26,8 +26,8 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from fluxdigits import (augment, checkpoint, config as configs, data, distributed, images, layers, mesh as meshes,
-                        metrics, onednn, optim, population, registry, tensorboard, workdir as workdirs)
+from fluxdigits import (augment, checkpoint, config as configs, cpu, data, distributed, images, layers, mesh as meshes,
+                        metrics, optim, population, registry, tensorboard, workdir as workdirs)
 from fluxdigits.errors import TrainingDiverged, UserError
 
 
@@ -153,7 +153,7 @@ def train_step(state: TrainState, images, labels, hyperparams, *, config, num_cl
 
   def loss_fn(params, x, labels, dropout_rng):
     apply = functools.partial(model.apply, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    logits, updates = layers.cpu_formulated(apply)({"params": params, "batch_stats": state.batch_stats}, x)
+    logits, updates = cpu.formulated(apply)({"params": params, "batch_stats": state.batch_stats}, x)
     return cross_entropy(logits, labels, hyperparams["label_smoothing"]).mean(), (logits, updates)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -266,7 +266,7 @@ def make_predict(apply_fn, preprocess, flip=False):
     x = preprocess(images[idx])
     if flip:
       x = jnp.concatenate([x, x[:, :, ::-1]])
-    apply = layers.cpu_formulated(functools.partial(apply_fn, train=False))
+    apply = cpu.formulated(functools.partial(apply_fn, train=False))
     logits = apply({"params": params, "batch_stats": batch_stats}, x).astype(jnp.float32)
     return logits.reshape(2, -1, logits.shape[-1]).mean(0) if flip else logits
 
@@ -363,7 +363,7 @@ def build(members, log=print) -> tuple[Trainer, TrainState]:
 
   log(f"compiling the train step for {meshes.describe(mesh)}" + (f", {len(members)} members" if len(members) > 1 else "")
       + (f" side by side on {lanes.size} CPU devices" if lanes else "")
-      + (f" (convolutions: {onednn.describe()})" if jax.default_backend() == "cpu" else ""))
+      + (f" (convolutions: {cpu.describe()})" if jax.default_backend() == "cpu" else ""))
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
   compile_start = time.perf_counter()
   try:

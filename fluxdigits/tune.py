@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import pathlib
 import socket
@@ -24,12 +25,12 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fluxdigits import config as configs, run
+from fluxdigits import cli, config as configs, run, tune_report
+from fluxdigits.tune_report import FINISHED, best_value, count, directory_number
 from fluxdigits.errors import TrainingDiverged, UserError
 
 USAGE = ("python -m fluxdigits.tune SWEEP.py --trials N [--workdir DIR] [--sampler tpe|random|grid] "
          "[--pruner median|hyperband|none] [--population K] [--storage URL] [--config.KEY=VALUE ...]")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A dead worker's trial is failed (and re-queued) by another worker once its heartbeat is this old.
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
@@ -63,7 +64,7 @@ def parse_args(argv):
   parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///WORKDIR/study.db); "
                                         "journal:PATH for a journal file")
   args, rest = parser.parse_known_args(argv)
-  overrides = run.config_overrides(rest, USAGE)
+  overrides = cli.config_overrides(rest, USAGE)
   if args.trials < 1:
     raise UserError(f"--trials must be at least 1, got {args.trials}")
   if args.population < 1:
@@ -214,15 +215,6 @@ def exclusive(lock_file: pathlib.Path):
     yield
 
 
-def count(study, states) -> int:
-  return len(study.get_trials(deepcopy=False, states=states))
-
-
-def directory_number(trial) -> int:
-  """The trial whose directory a trial trains in: its own, or the one it resumes."""
-  return trial.system_attrs.get("failed_trial", trial.number)
-
-
 def requeue_interrupted(study, log=print):
   """Fails this machine's trials whose worker died (kill -9, Ctrl-C) and re-queues them, to resume from their checkpoints.
 
@@ -359,13 +351,6 @@ def train_population_of_trials(study, sweep, base_config, workdir: pathlib.Path,
     raise
 
 
-def best_value(trial):
-  """A trial's best validation accuracy so far: its objective, or the best epoch it reported before it stopped."""
-  if trial.state == TrialState.COMPLETE:
-    return trial.value
-  return max(trial.intermediate_values.values(), default=None)
-
-
 def progress_line(study, trial, target: int) -> str:
   finished = count(study, FINISHED)
   value = best_value(trial)
@@ -377,6 +362,20 @@ def progress_line(study, trial, target: int) -> str:
     best = study.best_trial
     line += f"  best {best.value:.4f} (trial {best.number:04d})"
   return line + "  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+
+
+def evaluate_chosen_trial(study, trial, workdir: pathlib.Path):
+  """The chosen trial's summary with its test figures, evaluated once (None when its directory is on another machine)."""
+  trial_dir = workdir / "trials" / f"{directory_number(trial):04d}"
+  if not (trial_dir / "summary.json").is_file():
+    return None
+  # Two workers finishing together both get here; one evaluates, the other reads its summary.
+  with exclusive(workdir / "chosen.lock"):
+    summary = json.loads((trial_dir / "summary.json").read_text())
+    if "test_accuracy" not in summary:
+      with open(trial_dir / "train.log", "a") as log_file:
+        summary = run.train_run(tune_report.config_of(study, trial), trial_dir, log=file_log(log_file))
+  return summary
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -414,8 +413,10 @@ def tune(args, overrides) -> pathlib.Path:
   elif count(study, (*FINISHED, TrialState.RUNNING)) < args.trials:
     study.optimize(make_objective(sweep, base_config, workdir, args.pruner != "none"), callbacks=[stop_at_target])
   print(f"this worker tuned for {time.perf_counter() - start:.1f}s", flush=True)
-  from fluxdigits import tune_report
-  return tune_report.write(study, args, overrides, workdir, args.trials)
+  chosen = None
+  if tune_report.is_over(study, args.trials) and count(study, (TrialState.COMPLETE,)):
+    chosen = evaluate_chosen_trial(study, study.best_trial, workdir)
+  return tune_report.write(study, args, overrides, workdir, args.trials, chosen)
 
 
 def main(argv=None) -> int:
@@ -427,12 +428,12 @@ def main(argv=None) -> int:
 
   def command():
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from fluxdigits import mesh
-    mesh.claim_cpu_cores()  # before anything starts JAX: one CPU device per core
+    from fluxdigits import cpu
+    cpu.claim_cores()  # before anything starts JAX
     out = tune(*args)
     print(f"results -> {out / 'index.html'}, {out / 'tuning.md'}")
 
-  return run.exit_code(command, "finished trials are kept in the study: re-run the same command to resume")
+  return cli.main(command, "finished trials are kept in the study: re-run the same command to resume")
 
 
 if __name__ == "__main__":

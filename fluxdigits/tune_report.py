@@ -4,7 +4,6 @@ The test split is evaluated once, for the chosen trial only, when the study has 
 every figure that ranks or chooses trials is a validation figure.
 """
 
-import json
 import os
 import pathlib
 import shlex
@@ -18,9 +17,10 @@ from matplotlib import pyplot as plt
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
-from fluxdigits import config as configs, run
+from fluxdigits import config as configs
 from fluxdigits.report import Heading, Image, Paragraph, Table, to_html, to_markdown
-from fluxdigits.tune import FINISHED, best_value, count, directory_number, exclusive
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 PLOTS = (
     ("history.png", "Optimisation history: each trial's objective (best validation accuracy) and the best so far",
@@ -32,6 +32,27 @@ PLOTS = (
     ("parallel_coordinate.png", "Parallel coordinates: every complete trial's parameters and objective",
      optuna_plots.plot_parallel_coordinate),
 )
+
+
+def count(study, states) -> int:
+  return len(study.get_trials(deepcopy=False, states=states))
+
+
+def is_over(study, target: int) -> bool:
+  """Whether the study has all its trials: `target` finished, none running."""
+  return count(study, FINISHED) >= target and not count(study, (TrialState.RUNNING,))
+
+
+def directory_number(trial) -> int:
+  """The trial whose directory a trial trains in: its own, or the one it resumes."""
+  return trial.system_attrs.get("failed_trial", trial.number)
+
+
+def best_value(trial):
+  """A trial's best validation accuracy so far: its objective, or the best epoch it reported before it stopped."""
+  if trial.state == TrialState.COMPLETE:
+    return trial.value
+  return max(trial.intermediate_values.values(), default=None)
 
 
 def config_of(study, trial):
@@ -61,20 +82,6 @@ def experiment_file(study, trial) -> str:
   return (f'"""Trial {trial.number} of study {study.study_name!r}, chosen by python -m fluxdigits.tune on '
           f'best validation accuracy ({trial.value:.4f})."""\n\nfrom fluxdigits.config import defaults\n\n\n'
           "def get_config():\n  config = defaults()\n" + "\n".join(lines) + "\n  return config\n")
-
-
-def evaluate_chosen_trial(study, trial, workdir: pathlib.Path):
-  """The chosen trial's summary with its test figures, evaluated once (None when its directory is on another machine)."""
-  trial_dir = workdir / "trials" / f"{directory_number(trial):04d}"
-  if not (trial_dir / "summary.json").is_file():
-    return None
-  # Two workers finishing together both get here; one evaluates, the other reads its summary.
-  with exclusive(workdir / "chosen.lock"):
-    summary = json.loads((trial_dir / "summary.json").read_text())
-    if "test_accuracy" not in summary:
-      with open(trial_dir / "train.log", "a") as log_file:
-        summary = run.train_run(config_of(study, trial), trial_dir, log=lambda line: print(line, file=log_file, flush=True))
-  return summary
 
 
 def trials_table(study) -> Table:
@@ -114,11 +121,13 @@ def plot_blocks(study, workdir: pathlib.Path) -> list:
   return blocks
 
 
-def write(study, args, overrides, workdir: pathlib.Path, target: int) -> pathlib.Path:
-  """Writes WORKDIR/index.html, tuning.md, the plots and, once a trial is complete, best_experiment.py."""
+def write(study, args, overrides, workdir: pathlib.Path, target: int, chosen_summary: dict | None) -> pathlib.Path:
+  """Writes WORKDIR/index.html, tuning.md, the plots and, once a trial is complete, best_experiment.py;
+  `chosen_summary` is the chosen trial's, with its test figures, once the study is over (None where it ran
+  elsewhere)."""
   finished, running = count(study, FINISHED), count(study, (TrialState.RUNNING,))
   complete = count(study, (TrialState.COMPLETE,))
-  over = finished >= target and not running
+  over = is_over(study, target)
   blocks = [Heading(f"Tuning: {study.study_name}", 1),
             Paragraph(f"{finished} of {target} trials finished (complete or pruned), {running} running; "
                       f"sweep {args.sweep}, objective: best validation accuracy. "
@@ -132,7 +141,7 @@ def write(study, args, overrides, workdir: pathlib.Path, target: int) -> pathlib
                          f"{best.value:.4f}; " + ", ".join(f"{k}={value_text(v)}" for k, v in best.params.items()) + "."),
                Paragraph(f"Train it anew: {command}"),
                Paragraph(f"or: python -m fluxdigits.run {shlex.quote(str(workdir / 'best_experiment.py'))}")]
-    summary = evaluate_chosen_trial(study, best, workdir) if over else None
+    summary = chosen_summary if over else None
     if summary is not None:
       blocks.append(Paragraph(f"Test accuracy of the chosen trial, evaluated once after tuning: "
                               f"{summary['test_accuracy']:.4f} (test loss {summary['test_loss']:.4f}); "

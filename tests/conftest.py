@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from fluxdigits import mesh, workdir as workdirs
+from fluxdigits import cpu, workdir as workdirs
 
-mesh.claim_cpu_cores()  # one JAX CPU device per core, as the command lines claim before JAX starts
+cpu.claim_cores()  # the CPU devices the command lines claim before JAX starts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fluxdigits import layers
+from fluxdigits import cpu, layers
 from fluxdigits.models import KERAS_INIT
 
 
@@ -123,7 +123,7 @@ def test_cpu_formulated_computes_any_flax_model_s_convolutions_and_pools_in_the_
   x = jax.random.normal(jax.random.key(0), (2, 22, 21, 3))
   model = FlaxWritten(channels, strides, padding)
   params = model.init(jax.random.key(1), x)
-  formulated = layers.cpu_formulated(model.apply)
+  formulated = cpu.formulated(model.apply)
   operations = {eqn.primitive.name for eqn in jax.make_jaxpr(formulated)(params, x).jaxpr.eqns}
   assert not operations & {"conv_general_dilated", "reduce_window_max"}, operations
 
@@ -143,4 +143,4 @@ def test_cpu_formulated_leaves_a_model_on_an_accelerator_as_it_is(monkeypatch):
   model = FlaxWritten(8, 1, "SAME")
   params = model.init(jax.random.key(1), x)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert str(jax.make_jaxpr(layers.cpu_formulated(model.apply))(params, x)) == str(jax.make_jaxpr(model.apply)(params, x))
+  assert str(jax.make_jaxpr(cpu.formulated(model.apply))(params, x)) == str(jax.make_jaxpr(model.apply)(params, x))

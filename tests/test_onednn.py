@@ -1,4 +1,4 @@
-"""oneDNN's convolutions and batch normalisation through XLA's FFI (fluxdigits/onednn.py): values and gradients
+"""oneDNN's convolutions and batch normalisation through XLA's FFI (fluxdigits/cpu/onednn.py): values and gradients
 against lax's convolution and flax's BatchNorm, under jit, grad and vmap; and short training runs that equal the XLA
 formulations' figures. Skipped where the
 extension is not built (FLUXDIGITS_ONEDNN=0 runs the rest of the suite without it)."""
@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fluxdigits import layers, onednn
+from fluxdigits import layers
+from fluxdigits.cpu import onednn
 
 from conftest import EXPERIMENTS, run_cli
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from fluxdigits import checkpoint, config as configs, mesh as meshes, population, registry, run, train, workdir as workdirs
+from fluxdigits import checkpoint, config as configs, cpu, mesh as meshes, population, registry, run, train, workdir as workdirs
 from fluxdigits.errors import UserError
 
 from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
@@ -65,7 +65,7 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path, model):
 
 def test_a_cpu_population_is_split_over_one_device_per_core():
   """Three members on two lanes (padded to four): each ends its epoch exactly as the same config built alone."""
-  if meshes.cpu_lanes() < 2:
+  if cpu.lanes() < 2:
     pytest.skip("one CPU device (one core, or oneDNN's convolutions): a population runs on one device")
   members = [small_config(**{"model.name": "cnn", "seed": seed, "optimizer.learning_rate": rate})
              for seed, rate in ((0, 1e-3), (1, 2e-3), (2, 5e-4))]
@@ -103,7 +103,7 @@ def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_pa
   for seed in range(2):
     assert read_summary(workdir / f"seed-{seed}")["test_accuracy"] == read_summary(tmp_path / "whole" / f"seed-{seed}")["test_accuracy"]
     # Where the members trained: side by side, one CPU device per core (one device on a one-core machine).
-    assert read_summary(workdir / f"seed-{seed}")["device"] == f"{min(meshes.cpu_lanes(), 2)}x cpu (cpu)"
+    assert read_summary(workdir / f"seed-{seed}")["device"] == f"{min(cpu.lanes(), 2)}x cpu (cpu)"
     assert [row["epoch"] for row in metrics(workdir / f"seed-{seed}")] == [1, 2]
     assert json.loads((workdir / f"seed-{seed}" / "config.json").read_text())["seed"] == seed
   summary = read_summary(workdir)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fluxdigits import augment, config as configs, data, mesh as meshes, registry, optim, run, train
+from fluxdigits import augment, config as configs, cpu, data, mesh as meshes, registry, optim, run, train
 
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
 
@@ -220,15 +220,15 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
 
 def test_long_step_models_split_their_batches_over_the_cpu_cores():
   """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core; short steps and wide nets keep to one."""
-  if meshes.cpu_lanes() < 2:
+  if cpu.lanes() < 2:
     pytest.skip("one CPU device: one core, or oneDNN's convolutions (FLUXDIGITS_ONEDNN=0 runs this)")
   def devices(config):
     return train.data_mesh_for(config, registry.create(config, 10)).devices.size
 
   deep = configs.validate(configs.load(str(EXPERIMENTS / "mnist_cnn_deep.py")))
-  assert devices(deep) == meshes.cpu_lanes()
+  assert devices(deep) == cpu.lanes()
   resnet20 = configs.validate(configs.load(str(EXPERIMENTS / "mnist_resnet.py")))
-  assert devices(resnet20) == meshes.cpu_lanes()
+  assert devices(resnet20) == cpu.lanes()
   for wide in ("cifar10_resnet.py", "cifar10_fast.py"):  # ResNet-18, airbench's net
     assert devices(configs.validate(configs.load(str(EXPERIMENTS / wide)))) == 1
   odd = configs.validate(configs.override(deep, ["batch_size=127", "microbatches=1"]))
@@ -236,7 +236,7 @@ def test_long_step_models_split_their_batches_over_the_cpu_cores():
   cnn = configs.validate(configs.load(CNN))
   assert devices(cnn) == 1
   # The experiment may override what the model declares.
-  assert devices(configs.validate(configs.override(cnn, ["split_batch_over_cpu_cores=true"]))) == meshes.cpu_lanes()
+  assert devices(configs.validate(configs.override(cnn, ["split_batch_over_cpu_cores=true"]))) == cpu.lanes()
   assert devices(configs.validate(configs.override(deep, ["split_batch_over_cpu_cores=false"]))) == 1
   assert meshes.data_mesh().devices.size == 1
 

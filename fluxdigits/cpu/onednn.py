@@ -1,10 +1,10 @@
-"""oneDNN's CPU primitives, called from XLA through its FFI (the extension fluxdigits/onednn_kernels.cc).
+"""oneDNN's CPU primitives, called from XLA through its FFI (the extension fluxdigits/cpu/onednn_kernels.cc).
 
 `available()` says whether the extension was built and loads; `conv` is a float32 or bfloat16 NHWC x HWIO convolution and
 `batch_norm` a training-mode batch normalisation with an optional fused ReLU, each with its gradients (a custom_vjp
 over FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
 FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulations. With it, a CPU run keeps one JAX
-device (mesh.claim_cpu_cores): oneDNN's OpenMP threads use every core within each call.
+device (cores.claim): oneDNN's OpenMP threads use every core within each call.
 """
 
 import ctypes
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fluxdigits import mesh
+from fluxdigits.cpu import cores
 
 DISABLE_ENV = "FLUXDIGITS_ONEDNN"
 TARGETS = ("fluxdigits_conv_forward", "fluxdigits_conv_backward_data", "fluxdigits_conv_backward_kernel",
@@ -34,7 +34,7 @@ def _library() -> ctypes.CDLL | None:
   """The extension, loaded with its oneDNN and its FFI targets registered, when it is built and wanted."""
   path = extension()
   # Several CPU devices calling oneDNN's all-core OpenMP team at once stall XLA's collectives (NOTES, "oneDNN").
-  if os.environ.get(DISABLE_ENV, "1") == "0" or path is None or (mesh.user_cpu_device_count() or 1) > 1:
+  if os.environ.get(DISABLE_ENV, "1") == "0" or path is None or (cores.user_device_count() or 1) > 1:
     return None
   try:
     # oneDNN's wheel puts libdnnl in the environment's lib/; loaded first, it satisfies the extension's link to it.
