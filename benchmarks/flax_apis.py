@@ -44,16 +44,16 @@ def compiled_operations(model: str) -> dict:
   import collections
   import re
   import numpy as np
-  from fluxdigits import augment, config as configs, data, mesh as meshes, optim, registry, train
+  from fluxdigits import augment, config as configs, data, loop, mesh as meshes, optim, registry, steps
   config = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")),
                                              [f"model.name={model}"]))
   dataset = data.load(config, log=lambda line: None)
   module = registry.create(config, len(dataset.class_names))
-  state = train.create_states([config], module, dataset.info.image_shape, optim.create(config, 100))
-  chunk = train.make_train_chunk(config, module, len(dataset.class_names), train.preprocess_for(config, dataset),
+  state = steps.create_states([config], module, dataset.info.image_shape, optim.create(config, 100))
+  chunk = loop.train_calls(config, module, len(dataset.class_names), steps.preprocess_for(config, dataset),
                                  augment.make(config))
   indices = meshes.shard_batches(np.zeros((1, 4, config.batch_size), np.int32), meshes.data_mesh())
-  text = chunk.lower(state, dataset.train.images, dataset.train.labels, indices, train.member_hyperparams([config]),
+  text = chunk.lower(state, dataset.train.images, dataset.train.labels, indices, steps.member_hyperparams([config]),
                      np.ones(1, bool)).compile().as_text()
   return dict(collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", text)))
 

@@ -17,10 +17,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fluxdigits import augment, checkpoint, config as configs, data, mesh as meshes, optim, registry, train
+from fluxdigits import augment, config as configs, data, loop, mesh as meshes, optim, population, registry, steps
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT  # noqa: E402
@@ -31,25 +32,26 @@ def epoch_seconds(batch_size):
                                              [f"batch_size={batch_size}"]))
   dataset = data.load(config)
   mesh = meshes.data_mesh()
-  steps = len(dataset.train) // batch_size
+  n_steps = len(dataset.train) // batch_size
   model = registry.create(config, len(dataset.class_names))
-  preprocess = train.preprocess_for(config, dataset)
-  state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, steps)), mesh)
+  preprocess = steps.preprocess_for(config, dataset)
+  state = meshes.replicate(steps.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, n_steps)), mesh)
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
-  chunk = min(config.steps_per_call, steps)
-  chunk_starts = range(0, steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
+  chunk = min(config.steps_per_call, n_steps)
+  chunk_starts = range(0, n_steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
 
-  hyperparams, active = meshes.replicate((train.member_hyperparams([config]), np.ones(1, bool)), mesh)
-  gathered = train.make_train_chunk(config, model, len(dataset.class_names), preprocess, augment.make(config))
+  hyperparams, active = meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh)
+  gathered = loop.train_calls(config, model, len(dataset.class_names), preprocess, augment.make(config))
   gathered = gathered.lower(state, images, labels, meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh),
                             hyperparams, active).compile()
-  step = functools.partial(train.train_step, hyperparams=train.hyperparams_of(config), config=config,
+  step = functools.partial(steps.train_step, hyperparams=steps.hyperparams_of(config), config=config,
                            num_classes=len(dataset.class_names), preprocess=preprocess, augment_fn=None)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def on_device_chunk(state, chunk_images, chunk_labels):
-    one, outputs = jax.lax.scan(lambda s, batch: step(s, *batch), checkpoint.member(state, 0), (chunk_images, chunk_labels))
-    return checkpoint.stack([one]), outputs
+    take = lambda s, batch: step(s, jnp.arange(len(batch[0])), images=batch[0], labels=batch[1])
+    one, outputs = jax.lax.scan(take, population.member(state, 0), (chunk_images, chunk_labels))
+    return population.stack([one]), outputs
 
   batches = data.train_batches(config.seed, 1, len(dataset.train), batch_size)
   batch_sharding = NamedSharding(mesh, P(None, "data"))
@@ -84,9 +86,9 @@ def main():
   parser.add_argument("--batch-sizes", default="32,128")
   args = parser.parse_args()
   for batch_size in map(int, args.batch_sizes.split(",")):
-    steps, t = epoch_seconds(batch_size)
+    n_steps, t = epoch_seconds(batch_size)
     share = (t["pipeline"] - t["on_device"]) / t["pipeline"]
-    print(json.dumps({"batch_size": batch_size, "steps": steps, "pipeline_s": round(t["pipeline"], 3),
+    print(json.dumps({"batch_size": batch_size, "steps": n_steps, "pipeline_s": round(t["pipeline"], 3),
                       "on_device_s": round(t["on_device"], 3), "pipeline_share": round(share, 4)}))
 
 

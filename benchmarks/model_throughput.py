@@ -7,7 +7,7 @@ optimizer at its peak rate held constant (fluxdigits also with the experiment's 
 same gradient of the same batch, computed in slices), on the same real images already in memory (standardised
 as fluxdigits standardises them), in the same order (fluxdigits' `data.train_batches`), without
 augmentation or label smoothing. Each system runs WARM-UP steps, then TIMED steps; images/s counts
-the timed steps only. fluxdigits runs its own compiled train chunk (`train.make_train_chunk`: the
+the timed steps only. fluxdigits runs its own compiled train chunk (`loop.train_calls`: the
 batch gathered on the device, the weights' moving average updated every step), compiled ahead of
 time; its compile time is reported on its own. After the same number of steps both evaluate their
 raw weights (BatchNorm with running statistics) on the whole test split. Each (system, row) runs in
@@ -86,18 +86,18 @@ def order(row: Row, n: int) -> np.ndarray:
 
 def run_fluxdigits(row: Row) -> dict:
   import jax
-  from fluxdigits import augment, checkpoint, data, mesh as meshes, optim, registry, train
+  from fluxdigits import augment, data, loop, mesh as meshes, optim, population, registry, steps
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
   model = registry.create(config, len(dataset.class_names))
-  mesh = train.data_mesh_for(config, model)
-  state = meshes.replicate(train.create_states([config], model, dataset.train.images.shape[1:],
+  mesh = loop.data_mesh_for(config, model)
+  state = meshes.replicate(steps.create_states([config], model, dataset.train.images.shape[1:],
                                                optim.create(config, len(dataset.train) // row.batch_size)), mesh)
-  preprocess = train.preprocess_for(config, dataset)
-  chunk = train.make_train_chunk(config, model, len(dataset.class_names), preprocess, augment.make(config))
+  preprocess = steps.preprocess_for(config, dataset)
+  chunk = loop.train_calls(config, model, len(dataset.class_names), preprocess, augment.make(config))
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
-  hyperparams, active = meshes.replicate((train.member_hyperparams([config]), np.ones(1, bool)), mesh)
+  hyperparams, active = meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh)
   # Chunks of equal length, so one compiled program serves the warm-up and the timed steps.
   length = np.gcd(row.warmup_steps, row.timed_steps)
   start = time.perf_counter()
@@ -116,8 +116,8 @@ def run_fluxdigits(row: Row) -> dict:
   start = time.perf_counter()
   state = train_steps(state, batches[row.warmup_steps:])
   seconds = time.perf_counter() - start
-  predict = train.make_predict(model.apply, preprocess)
-  logits = train.predict_split(predict, checkpoint.member((state.params, state.batch_stats), 0),
+  predict = steps.make_predict(model.apply, preprocess)
+  logits = steps.predict_split(predict, population.member((state.params, state.batch_stats), 0),
                                meshes.replicate(dataset.test.images, mesh),
                                len(dataset.test), config.eval_batch_size, mesh)
   return {"train_images_per_s": row.timed_steps * row.batch_size / seconds, "compile_s": compile_s,

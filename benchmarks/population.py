@@ -1,7 +1,7 @@
 """K members of one recipe trained at once (a population) against K runs one after another: the same total work.
 
 For each model and K, a child process trains a population of K seeds through fluxdigits' own loop
-(`train.build`, `train.train_epoch`) for one warm-up epoch and one timed epoch of --examples
+(`loop.build`, `loop.train_epoch`) for one warm-up epoch and one timed epoch of --examples
 training images; K = 1 is the sequential run's epoch. The ratio is the population's member-images/s
 over the single run's images/s. Memory per member: the growth of the child's peak memory from K = 1
 to K, per added member (the state, its optimizer moments and activations; the accelerator's own
@@ -29,18 +29,18 @@ def measure(model: str, members: int, examples: int, overrides: list[str]) -> di
   """One population's timed epoch, in this process."""
   import jax
   import numpy as np
-  from fluxdigits import checkpoint, config as configs, population, train
+  from fluxdigits import config as configs, loop, population
   base = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / f"{EXPERIMENTS[model]}.py")),
                                            [f"dataset.max_train_examples={examples}", *overrides]))
-  trainer, state = train.build(population.with_seeds(base, range(members)), log=lambda *_: None)
+  trainer, state = loop.build(population.with_seeds(base, range(members)), log=lambda *_: None)
   active = [True] * members
-  state, _, _ = train.train_epoch(trainer, state, 1, active)
+  state, _, _ = loop.train_epoch(trainer, state, 1, active)
   jax.block_until_ready(state)
   start = time.perf_counter()
-  state, rows, _ = train.train_epoch(trainer, state, 2, active)
+  state, rows, _ = loop.train_epoch(trainer, state, 2, active)
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
-  member_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(checkpoint.member(state, 0)))
+  member_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(population.member(state, 0)))
   device_stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; none on CPU
   return {"model": model, "members": members, "batch_size": base.batch_size,
           "member_images_per_s": members * trainer.steps_per_epoch * base.batch_size / seconds,

@@ -2,7 +2,7 @@
 
 Trains an experiment (default seed 004's recipe, `experiments/mnist_cnn.py`) once per seed with the
 raw weights evaluated (ema_decay=0) while it carries one moving average per candidate decay in the
-same compiled scan (`train.update_average`, as training does), then scores the final epoch's
+same compiled scan (`steps.update_average`, as training does), then scores the final epoch's
 raw weights and every average on the validation and test splits. The decay is chosen on mean
 validation accuracy; the test column only reports what that choice gives. The warm-up caps the
 decay at (1 + step) / (10 + step), which passes 0.999 only after 8,991 steps: in runs as short as
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fluxdigits import config as configs, data, mesh as meshes, registry, train
+from fluxdigits import config as configs, data, mesh as meshes, registry, steps
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from step_throughput import ROOT, device_name, write_record  # noqa: E402
@@ -33,9 +33,9 @@ def final_accuracies(config, dataset, mesh):
   """{'val': [...], 'test': [...]}: accuracy of the raw weights, then of each DECAYS average."""
   steps_per_epoch = len(dataset.train) // config.batch_size
   model = registry.create(config, len(dataset.class_names))
-  state = train.create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
-  preprocess = train.preprocess_for(config, dataset)
-  step = functools.partial(train.train_step, hyperparams=train.hyperparams_of(config), config=config,
+  state = steps.create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
+  preprocess = steps.preprocess_for(config, dataset)
+  step = functools.partial(steps.train_step, hyperparams=steps.hyperparams_of(config), config=config,
                            num_classes=len(dataset.class_names),
                            preprocess=preprocess, augment_fn=None)
 
@@ -43,8 +43,8 @@ def final_accuracies(config, dataset, mesh):
   def train_chunk(state, averages, images, labels, batch_indices):
     def body(carry, idx):
       state, averages = carry
-      state, _ = step(state, images[idx], labels[idx])
-      averages = tuple(train.update_average(average, state.evaluated_variables(), state.step, decay)
+      state, _ = step(state, idx, images=images, labels=labels)
+      averages = tuple(steps.update_average(average, state.evaluated_variables(), state.step, decay)
                        for decay, average in zip(DECAYS, averages))
       return (state, averages), None
     return jax.lax.scan(body, (state, averages), batch_indices)[0]
@@ -57,13 +57,13 @@ def final_accuracies(config, dataset, mesh):
       idx = meshes.shard_batches(batches[start:start + config.steps_per_call], mesh)
       state, averages = train_chunk(state, averages, images, labels, idx)
 
-  predict = train.make_predict(model.apply, preprocess)
+  predict = steps.make_predict(model.apply, preprocess)
   candidates = (state.evaluated_variables(), *averages)
   accuracies = {}
   for name, split in (("val", dataset.validation), ("test", dataset.test)):
     split_images = meshes.replicate(split.images, mesh)
-    accuracies[name] = [train.classification_metrics(
-        train.predict_split(predict, v, split_images, len(split), config.eval_batch_size, mesh), split.labels)["accuracy"]
+    accuracies[name] = [steps.classification_metrics(
+        steps.predict_split(predict, v, split_images, len(split), config.eval_batch_size, mesh), split.labels)["accuracy"]
         for v in candidates]
   return accuracies
 

@@ -21,7 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from fluxdigits import config as configs, signals, workdir as workdirs
+from fluxdigits import config as configs, optim, registry, signals, steps, workdir as workdirs
+from fluxdigits.population import member, population_size, stack
 from fluxdigits.errors import UserError, warn
 
 # Errors of a full or unwritable disk: a one-line error, never orbax's traceback.
@@ -100,20 +101,6 @@ class Progress:
         epochs_without_improvement=0 if improved else self.epochs_without_improvement + 1,
         history=(*self.history, row),
     )
-
-
-def member(tree, i: int):
-  """Member i's slice of a stacked (population) pytree."""
-  return jax.tree.map(lambda x: x[i], tree)
-
-
-def stack(trees):
-  """One pytree whose leaves hold the given trees' leaves along a new leading (member) axis."""
-  return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
-
-
-def population_size(state) -> int:
-  return int(state.step.shape[0])
 
 
 @dataclasses.dataclass
@@ -206,7 +193,10 @@ def _restore(mngr, step, template):
   jax.eval_shape (restored onto the default device)."""
   single = population_size(template) == 1
   if isinstance(jax.tree.leaves(template)[0], jax.ShapeDtypeStruct):
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:] if single else x.shape, x.dtype), template)
+    # an explicit sharding: a run saved across several devices restores onto one (orbax refuses a topology guess)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:] if single else x.shape, x.dtype, sharding=device), template)
   else:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, member(template, 0) if single else template)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
@@ -293,3 +283,53 @@ def restore_best(mngr: ocp.CheckpointManager, state, progresses: tuple):
 def write_history(path: pathlib.Path, history):
   """metrics.jsonl as the checkpoint knows it: drops lines of an epoch that was killed before its checkpoint."""
   path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def write_member_checkpoints(mngr: ocp.CheckpointManager, state, progresses, members, member_dirs):
+  """Each member's latest and best state, saved in its folder as a single run saves them."""
+  epochs = restore_epochs(mngr, state, max(p.epoch for p in progresses),
+                          [e for p in progresses for e in (p.epoch, p.best_epoch)])
+  for i, (member_dir, progress, member_config) in enumerate(zip(member_dirs, progresses, members)):
+    at_best = Progress(epoch=progress.best_epoch, best_val_accuracy=progress.best_val_accuracy,
+                       best_epoch=progress.best_epoch, history=progress.history[:progress.best_epoch])
+    saves = [(at_best, progress.best_epoch)] if 0 < progress.best_epoch != progress.epoch else []
+    member_manager = manager(member_dir, member_config)
+    try:
+      for member_progress, epoch in [*saves, (progress, progress.epoch)]:
+        if epoch in epochs and epoch not in member_manager.all_steps():
+          saved = stack([member(epochs[epoch], i)])
+          save(member_manager, saved, (member_progress,), (member_config,))
+    finally:
+      close(member_manager, state)
+
+
+def load_run(workdir, which: str = "best"):
+  """(config, data.Info, state, Progress) of a finished or interrupted run, for evaluation, reporting and prediction.
+
+  `which` is 'best' (best validation accuracy) or 'latest'. The state is restored against an
+  abstract state built from the run's own config.json, so optax's state keeps its types.
+  """
+  workdir = pathlib.Path(workdir)
+  config_file = workdir / "config.json"
+  if (workdir / workdirs.POPULATION_FILE).is_file():
+    raise UserError(f"{workdir} is a population of runs ({workdir / workdirs.POPULATION_FILE} lists them); pass one "
+                    f"of its members' folders, e.g. {workdir / 'seed-0'}")
+  if not config_file.is_file():
+    raise UserError(f"{workdir} is not a fluxdigits run (no config.json); pass the --workdir of a training run")
+  try:
+    config = configs.from_flat(json.loads(config_file.read_text()))
+  except (json.JSONDecodeError, UserError) as e:
+    raise UserError(f"{config_file} is unreadable ({e}); it must be the config.json a training run wrote") from e
+  info = workdirs.read_dataset_info(workdir)
+  mngr = manager(workdir, config, create=False, this_process_only=True)
+  # Abstract: restoring needs the state's structure and shapes, not a compiled initialiser.
+  template = jax.eval_shape(lambda: steps.create_states([config], registry.create(config, len(info.class_names)),
+                                                        info.image_shape, optim.create(config, 1)))
+  restored = restore_latest(mngr, template)
+  if restored is None:
+    raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")
+  state, progresses = restored
+  if which == "best":
+    state, progresses = restore_best(mngr, state, progresses)
+  mngr.close()
+  return config, info, member(state, 0), progresses[0]

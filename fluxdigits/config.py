@@ -292,6 +292,11 @@ def from_flat(flat: dict) -> ml_collections.ConfigDict:
   return validate(config)
 
 
+def switch(value: str, auto: bool) -> bool:
+  """An 'auto' / 'true' / 'false' key's value, as a bool."""
+  return auto if value == "auto" else value == "true"
+
+
 def _get(config, key):
   for part in key.split("."):
     config = config[part]

@@ -7,7 +7,7 @@ devices hold.
 
 On a CPU, fluxdigits' command lines may ask JAX for one device per core (cpu.claim_cores, before JAX starts): a
 population's members train side by side on them (`member_lanes`), runs of models with long steps split their
-batches over them (train.data_mesh_for), and the rest keeps to the first.
+batches over them (loop.data_mesh_for), and the rest keeps to the first.
 """
 
 import jax
@@ -37,6 +37,25 @@ def member_lanes(members: int) -> Mesh | None:
   if lanes < 2 or jax.default_backend() != "cpu" or jax.process_count() > 1:
     return None
   return Mesh(np.array(jax.local_devices()[:lanes]), ("members",))
+
+
+def in_lanes(fn, lanes: Mesh):
+  """fn(stacked state, images, labels, (members, steps, batch) indices, hyperparams, active) compiled with the
+  members split evenly over the lanes, which run at once: each lane's share is padded with inactive copies of member
+  0, whose results are dropped."""
+  split = P("members")
+  sharded = jax.shard_map(fn, mesh=lanes, in_specs=(split, P(), P(), split, split, split), out_specs=split,
+                          check_vma=False)
+
+  def padded(state, images, labels, batch_indices, hyperparams, active):
+    members = active.shape[0]
+    padding = -members % lanes.size
+    pad = lambda x, fill=None: jax.numpy.concatenate([x, jax.numpy.repeat(x[:1] if fill is None else fill, padding, 0)])
+    state, batch_indices, hyperparams = jax.tree.map(pad, (state, batch_indices, hyperparams))
+    trained, outputs = sharded(state, images, labels, batch_indices, hyperparams, pad(active, jax.numpy.zeros(1, bool)))
+    return jax.tree.map(lambda x: x[:members], (trained, outputs))
+
+  return jax.jit(padded, donate_argnums=0, out_shardings=replicated_sharding(lanes))
 
 
 def check_divisible(batch_size: int, key: str, mesh: Mesh):

@@ -1,4 +1,5 @@
-"""Populations: configs that differ only in what the train step takes as data, trained at once by train.py.
+"""Populations: configs that differ only in what the train step takes as data, trained at once (steps.py, loop.py),
+their states stacked along a leading member axis.
 
 Members may differ in DATA_KEYS (the dropout rate only where the model takes it as data, registry.py). Everything else (model, data, batch size, optimizer family,
 schedule, epochs, augmentation, weight averaging) fixes the shape of the compiled program and is
@@ -7,6 +8,7 @@ shared; configs of different shapes form different populations (`groups`).
 
 import math
 
+import jax
 import numpy as np
 
 from fluxdigits import config as configs, registry
@@ -15,6 +17,20 @@ from fluxdigits.errors import UserError
 DATA_KEYS = ("seed", "optimizer.learning_rate", "optimizer.weight_decay", "model.dropout_rate", "label_smoothing")
 # Figures of the members' summaries that WORKDIR/summary.json aggregates.
 AGGREGATED = ("test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "train_seconds")
+
+
+def member(tree, i: int):
+  """Member i's slice of a stacked (population) pytree."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def stack(trees):
+  """One pytree whose leaves hold the given trees' leaves along a new leading (member) axis."""
+  return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+
+
+def population_size(state) -> int:
+  return int(state.step.shape[0])
 
 
 def data_keys(config) -> tuple:

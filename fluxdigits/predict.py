@@ -31,18 +31,17 @@ class Classifier:
   """A finished run's best (averaged) weights, with the preprocessing its dataset needs."""
 
   def __init__(self, workdir):
-    from fluxdigits import mesh as meshes, registry, report, train
+    from fluxdigits import checkpoint, mesh as meshes, registry, report, steps
     run = report.read_run(workdir)  # one line, exit 2, unless the run has finished
-    self.config, state, _ = train.load_run(run.workdir, "best")
+    self.config, self.info, state, _ = checkpoint.load_run(run.workdir, "best")
     self.dataset = self.config.dataset.name
-    self.info = train.dataset_info(run.workdir, self.config)
     self.class_names = self.info.class_names
     self.image_shape = tuple(self.info.image_shape)
     self._mesh = meshes.data_mesh()
     self._batch_size = len(self._mesh.devices.flat) * 32
     self.variables = state.evaluated_variables()  # (params, batch_stats)
     self._variables = meshes.replicate(self.variables, self._mesh)
-    self._logits = train.make_predict(state.apply_fn, train.Preprocess(self.info.mean, self.info.std,
+    self._logits = steps.make_predict(state.apply_fn, steps.Preprocess(self.info.mean, self.info.std,
                                                                         registry.compute_dtype(self.config)))
     self.apply_fn = state.apply_fn
 
@@ -61,8 +60,8 @@ class Classifier:
                       f"{self.dataset} run, got {images.dtype} {images.shape}")
     if not len(images):
       return np.zeros((0, len(self.class_names)), np.float32)
-    from fluxdigits import mesh as meshes, train
-    logits = train.predict_split(self._logits, self._variables, meshes.replicate(images, self._mesh), len(images),
+    from fluxdigits import mesh as meshes, steps
+    logits = steps.predict_split(self._logits, self._variables, meshes.replicate(images, self._mesh), len(images),
                                  self._batch_size, self._mesh)
     shifted = logits - logits.max(-1, keepdims=True)
     return np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)

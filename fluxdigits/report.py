@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from fluxdigits import cli, data, mesh as meshes, train
+from fluxdigits import checkpoint, cli, data, mesh as meshes, steps
 from fluxdigits.errors import UserError
 
 USAGE = "python -m fluxdigits.report WORKDIR [WORKDIR ...] [--out DIR]"
@@ -88,10 +88,10 @@ def test_logits(config, state, dataset: data.Dataset) -> np.ndarray:
   """(n_test, classes) logits, computed by the same predict functions that training evaluates with."""
   mesh = meshes.data_mesh(local=True)  # the report is process 0's alone in a multi-process job
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
-  predict = train.make_predict(state.apply_fn, train.preprocess_for(config, dataset), config.test_time_flip)
+  predict = steps.make_predict(state.apply_fn, steps.preprocess_for(config, dataset), config.test_time_flip)
   variables = meshes.replicate(state.evaluated_variables(), mesh)
   images = meshes.replicate(dataset.test.images, mesh)
-  return train.predict_split(predict, variables, images, len(dataset.test), config.eval_batch_size, mesh)
+  return steps.predict_split(predict, variables, images, len(dataset.test), config.eval_batch_size, mesh)
 
 
 # --- what the predictions say (pure functions of arrays) ------------------------------------------
@@ -390,7 +390,7 @@ def run_report_blocks(title: str, run: Run, per_class: Table, pairs: Table, erro
 def write_run_report(workdir) -> pathlib.Path:
   """Writes WORKDIR/report/ (see the README's Reports section) and returns that folder."""
   run = read_run(workdir)
-  config, state, _ = train.load_run(run.workdir, "best")
+  config, _, state, _ = checkpoint.load_run(run.workdir, "best")
   dataset = data.load(config)
   labels = dataset.test.labels
   probabilities = np.asarray(jax.nn.softmax(test_logits(config, state, dataset)))

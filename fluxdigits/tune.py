@@ -3,7 +3,7 @@
 A sweep file is an experiment file (its `get_config()` is the base config) that also defines
 `space(trial)`: Optuna define-by-run suggestions named by config keys, e.g.
 `trial.suggest_float("optimizer.learning_rate", 1e-4, 1e-2, log=True)`. Each trial is an ordinary
-run in WORKDIR/trials/NNNN/ trained by `run.train_run`; its objective is its best validation
+run in WORKDIR/trials/NNNN/ trained by `loop.train`; its objective is its best validation
 accuracy, each epoch's going to the pruner. The study lives in an Optuna storage (SQLite in WORKDIR
 by default), so the command resumes after a crash and any number of workers can share it.
 """
@@ -25,7 +25,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fluxdigits import cli, config as configs, run, tune_report
+from fluxdigits import cli, config as configs, loop, tune_report
 from fluxdigits.tune_report import FINISHED, best_value, count, directory_number
 from fluxdigits.errors import TrainingDiverged, UserError
 
@@ -295,8 +295,9 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
     config, trial_dir = start_trial(trial, sweep, base_config, workdir)
     with open(trial_dir / "train.log", "a") as log_file:
       try:
-        summary = run.train_run(config, trial_dir, log=file_log(log_file), on_epoch=pruning(trial, config, prune),
-                                test=False)
+        prune_now = pruning(trial, config, prune)
+        summary = loop.train([config], trial_dir, log=file_log(log_file), on_epoch=lambda member, row: prune_now(row),
+                             test=False)[0]
       except TrainingDiverged as e:
         summary = {"stopped": f"diverged: {e}"}
       except KeyboardInterrupt:
@@ -333,7 +334,7 @@ def train_population_of_trials(study, sweep, base_config, workdir: pathlib.Path,
       pruners = [pruning(trials[i], started[i][0], prune) for i in group]
       with open(population_dir / "train.log", "a") as log_file:
         try:
-          summaries = run.train_members(members, population_dir, member_dirs, log=file_log(log_file),
+          summaries = loop.train(members, population_dir, member_dirs, log=file_log(log_file),
                                         on_epoch=lambda member, row: pruners[member](row), test=False)
         except TrainingDiverged as e:  # a population of one stops at once, as a run does
           summaries = [{"stopped": f"diverged: {e}"}]
@@ -374,7 +375,7 @@ def evaluate_chosen_trial(study, trial, workdir: pathlib.Path):
     summary = json.loads((trial_dir / "summary.json").read_text())
     if "test_accuracy" not in summary:
       with open(trial_dir / "train.log", "a") as log_file:
-        summary = run.train_run(tune_report.config_of(study, trial), trial_dir, log=file_log(log_file))
+        summary = loop.train([tune_report.config_of(study, trial)], trial_dir, log=file_log(log_file))[0]
   return summary
 
 

@@ -169,16 +169,17 @@ def write_dataset_info(workdir: pathlib.Path, info) -> None:
 
 
 def read_dataset_info(workdir: pathlib.Path):
-  """The run's data.Info from its dataset.json; None where there is none (a run of an older fluxdigits)."""
+  """The run's data.Info, from the dataset.json its training wrote."""
   from fluxdigits import data
   path = workdir / DATASET_FILE
-  if not path.is_file():
-    return None
   try:
     return data.Info.from_json(json.loads(path.read_text()))
+  except FileNotFoundError:
+    raise UserError(f"{path} is missing; a training run writes it when it starts: restore it, or train the run "
+                    f"again") from None
   except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to have it rebuilt from the run's "
-                    "data, or restore it") from None
+    raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); restore the dataset.json the training run "
+                    "wrote") from None
 
 
 def with_recorded_data_dir(config, workdir: pathlib.Path):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fluxdigits import train
+from fluxdigits import checkpoint
 from fluxdigits.errors import UserError
 
 from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli
@@ -88,7 +88,7 @@ def test_huge_learning_rate_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp
   message = diverged.stderr.strip().splitlines()[-1]
   assert message.startswith("error: loss became") and "at step" in message and "lower optimizer.learning_rate" in message
   assert metrics_epochs(workdir) == [1]
-  _, state, progress = train.load_run(workdir, "latest")
+  _, _, state, progress = checkpoint.load_run(workdir, "latest")
   assert progress.epoch == 1 and int(state.step) == 400
   # The message's advice works: a lower rate resumes from the last good epoch.
   lower = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", "--config.optimizer.learning_rate=0.01", *sgd)
@@ -136,7 +136,7 @@ def test_a_damaged_best_checkpoint_gives_way_to_the_latest(two_epoch_run, capsys
   edit_progress(two_epoch_run, 2, best_epoch=1)  # as if epoch 1 had been the best
   damaged = largest_file(two_epoch_run / "checkpoints" / "1" / "state")
   damaged.write_bytes(damaged.read_bytes()[:100])
-  _, state, progress = train.load_run(two_epoch_run, "best")  # as the report loads it
+  _, _, state, progress = checkpoint.load_run(two_epoch_run, "best")  # as the report loads it
   assert progress.best_epoch == 2 and int(state.step) == 800
   assert "warning: the best checkpoint, epoch 1, is unreadable" in capsys.readouterr().err
   result = run_cli(CNN, "--workdir", two_epoch_run, "--config.num_epochs=3", *QUICK)
@@ -147,7 +147,7 @@ def test_a_damaged_best_checkpoint_gives_way_to_the_latest(two_epoch_run, capsys
 
 def test_a_checkpoint_with_empty_progress_is_skipped(two_epoch_run):
   edit_progress(two_epoch_run, 2)
-  _, state, progress = train.load_run(two_epoch_run, "latest")
+  _, _, state, progress = checkpoint.load_run(two_epoch_run, "latest")
   assert progress.epoch == 1 and int(state.step) == 400
 
 
@@ -168,7 +168,7 @@ def test_num_epochs_below_the_epochs_done_is_refused(two_epoch_run):
 
 def test_load_run_errors(tmp_path):
   with pytest.raises(UserError, match="not a fluxdigits run"):
-    train.load_run(tmp_path)
+    checkpoint.load_run(tmp_path)
 
 
 def test_a_run_from_before_weight_averaging_still_loads_and_resumes(tmp_path):
@@ -177,7 +177,7 @@ def test_a_run_from_before_weight_averaging_still_loads_and_resumes(tmp_path):
   config_file = workdir / "config.json"
   config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items() if k != "ema_decay"}))
 
-  config, state, _ = train.load_run(workdir)
+  config, _, state, _ = checkpoint.load_run(workdir)
   assert config.ema_decay == 0.0 and state.ema == {}
   refused = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", *QUICK)
   assert refused.returncode == 2 and "ema_decay (0.0 -> 0.999)" in refused.stderr

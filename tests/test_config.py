@@ -12,6 +12,7 @@ from conftest import EXPERIMENTS, run_cli
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 
 
+@pytest.mark.fast
 def test_every_experiment_file_loads_and_validates():
   files = sorted(EXPERIMENTS.glob("*.py"))
   assert {f.stem for f in files} >= {"mnist_mlp", "mnist_cnn", "mnist_cnn_dropout", "mnist_cnn_deep", "mnist_resnet",
@@ -20,12 +21,14 @@ def test_every_experiment_file_loads_and_validates():
     configs.validate(configs.load(str(file)))
 
 
+@pytest.mark.fast
 def test_seed_004_recipe():
   c = configs.validate(configs.load(CNN))
   assert (c.model.name, c.optimizer.name, c.optimizer.learning_rate, c.batch_size, c.num_epochs, c.validation_fraction) == (
       "cnn", "adam", 1e-3, 32, 5, 0.1)
 
 
+@pytest.mark.fast
 def test_overrides_are_typed_by_the_default_value():
   c = configs.override(configs.load(CNN), ["num_epochs=3", "optimizer.learning_rate=2", "mixed_precision=true",
                                            "model.name=mlp", "optimizer.eps=1e-8"])
@@ -34,6 +37,7 @@ def test_overrides_are_typed_by_the_default_value():
   assert c.mixed_precision is True and c.model.name == "mlp" and c.optimizer.eps == 1e-8
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("assignment, message", [
     ("num_epoch=3", "unknown config key 'num_epoch'"),
     ("model.nme=cnn", "unknown config key 'model.nme'"),
@@ -57,6 +61,7 @@ def test_bad_overrides_give_one_line_and_exit_code_2(assignment, message, capsys
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.fast
 def test_experiment_file_errors(tmp_path, capsys):
   assert run.main([str(tmp_path / "missing.py")]) == 2
   assert "not found" in capsys.readouterr().err
@@ -70,6 +75,7 @@ def test_experiment_file_errors(tmp_path, capsys):
   assert "unknown config key 'modell'" in capsys.readouterr().err
 
 
+@pytest.mark.fast
 def test_unknown_argument(capsys):
   assert run.main([CNN, "--epochs=3"]) == 2
   assert "unknown argument '--epochs=3'" in capsys.readouterr().err
@@ -82,17 +88,20 @@ def test_command_line_error_has_no_traceback_and_exits_2(tmp_path):
       "error: unknown optimizer.name 'adamax'; choose one of: sgd, momentum, adam, adamw, rmsprop"]
 
 
+@pytest.mark.fast
 def test_config_round_trips_through_its_json_form():
   c = configs.validate(configs.load(str(EXPERIMENTS / "cifar10_resnet.py")))
   flat = json.loads(json.dumps(configs.flatten(c)))
   assert configs.flatten(configs.from_flat(flat)) == configs.flatten(c)
 
 
+@pytest.mark.fast
 def test_from_flat_rejects_unknown_keys():
   with pytest.raises(UserError, match="unknown config key 'model.widths'"):
     configs.from_flat({**configs.flatten(configs.defaults()), "model.widths": 3})
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("source, message", [
     ("def get_config():\n  raise RuntimeError('boom')\n", "get_config() failed (RuntimeError: boom)"),
     ("def get_config(size):\n  pass\n", "get_config() failed (TypeError"),
@@ -111,6 +120,7 @@ def test_faults_inside_experiment_files_give_one_line_and_exit_code_2(source, me
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("assignment, message", [
     ("seed=-1", "seed must be in [0, 2**32), got -1"),
     (f"seed={2**64}", "seed must be in [0, 2**32)"),
@@ -126,6 +136,7 @@ def test_values_that_would_fail_after_compiling_are_refused_up_front(assignment,
   assert message in str(error.value)
 
 
+@pytest.mark.fast
 def test_microbatches_with_batchnorm_are_refused_before_compiling(capsys, tmp_path):
   """BatchNorm is found in the model's variables, whatever its name."""
   assert run.main([CNN, "--workdir", str(tmp_path / "run"), "--config.model.name=resnet", "--config.microbatches=2"]) == 2

@@ -54,11 +54,13 @@ def small_idx(tmp_path):
   return tmp_path
 
 
+@pytest.mark.fast
 def test_idx_reader_on_small_good_files(small_idx):
   split = data.read_idx_split(small_idx, "train")
   assert split.images.shape == (6, 28, 28, 1) and split.labels.shape == (6,)
 
 
+@pytest.mark.fast
 def test_idx_wrong_magic_number(small_idx):
   path = small_idx / "train-images-idx3-ubyte"
   path.write_bytes(b"\x00\x00\x0d\x03" + path.read_bytes()[4:])
@@ -66,6 +68,7 @@ def test_idx_wrong_magic_number(small_idx):
     data.read_idx_split(small_idx, "train")
 
 
+@pytest.mark.fast
 def test_idx_truncated_file(small_idx):
   path = small_idx / "train-images-idx3-ubyte"
   path.write_bytes(path.read_bytes()[:-100])
@@ -73,6 +76,7 @@ def test_idx_truncated_file(small_idx):
     data.read_idx_split(small_idx, "train")
 
 
+@pytest.mark.fast
 def test_idx_truncated_gzip(tmp_path):
   blob = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 50]) + bytes(50))
   (tmp_path / "labels.gz").write_bytes(blob[: len(blob) // 2])
@@ -80,12 +84,14 @@ def test_idx_truncated_gzip(tmp_path):
     data.read_idx(tmp_path / "labels.gz")
 
 
+@pytest.mark.fast
 def test_idx_mismatched_counts(small_idx):
   write_idx(small_idx / "train-labels-idx1-ubyte", np.zeros(5))
   with pytest.raises(UserError, match=r"\(6 images\).*\(5 labels\) do not match"):
     data.read_idx_split(small_idx, "train")
 
 
+@pytest.mark.fast
 def test_idx_missing_file_and_folder(small_idx, tmp_path):
   (small_idx / "t10k-labels-idx1-ubyte").unlink()
   with pytest.raises(UserError, match="has no t10k-labels-idx1-ubyte"):
@@ -100,6 +106,7 @@ def test_unprepared_dataset_without_tensorflow_says_what_to_install(tmp_path, mo
     data.read_tfds_split("fashion_mnist", "train", str(tmp_path), use_cache=False)
 
 
+@pytest.mark.fast
 def test_validation_is_held_out_from_the_end_of_training():
   split = data.Split(np.zeros((100, 2, 2, 1), np.uint8), np.arange(100, dtype=np.int32))
   train, validation = data.hold_out(split, 0.1)
@@ -108,6 +115,7 @@ def test_validation_is_held_out_from_the_end_of_training():
   assert len(data.hold_out(split, 0.0)[1]) == 0
 
 
+@pytest.mark.fast
 def test_epoch_order_is_a_function_of_seed_and_epoch():
   a = data.epoch_order(seed=3, epoch=1, n=1000)
   np.testing.assert_array_equal(a, data.epoch_order(seed=3, epoch=1, n=1000))
@@ -118,6 +126,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
   assert batches.shape == (31, 32) and len(np.unique(batches)) == 31 * 32
 
 
+@pytest.mark.fast
 def test_eval_batches_cover_every_example_once():
   indices, mask = data.eval_batches(n=10_000, batch_size=384)
   assert indices.shape == mask.shape == (27, 384)
@@ -133,6 +142,7 @@ def idx_config(folder):
   return configs.validate(c)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("file, array, message", [
     ("train-labels-idx1-ubyte", np.array([1, 2, 10, 3, 4, 5]), r"train labels .* 1 values outside 0-9 \(e.g. 10 at index 2\)"),
     ("t10k-labels-idx1-ubyte", np.array([0, 1, 2, 255, 4, 5]), r"test labels .* outside 0-9"),
@@ -145,6 +155,7 @@ def test_idx_labels_and_shapes_are_checked_when_loading(small_idx, file, array, 
     data.load(idx_config(small_idx))
 
 
+@pytest.mark.fast
 def test_idx_without_test_images_is_refused_when_loading(small_idx):
   write_idx(small_idx / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28)))
   write_idx(small_idx / "t10k-labels-idx1-ubyte", np.zeros(0))
@@ -152,6 +163,7 @@ def test_idx_without_test_images_is_refused_when_loading(small_idx):
     data.load(idx_config(small_idx))
 
 
+@pytest.mark.fast
 def test_idx_damaged_gzip_stream_is_a_clear_error(tmp_path):
   blob = bytearray(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(range(200))))
   blob[20:30] = bytes(10)  # corrupt the deflate stream itself (zlib.error), not just its end

@@ -36,6 +36,7 @@ def check_mnist_like(digit):
   assert digit[0].max() == 0 and digit[:, 0].max() == 0  # black background
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("ink,paper", [(20, 235), (235, 20)])
 def test_both_polarities_give_white_ink_on_black(tmp_path, ink, paper):
   path = tmp_path / "seven.png"
@@ -43,6 +44,7 @@ def test_both_polarities_give_white_ink_on_black(tmp_path, ink, paper):
   check_mnist_like(images.read_mnist(path))
 
 
+@pytest.mark.fast
 def test_position_and_shadow_do_not_change_the_input(tmp_path):
   plain, shadowed = tmp_path / "plain.png", tmp_path / "shadow.png"
   drawn_seven().save(plain)
@@ -53,6 +55,7 @@ def test_position_and_shadow_do_not_change_the_input(tmp_path):
   assert np.abs(a - b).mean() < 12
 
 
+@pytest.mark.fast
 def test_the_table_along_a_photos_edge_is_not_taken_for_the_digit(tmp_path):
   """A photo taken askew shows a strip of the table along two edges: longer than the faint digit's strokes."""
   plain, framed = tmp_path / "plain.png", tmp_path / "framed.png"
@@ -64,6 +67,7 @@ def test_the_table_along_a_photos_edge_is_not_taken_for_the_digit(tmp_path):
   assert np.abs(a - b).mean() < 12
 
 
+@pytest.mark.fast
 def test_thin_and_thick_strokes_end_near_mnist_width(tmp_path):
   widths = []
   for width in (2, 40):
@@ -73,6 +77,7 @@ def test_thin_and_thick_strokes_end_near_mnist_width(tmp_path):
   assert all(1.5 < w < 5 for w in widths), widths
 
 
+@pytest.mark.fast
 def test_blank_image_is_one_error_naming_the_file(tmp_path):
   path = tmp_path / "blank.png"
   Image.new("L", (200, 200), 240).save(path)
@@ -80,6 +85,7 @@ def test_blank_image_is_one_error_naming_the_file(tmp_path):
     images.read_mnist(path)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("content,match", [(b"hello", "not an image"), (None, "no such file")])
 def test_not_an_image(tmp_path, content, match):
   path = tmp_path / "x.png"
@@ -89,6 +95,7 @@ def test_not_an_image(tmp_path, content, match):
     images.read_mnist(path)
 
 
+@pytest.mark.fast
 def test_truncated_file(tmp_path):
   full, cut = tmp_path / "full.png", tmp_path / "cut.png"
   drawn_seven().save(full)
@@ -97,6 +104,7 @@ def test_truncated_file(tmp_path):
     images.read_mnist(cut)
 
 
+@pytest.mark.fast
 def test_palette_cmyk_16_bit_rgba_and_animated_gif(tmp_path):
   seven = drawn_seven()
   reference = images.read_mnist(_save(tmp_path / "ref.png", seven)).astype(int)
@@ -121,6 +129,7 @@ def _save(path, image):
   return path
 
 
+@pytest.mark.fast
 def test_huge_jpeg_is_reduced_while_decoding(tmp_path):
   big = drawn_seven(size=(300, 400)).resize((12000, 16000), Image.Resampling.NEAREST)
   big.save(tmp_path / "big.jpg", quality=50)
@@ -158,6 +167,7 @@ def test_20000x20000_png_is_downscaled_on_load_with_bounded_memory(tmp_path):
   assert growth_mib < 1024 and peak_mib < 2560, (growth_mib, peak_mib)
 
 
+@pytest.mark.fast
 def test_reduction_keeps_every_mode_and_the_orientation(tmp_path, monkeypatch):
   seven = drawn_seven()
   reference = images.read_mnist(_save(tmp_path / "ref.png", seven)).astype(int)
@@ -184,6 +194,7 @@ def test_reduction_keeps_every_mode_and_the_orientation(tmp_path, monkeypatch):
     assert np.abs(got - reference).mean() < 12, name
 
 
+@pytest.mark.fast
 def test_a_file_over_the_decoding_limit_is_refused_before_decoding(tmp_path):
   png = bytearray(_save(tmp_path / "small.png", drawn_seven()).read_bytes())
   png[16:24] = struct.pack(">II", 50000, 50000)  # IHDR's width and height: 2.5 gigapixels, 2.3 GiB as L
@@ -194,6 +205,7 @@ def test_a_file_over_the_decoding_limit_is_refused_before_decoding(tmp_path):
     images.read_mnist(tmp_path / "bomb.png")
 
 
+@pytest.mark.fast
 def test_a_number_is_split_left_to_right(tmp_path):
   image = Image.new("L", (700, 260), 230)
   draw = ImageDraw.Draw(image)
@@ -207,6 +219,7 @@ def test_a_number_is_split_left_to_right(tmp_path):
   assert widths[0] < 8 < widths[1]  # the '1' first, then the round '0'
 
 
+@pytest.mark.fast
 def test_cifar_and_fashion_formats(tmp_path):
   path = _save(tmp_path / "photo.png", Image.new("RGB", (640, 480), (200, 30, 30)))
   cifar = images.read_photo(path, "fit", (32, 32, 3))
@@ -228,6 +241,7 @@ def test_a_dataset_s_own_images_saved_as_png_are_read_back_as_they_were(tmp_path
     np.testing.assert_array_equal(images.read_photo(path, photos, image.shape), image, err_msg=str(n))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("photos, shape, expected", [("digit", (28, 28, 1), "digit"), ("object", (28, 28, 1), "object"),
                                                      ("digit", (16, 16, 1), "fit"), ("digit", (28, 28, 3), "fit"),
                                                      ("fit", (28, 28, 1), "fit")])
@@ -235,6 +249,7 @@ def test_a_photo_preparation_applies_only_to_the_data_it_fits(photos, shape, exp
   assert images.preparation(photos, shape) == expected
 
 
+@pytest.mark.fast
 def test_a_digit_photo_on_white_paper_at_28x28_is_still_prepared(tmp_path):
   dark_on_white = np.full((28, 28), 255, np.uint8)
   dark_on_white[6:22, 12:16] = 0

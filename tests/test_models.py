@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import flax.linen as nn
 
-from fluxdigits import config as configs, layers, registry, train
+from fluxdigits import config as configs, layers, registry, steps
 
 
 def conv(k, cin, cout, bias=True):
@@ -44,7 +44,7 @@ def init(model, shape):
 def test_digit_models_shapes_and_parameter_counts(name):
   model = make(name)
   variables = init(model, (28, 28, 1))
-  assert train.count_params(variables["params"]) == EXPECTED_PARAMS[name]
+  assert steps.count_params(variables["params"]) == EXPECTED_PARAMS[name]
   logits = model.apply(variables, jnp.ones((5, 28, 28, 1)), train=False)
   assert logits.shape == (5, 10)
 
@@ -53,7 +53,7 @@ def test_digit_models_shapes_and_parameter_counts(name):
 def test_resnet_parameter_counts_match_the_published_cifar_models(depth, expected):
   model = make("resnet", depth=depth)
   variables = init(model, (32, 32, 3))
-  assert train.count_params(variables["params"]) == expected
+  assert steps.count_params(variables["params"]) == expected
   assert model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False).shape == (3, 10)
 
 
@@ -65,7 +65,7 @@ def test_airbench_parameter_count_and_width():
               + 2 * (conv(3, 4 * width, 4 * width, False) + 4 * width) + 4 * width * 10)
   model = make("airbench", width=width)
   variables = init(model, (32, 32, 3))
-  assert train.count_params(variables["params"]) == expected
+  assert steps.count_params(variables["params"]) == expected
   assert model.apply(variables, jnp.ones((3, 32, 32, 3)), train=False).shape == (3, 10)
 
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from fluxdigits import checkpoint, config as configs, cpu, mesh as meshes, population, registry, run, train, workdir as workdirs
+from fluxdigits import checkpoint, config as configs, cpu, loop, mesh as meshes, population, registry, steps, workdir as workdirs
 from fluxdigits.errors import UserError
 
 from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
@@ -35,13 +35,13 @@ def metrics(workdir):
 def test_a_member_trains_exactly_as_its_single_run(tmp_path, model):
   """Members differing in every data hyperparameter, with dropout and augmentation: each equals its own run."""
   config = small_config(**{"model.name": model})
-  assert train.members_in_parallel(config, registry.create(config, 10)) == (model == "mlp")
+  assert steps.members_in_parallel(config, registry.create(config, 10)) == (model == "mlp")
   members = [small_config(**{"model.name": model, "seed": 0}),
              small_config(**{"model.name": model, "seed": 7, "optimizer.learning_rate": 2e-3,
                              "optimizer.weight_decay": 1e-4, "model.dropout_rate": 0.4, "label_smoothing": 0.1})]
   dirs = [tmp_path / "population" / "a", tmp_path / "population" / "b"]
-  together = run.train_members(members, tmp_path / "population", dirs, log=lambda *_: None)
-  alone = run.train_run(members[1], tmp_path / "alone", log=lambda *_: None)
+  together = loop.train(members, tmp_path / "population", dirs, log=lambda *_: None)
+  alone = loop.train([members[1]], tmp_path / "alone", log=lambda *_: None)[0]
 
   # In a population XLA may sum in another order: the parameters differ by ~1e-6 after a step (the same losses to 7
   # digits), and 200 steps of Adam grow that to a few tenths of a percent in the final figures.
@@ -58,9 +58,9 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path, model):
       assert row_together[key] == pytest.approx(row_alone[key], rel=2e-2), key
   assert together[1]["test_accuracy"] >= 0.9
   # A member's folder is a finished run like any other: its config, and its best state to load.
-  config, state, progress = train.load_run(dirs[1])
+  config, _, state, progress = checkpoint.load_run(dirs[1])
   assert config.seed == 7 and config.model.dropout_rate == 0.4 and progress.epoch == 2
-  assert train.count_params(state.params) == alone["num_params"]
+  assert steps.count_params(state.params) == alone["num_params"]
 
 
 def test_a_cpu_population_is_split_over_one_device_per_core():
@@ -69,18 +69,18 @@ def test_a_cpu_population_is_split_over_one_device_per_core():
     pytest.skip("one CPU device (one core, or oneDNN's convolutions): a population runs on one device")
   members = [small_config(**{"model.name": "cnn", "seed": seed, "optimizer.learning_rate": rate})
              for seed, rate in ((0, 1e-3), (1, 2e-3), (2, 5e-4))]
-  trainer, state = train.build(members, log=lambda *_: None)
+  trainer, state = loop.build(members, log=lambda *_: None)
   assert trainer.lanes.size == 2 and len(meshes.data_mesh().devices) == 1
-  state, rows, _ = train.train_epoch(trainer, state, 1, [True, True, False])
+  state, rows, _ = loop.train_epoch(trainer, state, 1, [True, True, False])
   assert state.params["Dense_0"]["kernel"].sharding == meshes.replicated_sharding(trainer.mesh)
   for i in range(3):
-    alone, alone_state = train.build(members[i:i + 1], log=lambda *_: None)
+    alone, alone_state = loop.build(members[i:i + 1], log=lambda *_: None)
     assert alone.lanes is None
     if i < 2:
-      alone_state, alone_rows, _ = train.train_epoch(alone, alone_state, 1, [True])
+      alone_state, alone_rows, _ = loop.train_epoch(alone, alone_state, 1, [True])
       assert rows[i]["train_loss"] == pytest.approx(alone_rows[0]["train_loss"], rel=1e-5)
     # An inactive member keeps its state.
-    for ours, theirs in zip(jax.tree.leaves(checkpoint.member(state, i)), jax.tree.leaves(alone_state)):
+    for ours, theirs in zip(jax.tree.leaves(population.member(state, i)), jax.tree.leaves(alone_state)):
       np.testing.assert_allclose(ours, theirs[0], rtol=1e-4, atol=1e-5)
 
 
@@ -174,22 +174,22 @@ def largest_that_fits(error) -> int:
 
 def test_a_population_too_large_for_memory_is_refused_naming_the_largest_that_fits(monkeypatch):
   # 400 MiB free: MNIST's 55 MB on the device and a few members of the seed CNN (~20 MiB each at batch 32) fit.
-  monkeypatch.setattr(train.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
+  monkeypatch.setattr(loop.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
   base = small_config(**{"model.name": "cnn"})
   with pytest.raises(UserError, match=r"a population of 256 needs about .* GiB of memory per device .* 0\.4 GiB are "
                                       r"free; the largest population that fits is \d+: pass fewer members") as refused:
-    train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
+    loop.build(population.with_seeds(base, range(256)), log=lambda *_: None)
   largest = largest_that_fits(refused.value)
   assert 2 <= largest < 256
-  trainer, state = train.build(population.with_seeds(base, range(largest)), log=lambda *_: None)
+  trainer, state = loop.build(population.with_seeds(base, range(largest)), log=lambda *_: None)
   assert jax.tree.leaves(state.params)[0].shape[0] == largest
   with pytest.raises(UserError, match="largest population that fits"):
-    train.build(population.with_seeds(base, range(largest + 1)), log=lambda *_: None)
+    loop.build(population.with_seeds(base, range(largest + 1)), log=lambda *_: None)
 
 
 def test_a_population_that_runs_out_of_memory_while_compiling_is_refused_the_same_way(monkeypatch):
   """On a GPU the compiler's autotuner runs the largest operations: a population too large fails there first."""
-  monkeypatch.setattr(train.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
+  monkeypatch.setattr(loop.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
   compile_for_real = jax.stages.Lowered.compile
   calls = []
 
@@ -203,10 +203,10 @@ def test_a_population_that_runs_out_of_memory_while_compiling_is_refused_the_sam
   base = small_config(**{"model.name": "cnn"})
   with pytest.raises(UserError, match="a population of 256 ran out of device memory while compiling, 0.4 GiB are free; "
                                       "the largest population that fits is") as refused:
-    train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
+    loop.build(population.with_seeds(base, range(256)), log=lambda *_: None)
   monkeypatch.setattr(jax.stages.Lowered, "compile", compile_for_real)
   with pytest.raises(UserError) as estimated_from_256:
-    train.build(population.with_seeds(base, range(256)), log=lambda *_: None)
+    loop.build(population.with_seeds(base, range(256)), log=lambda *_: None)
   # Populations of 2 and 4 members a device give the per-member cost that populations of 128 and 256 give.
   assert abs(largest_that_fits(refused.value) - largest_that_fits(estimated_from_256.value)) <= 1
 

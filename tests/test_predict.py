@@ -119,3 +119,15 @@ def test_export_matches_jax_and_runs_without_fluxdigits(run_dir, tmp_path, fmt):
   assert ran.returncode == 0, ran.stderr
   logits = np.load(tmp_path / "logits.npy")
   assert logits.shape == (200, 10) and (logits.argmax(-1) == test.labels).mean() >= 0.95
+
+
+def test_a_run_trained_across_two_devices_predicts_on_one(tmp_path):
+  workdir = tmp_path / "two_devices"
+  result = run_cli(EXPERIMENTS / "mnist_mlp.py", "--workdir", workdir, "--config.num_epochs=1", "--config.report=false",
+                   "--config.dataset.max_train_examples=2000", env={"JAX_NUM_CPU_DEVICES": "2"})
+  assert result.returncode == 0 and "for 2x cpu" in result.stdout, result.stderr
+  files = sorted(REAL_DIGITS.glob("7_*.png"))[:2]
+  result = subprocess.run([sys.executable, "-m", "fluxdigits.predict", workdir, *files], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_NUM_CPU_DEVICES": "1"})
+  assert result.returncode == 0, result.stderr
+  assert [line.split()[0] for line in result.stdout.splitlines()] == [f"{f}:" for f in files]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fluxdigits import augment, config as configs, cpu, data, mesh as meshes, registry, optim, run, train
+from fluxdigits import augment, config as configs, cpu, data, loop, mesh as meshes, registry, optim, run, steps
 
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
 
@@ -25,16 +25,16 @@ def mnist():
 
 
 def jitted_train_step(dataset, config):
-  preprocess = train.Preprocess(dataset.mean, dataset.std, jnp.float32)
-  hyperparams = train.hyperparams_of(config)
-  return jax.jit(lambda s, x, y: train.train_step(s, x, y, hyperparams, config=config, num_classes=10,
-                                                  preprocess=preprocess, augment_fn=None))
+  preprocess = steps.Preprocess(dataset.mean, dataset.std, jnp.float32)
+  hyperparams = steps.hyperparams_of(config)
+  return jax.jit(lambda s, x, y: steps.train_step(s, jnp.arange(len(x)), images=x, labels=y, hyperparams=hyperparams,
+                                                  config=config, num_classes=10, preprocess=preprocess, augment_fn=None))
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
   config = mnist_config()
   model = registry.create(config, 10)
-  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
+  state = steps.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
   step = jitted_train_step(mnist, config)
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
   losses = []
@@ -49,7 +49,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
 def test_microbatches_give_the_whole_batch_step(mnist):
   """Four slices of 16 average to the gradient of the batch of 64: same loss, predictions and weights."""
   whole, sliced = mnist_config(), mnist_config(microbatches=4)
-  state = train.create_state(whole, registry.create(whole, 10), (28, 28, 1), steps_per_epoch=100)
+  state = steps.create_state(whole, registry.create(whole, 10), (28, 28, 1), steps_per_epoch=100)
   images, labels = mnist.train.images[:64], mnist.train.labels[:64]
   one_state, one = jitted_train_step(mnist, whole)(state, images, labels)
   four_state, four = jitted_train_step(mnist, sliced)(state, images, labels)
@@ -64,7 +64,7 @@ def test_microbatches_give_the_whole_batch_step(mnist):
 def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
   config = mnist_config(**{"ema_decay": 0.9, "model.name": model_name})
   model = registry.create(config, 10)
-  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
+  state = steps.create_state(config, model, (28, 28, 1), steps_per_epoch=100)
   step = jitted_train_step(mnist, config)
   expected = state.evaluated_variables()
   for i in range(1, 41):
@@ -79,7 +79,7 @@ def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
 
 def test_ema_decay_zero_evaluates_the_raw_weights(mnist):
   config = mnist_config(ema_decay=0.0)
-  state = train.create_state(config, registry.create(config, 10), (28, 28, 1), steps_per_epoch=100)
+  state = steps.create_state(config, registry.create(config, 10), (28, 28, 1), steps_per_epoch=100)
   state, _ = jitted_train_step(mnist, config)(state, mnist.train.images[:8], mnist.train.labels[:8])
   assert state.ema == {}
   assert state.evaluated_variables() == (state.params, state.batch_stats)
@@ -88,27 +88,27 @@ def test_ema_decay_zero_evaluates_the_raw_weights(mnist):
 def test_eval_counts_every_example_exactly_once(mnist):
   config = mnist_config()
   model = registry.create(config, 10)
-  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
-  preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
+  state = steps.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
+  preprocess = steps.Preprocess(mnist.mean, mnist.std, jnp.float32)
   mesh = meshes.data_mesh()
   images = mnist.test.images[:1003]
-  logits = train.predict_split(train.make_predict(model.apply, preprocess), (state.params, state.batch_stats),
+  logits = steps.predict_split(steps.make_predict(model.apply, preprocess), (state.params, state.batch_stats),
                                meshes.replicate(images, mesh), len(images), 100, mesh)
   assert logits.shape == (1003, 10)
   expected = model.apply({"params": state.params}, preprocess(jnp.asarray(images)), train=False)
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
-  metrics = train.classification_metrics(logits, mnist.test.labels[:1003])
+  metrics = steps.classification_metrics(logits, mnist.test.labels[:1003])
   assert metrics["count"] == 1003
 
 
 def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror(mnist):
   config = mnist_config()
   model = registry.create(config, 10)
-  state = train.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
-  preprocess = train.Preprocess(mnist.mean, mnist.std, jnp.float32)
+  state = steps.create_state(config, model, (28, 28, 1), steps_per_epoch=1)
+  preprocess = steps.Preprocess(mnist.mean, mnist.std, jnp.float32)
   variables, idx = (state.params, state.batch_stats), jnp.arange(16)
   images = mnist.test.images[:16]
-  plain, flipped = train.make_predict(model.apply, preprocess), train.make_predict(model.apply, preprocess, flip=True)
+  plain, flipped = steps.make_predict(model.apply, preprocess), steps.make_predict(model.apply, preprocess, flip=True)
   expected = (plain(*variables, images, idx) + plain(*variables, images[:, :, ::-1], idx)) / 2
   np.testing.assert_allclose(flipped(*variables, images, idx), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(flipped(*variables, images[:, :, ::-1], idx), expected, rtol=1e-5, atol=1e-5)
@@ -117,7 +117,7 @@ def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror(mnist):
 
 def test_classification_metrics():
   logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]]))
-  m = train.classification_metrics(logits, np.array([0, 2, 1]))
+  m = steps.classification_metrics(logits, np.array([0, 2, 1]))
   assert m["accuracy"] == pytest.approx(2 / 3)
   assert m["loss"] == pytest.approx(-(np.log(0.7) + np.log(0.8) + np.log(0.25)) / 3)
 
@@ -213,7 +213,7 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
                              "dataset.max_train_examples=24", "report=false"])
   config = configs.validate(config)
   with tfds.testing.mock_data(num_examples=24):
-    summary = train.train_and_evaluate(config, tmp_path)
+    summary = loop.train([config], tmp_path)[0]
   assert summary["test_examples"] == 24 and np.isfinite(summary["test_loss"])
   assert summary["num_params"] == 11_173_962 and summary["dataset"] == "cifar10"
 
@@ -223,7 +223,7 @@ def test_long_step_models_split_their_batches_over_the_cpu_cores():
   if cpu.lanes() < 2:
     pytest.skip("one CPU device: one core, or oneDNN's convolutions (FLUXDIGITS_ONEDNN=0 runs this)")
   def devices(config):
-    return train.data_mesh_for(config, registry.create(config, 10)).devices.size
+    return loop.data_mesh_for(config, registry.create(config, 10)).devices.size
 
   deep = configs.validate(configs.load(str(EXPERIMENTS / "mnist_cnn_deep.py")))
   assert devices(deep) == cpu.lanes()

@@ -128,6 +128,7 @@ def not_a_module(x):
 '''
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name, kwargs, message", [
     ("missing.py:Net", [], "missing.py not found; in model.name=FILE.py:CLASS give FILE relative to"),
     ("net.py:Nope", [], "defines no 'Nope'; its Flax modules: Fine, ThreeLogits"),
@@ -214,16 +215,17 @@ def test_image_size_and_channels_bring_a_mixed_folder_to_one_shape(tmp_path):
   assert split.images.shape == (4, 16, 16, 3) and sorted(split.labels) == [0, 0, 1, 1]
 
 
-def test_the_trainer_names_no_model():
-  source = (REPO / "fluxdigits" / "train.py").read_text()
+@pytest.mark.fast
+def test_the_step_and_the_loop_name_no_model():
+  source = "".join((REPO / "fluxdigits" / name).read_text() for name in ("steps.py", "loop.py"))
   assert not [name for name in models.BUILTIN if f'"{name}"' in source or f"'{name}'" in source]
 
 
 def test_importing_fluxdigits_changes_no_global_state():
   """A notebook's `import fluxdigits` (and its modules) leaves JAX's devices, signals and warnings as they were."""
   probe = ("import signal, sys, warnings; import jax, flax, optax, orbax.checkpoint, optuna, scipy.ndimage, "
-           "tensorflow_datasets; before = (signal.getsignal(signal.SIGTERM), sys.excepthook, "
-           "len(warnings.filters)); import fluxdigits, fluxdigits.train, fluxdigits.predict, fluxdigits.tune, "
+           "tensorflow_datasets, tqdm.auto; before = (signal.getsignal(signal.SIGTERM), sys.excepthook, "
+           "len(warnings.filters)); import fluxdigits, fluxdigits.loop, fluxdigits.predict, fluxdigits.tune, "
            "fluxdigits.report, fluxdigits.export, fluxdigits.data; import jax; "
            "after = (signal.getsignal(signal.SIGTERM), sys.excepthook, len(warnings.filters)); "
            "print(jax.device_count(), before == after)")

@@ -1,8 +1,8 @@
 """Each model of the zoo (tests/zoo/: Linen and NNX, written with flax's own layers, pooling called positionally,
 strided convolutions with BatchNorm and a residual add, LayerNorm and GroupNorm, gelu and swish, Sequential, with
-and without dropout) trains, resumes, predicts its test files as evaluation classified them, and exports to ONNX
-agreeing with JAX: in this process, on the folder of real digits. (That a resume ends with the uninterrupted run's
-figures is shown for Linen and NNX models in test_your_model_and_data.py and test_any_flax_model.py.)"""
+and without dropout) trains, predicts its test files as evaluation classified them, and exports to ONNX agreeing
+with JAX: in this process, on the folder of real digits. (Resuming Linen and NNX models, to the uninterrupted run's
+figures, is shown in test_your_model_and_data.py and test_any_flax_model.py.)"""
 
 import csv
 import pathlib
@@ -21,18 +21,12 @@ POOLS = {"PooledCNN": "MaxPool", "SequentialNet": "MaxPool"}
 QUIET = ["--config.report=false", "--config.tensorboard=false"]
 
 
-def train(digits, model, workdir, epochs):
-  assert run.main([*map(str, folder_args(digits, model, epochs)), "--workdir", str(workdir), *QUIET]) == 0
-
-
 @pytest.mark.parametrize("kind", ["linen", "nnx"])
 @pytest.mark.parametrize("name", MODELS)
-def test_a_zoo_model_trains_resumes_predicts_and_exports(kind, name, digits, tmp_path, capsys):
+def test_a_zoo_model_trains_predicts_and_exports(kind, name, digits, tmp_path):
   model = f"{ZOO / f'{kind}_models.py'}:{name}"
   run_dir = tmp_path / "run"
-  train(digits, model, run_dir, 1)
-  train(digits, model, run_dir, 2)
-  assert "resuming from epoch 1" in capsys.readouterr().out
+  assert run.main([*map(str, folder_args(digits, model, 2)), "--workdir", str(run_dir), *QUIET]) == 0
   summary = read_summary(run_dir)
   assert summary["epochs_run"] == 2 and summary["test_accuracy"] > 0.2, summary  # chance: 10%
 
