@@ -89,7 +89,7 @@ def defaults() -> ml_collections.ConfigDict:
   # How predict makes a photo into an input: 'fit' (crop to the aspect ratio, resize), 'digit' (MNIST's
   # way: the ink isolated, a 20 px box centred by mass) or 'object' (Fashion-MNIST's: bright on black).
   c.dataset.photos = "fit"
-  # Keep decoded arrays under ~/.cache/fluxdigits: decoding MNIST's PNGs takes ~10 s a run.
+  # Keep decoded arrays under ~/.cache/fluxdigits: decoding a dataset's PNGs again each run is slow.
   c.dataset.cache = True
   # Train on the first N training examples only (0: all of them): quick trials and tests.
   c.dataset.max_train_examples = 0

@@ -84,7 +84,7 @@ def create_states(members, model, image_shape, tx) -> TrainState:
   """
   config = members[0]
 
-  # One compiled call: run op by op, the initialisers compile dozens of tiny programs (~2.5 s on a CPU).
+  # One compiled call: run op by op, the initialisers would compile dozens of tiny programs.
   @jax.jit
   def init(key):
     init_rng, run_rng = jax.random.split(key)

@@ -11,7 +11,12 @@ import time
 
 import pytest
 
-from fluxdigits import cpu, workdir as workdirs
+# One JAX compilation cache for the session's processes, set before JAX starts: the suite trains the same models
+# in many fresh processes, and each would compile their programs again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / "fluxdigits-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+from fluxdigits import cpu, workdir as workdirs  # noqa: E402 (after the cache's settings)
 
 cpu.claim_cores()  # the CPU devices the command lines claim before JAX starts
 
