@@ -15,12 +15,15 @@ from setuptools import Extension, setup
 def onednn_dirs() -> tuple[str, str]:
   """(include dir, lib dir) of the oneDNN wheels in the build environment."""
   from importlib import metadata
+
   headers = metadata.distribution("onednn-devel-cpu-gomp")
   header = next(f for f in headers.files if f.name == "dnnl.hpp" and f.parent.name == "dnnl")
   library = metadata.distribution("onednn-cpu-gomp")
   shared = next(f for f in library.files if f.name == "libdnnl.so")
-  return (str(pathlib.Path(headers.locate_file(header)).resolve().parents[2]),
-          str(pathlib.Path(library.locate_file(shared)).resolve().parent))
+  return (
+    str(pathlib.Path(headers.locate_file(header)).resolve().parents[2]),
+    str(pathlib.Path(library.locate_file(shared)).resolve().parent),
+  )
 
 
 def extensions() -> list:
@@ -28,12 +31,22 @@ def extensions() -> list:
     return []  # oneDNN's wheel is for x86-64 Linux
   try:
     import jaxlib
+
     include, lib = onednn_dirs()
   except Exception:  # the build requirements are missing (a build without isolation): install without it
     return []
-  return [Extension("fluxdigits.cpu._onednn_kernels", ["fluxdigits/cpu/onednn_kernels.cc"], language="c++", optional=True,
-                    include_dirs=[str(pathlib.Path(jaxlib.__file__).parent / "include"), include],
-                    library_dirs=[lib], libraries=["dnnl"], extra_compile_args=["-std=c++17", "-O2", "-w"])]
+  return [
+    Extension(
+      "fluxdigits.cpu._onednn_kernels",
+      ["fluxdigits/cpu/onednn_kernels.cc"],
+      language="c++",
+      optional=True,
+      include_dirs=[str(pathlib.Path(jaxlib.__file__).parent / "include"), include],
+      library_dirs=[lib],
+      libraries=["dnnl"],
+      extra_compile_args=["-std=c++17", "-O2", "-w"],
+    )
+  ]
 
 
 setup(ext_modules=extensions())

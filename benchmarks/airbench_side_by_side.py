@@ -33,15 +33,23 @@ from time_to_accuracy import time_run  # noqa: E402
 def write_airbench_data(folder: pathlib.Path):
   """The shared CIFAR-10 copy (TFDS_DATA_DIR) as airbench's cifar10/{train,test}.pt: uint8 NHWC images and labels."""
   import torch
+
   from fluxdigits import config as configs, data
+
   config = configs.defaults()
   config.dataset.name = "cifar10"
   splits = data.load(config)
   (folder / "cifar10").mkdir()
   classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
   for name, split in (("train", splits.train), ("test", splits.test)):
-    torch.save({"images": torch.from_numpy(split.images), "labels": torch.from_numpy(split.labels.astype("int64")),
-                "classes": classes}, folder / "cifar10" / f"{name}.pt")
+    torch.save(
+      {
+        "images": torch.from_numpy(split.images),
+        "labels": torch.from_numpy(split.labels.astype("int64")),
+        "classes": classes,
+      },
+      folder / "cifar10" / f"{name}.pt",
+    )
 
 
 def airbench_on_cpu():
@@ -74,6 +82,7 @@ def airbench_on_cpu():
   sys.modules["torchvision"] = types.SimpleNamespace(transforms=transforms)
   sys.modules["torchvision.transforms"] = transforms
   import airbench
+
   # Its loader puts the data on device `gpu` (0): the CPU here.
   cpu_torch = {name: getattr(torch, name) for name in dir(torch) if not name.startswith("__")}
   airbench.utils.torch = types.SimpleNamespace(**{**cpu_torch, "device": lambda *_: torch.device("cpu")})
@@ -99,14 +108,22 @@ def main():
   parser.add_argument("--tag", default="")
   args = parser.parse_args()
   fluxdigits_run = time_run(ROOT / "experiments" / "cifar10_fast.py", [f"--config.num_epochs={args.epochs}"])
-  print(f"cifar10_fast, {args.epochs} epochs: {fluxdigits_run['test_accuracy']:.4f} (mirror) in {fluxdigits_run['train_s']:.0f} s")
+  print(
+    f"cifar10_fast, {args.epochs} epochs: {fluxdigits_run['test_accuracy']:.4f} (mirror) "
+    f"in {fluxdigits_run['train_s']:.0f} s"
+  )
   with tempfile.TemporaryDirectory() as scratch:
     airbench_run = run_airbench(args.epochs, pathlib.Path(scratch))
   print(f"airbench94, {args.epochs} epochs: {airbench_run['test_accuracy']} in {airbench_run['train_s']:.0f} s")
-  record = {"device": device_name(), "date": datetime.date.today().isoformat(), "epochs": args.epochs,
-            "data": "the shared CIFAR-10 copy (most images decoded from JPEG)",
-            "airbench94": airbench_run, "cifar10_fast": fluxdigits_run,
-            "source": f"python benchmarks/airbench_side_by_side.py --epochs {args.epochs}"}
+  record = {
+    "device": device_name(),
+    "date": datetime.date.today().isoformat(),
+    "epochs": args.epochs,
+    "data": "the shared CIFAR-10 copy (most images decoded from JPEG)",
+    "airbench94": airbench_run,
+    "cifar10_fast": fluxdigits_run,
+    "source": f"python benchmarks/airbench_side_by_side.py --epochs {args.epochs}",
+  }
   print(write_record(record, args.out, "-airbench-side-by-side", args.tag))
 
 

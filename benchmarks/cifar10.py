@@ -5,7 +5,8 @@ epochs) would take a day on a CPU, so it trains on its first `--resnet-examples`
 epoch; the full run is projected as that run's fixed costs (start-up, data, compile, test pass)
 plus 40 full epochs at the measured seconds per training image.
 
-  python benchmarks/cifar10.py [--resnet-examples 1280] [--skip-fast] [--skip-resnet] [--tag TAG] [--config.KEY=VALUE ...]
+  python benchmarks/cifar10.py [--resnet-examples 1280] [--skip-fast] [--skip-resnet] [--tag TAG]
+      [--config.KEY=VALUE ...]
 
 Overrides apply to cifar10_fast.
 """
@@ -29,17 +30,27 @@ def project_full_run(partial, experiment) -> dict:
   full_epoch_images = int(50_000 * (1 - config.validation_fraction)) // config.batch_size * config.batch_size
   epoch_s = seconds_per_image * full_epoch_images
   fixed_s = partial["wall_s"] - partial["train_s"]
-  return {"measured_images": n, "images_per_s": 1 / seconds_per_image, "projected_epoch_s": epoch_s,
-          "fixed_s": fixed_s, "projected_epochs": config.num_epochs,
-          "projected_run_s": fixed_s + config.num_epochs * epoch_s}
+  return {
+    "measured_images": n,
+    "images_per_s": 1 / seconds_per_image,
+    "projected_epoch_s": epoch_s,
+    "fixed_s": fixed_s,
+    "projected_epochs": config.num_epochs,
+    "projected_run_s": fixed_s + config.num_epochs * epoch_s,
+  }
 
 
 def projected_table(records) -> str:
-  rows = ["| experiment | measured on | training images/s | projected epoch | projected run |", "|---|---|---:|---:|---:|"]
+  rows = [
+    "| experiment | measured on | training images/s | projected epoch | projected run |",
+    "|---|---|---:|---:|---:|",
+  ]
   for r in records:
-    rows.append(f"| `{pathlib.Path(r['experiment']).stem}` | {r['measured_images']:,} images, 1 epoch | "
-                f"{r['images_per_s']:,.1f} | {r['projected_epoch_s'] / 60:,.1f} min | "
-                f"{r['projected_run_s'] / 3600:,.1f} h ({r['projected_epochs']} epochs) |")
+    rows.append(
+      f"| `{pathlib.Path(r['experiment']).stem}` | {r['measured_images']:,} images, 1 epoch | "
+      f"{r['images_per_s']:,.1f} | {r['projected_epoch_s'] / 60:,.1f} min | "
+      f"{r['projected_run_s'] / 3600:,.1f} h ({r['projected_epochs']} epochs) |"
+    )
   return "\n".join(rows)
 
 
@@ -58,12 +69,21 @@ def main():
   if args.skip_resnet:
     return
   experiment = ROOT / "experiments" / "cifar10_resnet.py"
-  partial = time_run(experiment, ["--config.num_epochs=1", "--config.schedule.warmup_epochs=0.5",
-                                  f"--config.dataset.max_train_examples={args.resnet_examples}"])
+  partial = time_run(
+    experiment,
+    [
+      "--config.num_epochs=1",
+      "--config.schedule.warmup_epochs=0.5",
+      f"--config.dataset.max_train_examples={args.resnet_examples}",
+    ],
+  )
   resnet = {**partial, **project_full_run(partial, experiment)}
   path = write_run_record(resnet, args.out, "projected", args.tag)
-  print(f"{resnet['experiment']}: {resnet['images_per_s']:.1f} training images/s, {resnet['projected_epoch_s'] / 60:.0f} min "
-        f"per epoch; {resnet['projected_epochs']} epochs projected to {resnet['projected_run_s'] / 3600:.1f} h -> {path}")
+  print(
+    f"{resnet['experiment']}: {resnet['images_per_s']:.1f} training images/s, "
+    f"{resnet['projected_epoch_s'] / 60:.0f} min "
+    f"per epoch; {resnet['projected_epochs']} epochs projected to {resnet['projected_run_s'] / 3600:.1f} h -> {path}"
+  )
 
 
 if __name__ == "__main__":

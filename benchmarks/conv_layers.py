@@ -12,8 +12,8 @@ convolution's multiply-adds (3 x forward), so Winograd's figure is an effective 
 
 Formulations (`fluxdigits/layers.py`): `lax` is `lax.conv_general_dilated` with JAX's own gradient
 rules; `conv_stride1` its custom VJP whose three convolutions are canonical forward convolutions;
-`im2col` one matmul of the 3x3 patches; `winograd` Winograd F(2x2, 3x3); `onednn` oneDNN's primitives through XLA's FFI (`fluxdigits/cpu/onednn.py`), where
-the extension is built.
+`im2col` one matmul of the 3x3 patches; `winograd` Winograd F(2x2, 3x3); `onednn` oneDNN's primitives
+through XLA's FFI (`fluxdigits/cpu/onednn.py`), where the extension is built.
 """
 
 import argparse
@@ -23,19 +23,19 @@ import sys
 import time
 
 SHAPES = [  # (height, in channels, out channels, padding): where the models use them
-    (26, 32, 32, "VALID"),  # cnn_deep, second conv
-    (12, 32, 64, "VALID"),  # cnn_deep, third
-    (10, 64, 64, "VALID"),  # cnn_deep, fourth
-    (28, 16, 16, "SAME"),  # ResNet-20 on MNIST, first stage
-    (14, 32, 32, "SAME"),  # second stage
-    (7, 64, 64, "SAME"),  # third stage (odd: Winograd computes 8x8 and crops)
-    (32, 16, 16, "SAME"),  # ResNet-20 on CIFAR-10, by stage
-    (16, 32, 32, "SAME"),
-    (8, 64, 64, "SAME"),
-    (32, 64, 64, "SAME"),  # ResNet-18 on CIFAR-10, by stage
-    (16, 128, 128, "SAME"),
-    (8, 256, 256, "SAME"),
-    (4, 512, 512, "SAME"),
+  (26, 32, 32, "VALID"),  # cnn_deep, second conv
+  (12, 32, 64, "VALID"),  # cnn_deep, third
+  (10, 64, 64, "VALID"),  # cnn_deep, fourth
+  (28, 16, 16, "SAME"),  # ResNet-20 on MNIST, first stage
+  (14, 32, 32, "SAME"),  # second stage
+  (7, 64, 64, "SAME"),  # third stage (odd: Winograd computes 8x8 and crops)
+  (32, 16, 16, "SAME"),  # ResNet-20 on CIFAR-10, by stage
+  (16, 32, 32, "SAME"),
+  (8, 64, 64, "SAME"),
+  (32, 64, 64, "SAME"),  # ResNet-18 on CIFAR-10, by stage
+  (16, 128, 128, "SAME"),
+  (8, 256, 256, "SAME"),
+  (4, 512, 512, "SAME"),
 ]
 BATCH, STEPS = 128, 10
 
@@ -44,6 +44,7 @@ def jax_times(height, channels, features, padding) -> dict:
   import jax
   import jax.numpy as jnp
   from jax import lax
+
   from fluxdigits.cpu import forms, onednn
 
   x = jax.random.normal(jax.random.key(0), (BATCH, height, height, channels))
@@ -56,10 +57,10 @@ def jax_times(height, channels, features, padding) -> dict:
     return (patches.reshape(-1, patches.shape[-1]) @ weights).reshape(*patches.shape[:3], features)
 
   formulations = {
-      "lax": lambda x, k, b: forms._conv(x, k, padding) + b,
-      "conv_stride1": lambda x, k, b: forms.conv_stride1(x, k, b, padding),
-      "im2col": im2col,
-      "winograd": lambda x, k, b: forms.winograd_conv3x3(x, k, padding) + b,
+    "lax": lambda x, k, b: forms._conv(x, k, padding) + b,
+    "conv_stride1": lambda x, k, b: forms.conv_stride1(x, k, b, padding),
+    "im2col": im2col,
+    "winograd": lambda x, k, b: forms.winograd_conv3x3(x, k, padding) + b,
   }
   if onednn.available():
     formulations["onednn"] = lambda x, k, b: onednn.conv(x, k, 1, padding) + b
@@ -81,6 +82,7 @@ def jax_times(height, channels, features, padding) -> dict:
 
 def torch_times(height, channels, features, padding) -> dict:
   import torch
+
   conv = torch.nn.Conv2d(channels, features, 3, padding=1 if padding == "SAME" else 0)
   times = {}
   for layout in ("nchw", "channels_last"):
@@ -113,11 +115,12 @@ def main():
     height, channels, features, padding = SHAPES[index]
     times = {}
     for system in ("jax", "torch"):  # separate processes: no thread pool competes with the other's
-      out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{index}"], check=True, capture_output=True,
-                           text=True).stdout
+      out = subprocess.run(
+        [sys.executable, __file__, "--one", f"{system}:{index}"], check=True, capture_output=True, text=True
+      ).stdout
       times.update(json.loads(out.strip().splitlines()[-1]))
     out_size = height if padding == "SAME" else height - 2
-    flops = 3 * 2 * BATCH * out_size ** 2 * 9 * channels * features
+    flops = 3 * 2 * BATCH * out_size**2 * 9 * channels * features
     cells = [f"{times[k]:.1f} ({flops / times[k] / 1e6:.0f})" if k in times else "" for k in columns]
     print(f"| {height}x{height}, {channels}->{features} {padding} | " + " | ".join(cells) + " |", flush=True)
   print("\nms per forward-and-backward step (effective GFLOP/s in brackets)")

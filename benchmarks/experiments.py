@@ -7,7 +7,8 @@ Each experiment runs as `python -m fluxdigits.run experiments/NAME.py` in a scra
 off; `--keep` trains in runs/NAME and keeps it), timed from process start to end, and is recorded in
 benchmarks/results/experiments/NAME.json with its summary.json, the date, the machine and the commit.
 A digit experiment (dataset mnist or idx) is then, before a scratch workdir is deleted, evaluated on
-the photos and drawings of ../shared/data/real-digits (--real-digits DIR or FLUXDIGITS_REAL_DIGITS to use another folder) with
+the photos and drawings of ../shared/data/real-digits (--real-digits DIR or FLUXDIGITS_REAL_DIGITS to use
+another folder) with
 `fluxdigits.load_classifier(workdir)`: each file's label is the first character of its name, its
 source the part after the first underscore (`4_krisut_1.png`: a 4, from krisut); the record gets
 top-1 overall and per source, the counts and every misclassified or unreadable file. Without the
@@ -44,7 +45,15 @@ def record(name: str, real_digits: pathlib.Path = REAL_DIGITS, keep: bool = Fals
     workdir = str(ROOT / "runs" / name) if keep else scratch
     if keep and pathlib.Path(workdir).exists():
       sys.exit(f"experiments.py: --keep would train into {workdir}, which exists; move it away first")
-    command = [sys.executable, "-m", "fluxdigits.run", f"experiments/{name}.py", "--workdir", workdir, "--config.report=false"]
+    command = [
+      sys.executable,
+      "-m",
+      "fluxdigits.run",
+      f"experiments/{name}.py",
+      "--workdir",
+      workdir,
+      "--config.report=false",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
@@ -53,13 +62,23 @@ def record(name: str, real_digits: pathlib.Path = REAL_DIGITS, keep: bool = Fals
     digits = mnist_c = None
     if config.get("dataset.name", summary.get("dataset")) in DIGIT_DATASETS:
       digits = evaluate_real_digits(workdir, real_digits)
-      import fluxdigits
       import robustness
+
+      import fluxdigits
+
       mnist_c = robustness.evaluate(fluxdigits.load_classifier(workdir), *robustness.mnist_test())
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-  result = {"experiment": name, "date": datetime.date.today().isoformat(), "machine": device_name(),
-            "commit": commit or None, "wall_seconds": wall, "summary": summary,
-            "source": f"python benchmarks/experiments.py {name}"}
+  commit = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+  ).stdout.strip()
+  result = {
+    "experiment": name,
+    "date": datetime.date.today().isoformat(),
+    "machine": device_name(),
+    "commit": commit or None,
+    "wall_seconds": wall,
+    "summary": summary,
+    "source": f"python benchmarks/experiments.py {name}",
+  }
   if digits is not None:
     result["real_digits"] = digits
   if mnist_c is not None:
@@ -90,9 +109,11 @@ def evaluate_real_digits(workdir, folder: pathlib.Path) -> dict | None:
     return None
   sys.path.insert(0, str(ROOT))
   import numpy as np
+
   import fluxdigits
   from fluxdigits.errors import UserError
   from fluxdigits.predict import expand
+
   classifier = fluxdigits.load_classifier(workdir)
   names = classifier.class_names
   labelled, unlabelled, errors, prepared = [], [], [], []
@@ -106,8 +127,11 @@ def evaluate_real_digits(workdir, folder: pathlib.Path) -> dict | None:
       errors.append({"file": path.name, "label": path.name[0], "error": str(e)})
     labelled.append(path)
   if not labelled:
-    print(f"experiments.py: {folder} has no image whose name starts with a class name, so no real-digit accuracy is "
-          "recorded", file=sys.stderr)
+    print(
+      f"experiments.py: {folder} has no image whose name starts with a class name, so no real-digit accuracy is "
+      "recorded",
+      file=sys.stderr,
+    )
     return None
   probs = classifier.predict(np.stack([image for _, image in prepared])) if prepared else np.zeros((0, len(names)))
   correct = {path.name: False for path in labelled}
@@ -116,9 +140,15 @@ def evaluate_real_digits(workdir, folder: pathlib.Path) -> dict | None:
     label, predicted = path.name[0], names[int(p.argmax())]
     correct[path.name] = predicted == label
     if predicted != label:
-      misclassified.append({"file": path.name, "label": label, "predicted": predicted,
-                            "probability": round(float(p.max()), 4),
-                            "label_probability": round(float(p[names.index(label)]), 4)})
+      misclassified.append(
+        {
+          "file": path.name,
+          "label": label,
+          "predicted": predicted,
+          "probability": round(float(p.max()), 4),
+          "label_probability": round(float(p[names.index(label)]), 4),
+        }
+      )
   sources = {}
   for path in labelled:
     counts = sources.setdefault(source_of(path.name), {"files": 0, "correct": 0})
@@ -127,12 +157,22 @@ def evaluate_real_digits(workdir, folder: pathlib.Path) -> dict | None:
   for counts in sources.values():
     counts["top1"] = counts["correct"] / counts["files"]
   if errors:
-    print(f"experiments.py: {len(errors)} of {len(labelled)} files in {folder} could not be read (counted as misses): "
-          + ", ".join(e["file"] for e in errors), file=sys.stderr)
+    print(
+      f"experiments.py: {len(errors)} of {len(labelled)} files in {folder} could not be read (counted as misses): "
+      + ", ".join(e["file"] for e in errors),
+      file=sys.stderr,
+    )
   hits = sum(correct.values())
-  return {"folder": _shown_path(folder), "files": len(labelled), "correct": hits, "top1": hits / len(labelled),
-          "sources": dict(sorted(sources.items())), "misclassified": misclassified, "errors": errors,
-          "unlabelled": unlabelled}
+  return {
+    "folder": _shown_path(folder),
+    "files": len(labelled),
+    "correct": hits,
+    "top1": hits / len(labelled),
+    "sources": dict(sorted(sources.items())),
+    "misclassified": misclassified,
+    "errors": errors,
+    "unlabelled": unlabelled,
+  }
 
 
 def source_of(file_name: str) -> str:
@@ -142,14 +182,20 @@ def source_of(file_name: str) -> str:
 
 
 def table(records) -> str:
-  rows = ["| experiment | test accuracy | MNIST-C mean | test loss | epochs | parameters | train time | wall time | recorded |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = [
+    "| experiment | test accuracy | MNIST-C mean | test loss | epochs | parameters | train time | wall time "
+    "| recorded |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
   for r in records:
     s = r["summary"]
     epochs = f"{s['epochs_run']}" + (" (early stop)" if s.get("num_epochs", s["epochs_run"]) > s["epochs_run"] else "")
     mnist_c = f"{r['mnist_c']['mean']:.1%}" if r.get("mnist_c") else ""
-    rows.append(f"| `{r['experiment']}` | {s['test_accuracy']:.2%} | {mnist_c} | {s['test_loss']:.4f} | {epochs} | {s['num_params']:,} | "
-                f"{s['train_seconds']:.1f} s | {r['wall_seconds']:.1f} s | {r['date']}, {r['source']} |")
+    rows.append(
+      f"| `{r['experiment']}` | {s['test_accuracy']:.2%} | {mnist_c} | {s['test_loss']:.4f} | {epochs} "
+      f"| {s['num_params']:,} | "
+      f"{s['train_seconds']:.1f} s | {r['wall_seconds']:.1f} s | {r['date']}, {r['source']} |"
+    )
   return "\n".join(rows)
 
 
@@ -169,10 +215,12 @@ def digits_table(records) -> str:
     return "No experiment has real-digit figures recorded yet."
   sources = sorted({s for r in records for s in r["real_digits"]["sources"]})
   totals = {r["real_digits"]["files"] for r in records}
-  per_source = {s: {r["real_digits"]["sources"][s]["files"] for r in records if s in r["real_digits"]["sources"]}
-                for s in sources}
+  per_source = {
+    s: {r["real_digits"]["sources"][s]["files"] for r in records if s in r["real_digits"]["sources"]} for s in sources
+  }
   header = ["run", "MNIST test", _count_header("all", totals)] + [
-      _count_header(s, per_source[s], SOURCE_KINDS.get(s, "")) for s in sources]
+    _count_header(s, per_source[s], SOURCE_KINDS.get(s, "")) for s in sources
+  ]
   best = max(r["real_digits"]["top1"] for r in records)
 
   def cell(top1, files, counts):
@@ -195,19 +243,28 @@ def digits_table(records) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiments", nargs="*", help="experiment names to run and record, e.g. mnist_cnn")
-  parser.add_argument("--keep", action="store_true", help="train in runs/NAME and keep it, rather than in a scratch folder")
-  parser.add_argument("--real-digits", type=pathlib.Path, default=REAL_DIGITS,
-                      help=f"folder of labelled digit images a digit experiment is evaluated on ({_shown_path(REAL_DIGITS)}; "
-                      "or set FLUXDIGITS_REAL_DIGITS)")
+  parser.add_argument(
+    "--keep", action="store_true", help="train in runs/NAME and keep it, rather than in a scratch folder"
+  )
+  parser.add_argument(
+    "--real-digits",
+    type=pathlib.Path,
+    default=REAL_DIGITS,
+    help=f"folder of labelled digit images a digit experiment is evaluated on ({_shown_path(REAL_DIGITS)}; "
+    "or set FLUXDIGITS_REAL_DIGITS)",
+  )
   args = parser.parse_args()
   for name in args.experiments:
     record(name, args.real_digits, args.keep)
   import tables  # it renders this script's tables: imported here, not at the top, to keep the two apart
+
   records = read_records()
   changed = tables.rewrite()
   measured = sum(1 for r in records if r.get("real_digits"))
-  print(f"{len(records)} records in {RECORDS.relative_to(ROOT)} ({measured} with real-digit figures); rewrote "
-        f"{', '.join(str(p.relative_to(ROOT)) for p in changed) or 'no table'}")
+  print(
+    f"{len(records)} records in {RECORDS.relative_to(ROOT)} ({measured} with real-digit figures); rewrote "
+    f"{', '.join(str(p.relative_to(ROOT)) for p in changed) or 'no table'}"
+  )
 
 
 # The README's order: the simplest recipe first; experiments not listed come last.
@@ -215,8 +272,10 @@ ORDER = ["mnist_mlp", "mnist_cnn", "mnist_cnn_dropout", "mnist_cnn_deep", "mnist
 
 
 def read_records(folder: pathlib.Path = RECORDS) -> list[dict]:
-  return sorted((json.loads(p.read_text()) for p in folder.glob("*.json")),
-                key=lambda r: ORDER.index(r["experiment"]) if r["experiment"] in ORDER else len(ORDER))
+  return sorted(
+    (json.loads(p.read_text()) for p in folder.glob("*.json")),
+    key=lambda r: ORDER.index(r["experiment"]) if r["experiment"] in ORDER else len(ORDER),
+  )
 
 
 if __name__ == "__main__":

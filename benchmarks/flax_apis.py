@@ -22,39 +22,68 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from step_throughput import TRAIN_IMAGES, device_name, write_record  # noqa: E402
 
-MODELS = {"built-in cnn (Linen, fluxdigits.layers)": "cnn",
-          "LinenCNN (flax.linen layers)": f"{ROOT / 'benchmarks' / 'models' / 'seed_cnn.py'}:LinenCNN",
-          "NNXCNN (flax.nnx layers)": f"{ROOT / 'benchmarks' / 'models' / 'seed_cnn.py'}:NNXCNN"}
+MODELS = {
+  "built-in cnn (Linen, fluxdigits.layers)": "cnn",
+  "LinenCNN (flax.linen layers)": f"{ROOT / 'benchmarks' / 'models' / 'seed_cnn.py'}:LinenCNN",
+  "NNXCNN (flax.nnx layers)": f"{ROOT / 'benchmarks' / 'models' / 'seed_cnn.py'}:NNXCNN",
+}
 
 
 def train(model: str, batch_size: int, epochs: int) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
-    subprocess.run([sys.executable, "-m", "fluxdigits.run", str(ROOT / "experiments" / "mnist_cnn.py"), "--workdir",
-                    workdir, f"--config.model.name={model}", f"--config.batch_size={batch_size}",
-                    f"--config.num_epochs={epochs}", "--config.report=false", "--config.tensorboard=false"],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "fluxdigits.run",
+        str(ROOT / "experiments" / "mnist_cnn.py"),
+        "--workdir",
+        workdir,
+        f"--config.model.name={model}",
+        f"--config.batch_size={batch_size}",
+        f"--config.num_epochs={epochs}",
+        "--config.report=false",
+        "--config.tensorboard=false",
+      ],
+      check=True,
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+    )
     summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
   images = TRAIN_IMAGES // batch_size * batch_size * epochs
-  return {"train_images_per_s": images / summary["train_seconds"], "compile_s": summary["compile_seconds"],
-          "test_accuracy": summary["test_accuracy"]}
+  return {
+    "train_images_per_s": images / summary["train_seconds"],
+    "compile_s": summary["compile_seconds"],
+    "test_accuracy": summary["test_accuracy"],
+  }
 
 
 def compiled_operations(model: str) -> dict:
   """{XLA operation: count} of the model's train step as fluxdigits compiles it on this machine (4 steps a call)."""
   import collections
   import re
+
   import numpy as np
+
   from fluxdigits import augment, config as configs, data, loop, mesh as meshes, optim, registry, steps
-  config = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")),
-                                             [f"model.name={model}"]))
+
+  config = configs.validate(
+    configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")), [f"model.name={model}"])
+  )
   dataset = data.load(config, log=lambda line: None)
   module = registry.create(config, len(dataset.class_names))
   state = steps.create_states([config], module, dataset.info.image_shape, optim.create(config, 100))
-  chunk = loop.train_calls(config, module, len(dataset.class_names), steps.preprocess_for(config, dataset),
-                                 augment.make(config))
+  chunk = loop.train_calls(
+    config, module, len(dataset.class_names), steps.preprocess_for(config, dataset), augment.make(config)
+  )
   indices = meshes.shard_batches(np.zeros((1, 4, config.batch_size), np.int32), meshes.data_mesh())
-  text = chunk.lower(state, dataset.train.images, dataset.train.labels, indices, steps.member_hyperparams([config]),
-                     np.ones(1, bool)).compile().as_text()
+  text = (
+    chunk.lower(
+      state, dataset.train.images, dataset.train.labels, indices, steps.member_hyperparams([config]), np.ones(1, bool)
+    )
+    .compile()
+    .as_text()
+  )
   return dict(collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", text)))
 
 
@@ -75,15 +104,28 @@ def main():
         runs[name].append(train(model, batch_size, args.epochs))
     for name, model_runs in runs.items():
       median = statistics.median(r["train_images_per_s"] for r in model_runs)
-      results.append({"model": name, "batch_size": batch_size, "train_images_per_s": median,
-                      "compile_s": statistics.median(r["compile_s"] for r in model_runs),
-                      "test_accuracy": model_runs[0]["test_accuracy"], "runs": model_runs})
+      results.append(
+        {
+          "model": name,
+          "batch_size": batch_size,
+          "train_images_per_s": median,
+          "compile_s": statistics.median(r["compile_s"] for r in model_runs),
+          "test_accuracy": model_runs[0]["test_accuracy"],
+          "runs": model_runs,
+        }
+      )
   operations = {name: compiled_operations(model) for name, model in MODELS.items()}
   for r in results:
     r["compiled_operations"] = sum(operations[r["model"]].values())
     r["same_program_as_built_in"] = operations[r["model"]] == operations[next(iter(MODELS))]
-  record = {"device": device_name(), "epochs": args.epochs, "repeats": args.repeats, "train_images": TRAIN_IMAGES,
-            "date": datetime.date.today().isoformat(), "results": results}
+  record = {
+    "device": device_name(),
+    "epochs": args.epochs,
+    "repeats": args.repeats,
+    "train_images": TRAIN_IMAGES,
+    "date": datetime.date.today().isoformat(),
+    "results": results,
+  }
   path = write_record(record, args.out, tag=args.tag)
   print(table(results))
   print(f"\n-> {path}")
@@ -92,13 +134,17 @@ def main():
 def table(results) -> str:
   builtin = {r["batch_size"]: r["train_images_per_s"] for r in results if r["model"].startswith("built-in")}
   linen = {r["batch_size"]: r["train_images_per_s"] for r in results if r["model"].startswith("LinenCNN")}
-  rows = ["| model | batch | images/s | vs built-in | vs LinenCNN | XLA operations | test accuracy |",
-          "|---|---:|---:|---:|---:|---|---:|"]
+  rows = [
+    "| model | batch | images/s | vs built-in | vs LinenCNN | XLA operations | test accuracy |",
+    "|---|---:|---:|---:|---:|---|---:|",
+  ]
   for r in results:
     rate, batch = r["train_images_per_s"], r["batch_size"]
     program = f"{r['compiled_operations']:,}" + (", the built-in's program" if r["same_program_as_built_in"] else "")
-    rows.append(f"| {r['model']} | {batch} | {rate:,.0f} | {rate / builtin[batch]:.2f}x | {rate / linen[batch]:.2f}x | "
-                f"{program} | {r['test_accuracy']:.4f} |")
+    rows.append(
+      f"| {r['model']} | {batch} | {rate:,.0f} | {rate / builtin[batch]:.2f}x | {rate / linen[batch]:.2f}x | "
+      f"{program} | {r['test_accuracy']:.4f} |"
+    )
   return "\n".join(rows)
 
 

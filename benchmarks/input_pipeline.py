@@ -1,4 +1,5 @@
-"""What the input pipeline costs: an epoch of fluxdigits' training loop against the same steps on one batch already on the device.
+"""What the input pipeline costs: an epoch of fluxdigits' training loop against the same steps on one batch
+already on the device.
 
 The loop as train_and_evaluate runs it: per call, the host slices the epoch's index array, puts it
 on the devices, runs `steps_per_call` steps (each gathers its batch from the dataset held on the
@@ -28,24 +29,34 @@ from step_throughput import ROOT  # noqa: E402
 
 
 def epoch_seconds(batch_size):
-  config = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")),
-                                             [f"batch_size={batch_size}"]))
+  config = configs.validate(
+    configs.override(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")), [f"batch_size={batch_size}"])
+  )
   dataset = data.load(config)
   mesh = meshes.data_mesh()
   n_steps = len(dataset.train) // batch_size
   model = registry.create(config, len(dataset.class_names))
   preprocess = steps.preprocess_for(config, dataset)
-  state = meshes.replicate(steps.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, n_steps)), mesh)
+  state = meshes.replicate(
+    steps.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, n_steps)), mesh
+  )
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
   chunk = min(config.steps_per_call, n_steps)
   chunk_starts = range(0, n_steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
 
   hyperparams, active = meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh)
   gathered = loop.train_calls(config, model, len(dataset.class_names), preprocess, augment.make(config))
-  gathered = gathered.lower(state, images, labels, meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh),
-                            hyperparams, active).compile()
-  step = functools.partial(steps.train_step, hyperparams=steps.hyperparams_of(config), config=config,
-                           num_classes=len(dataset.class_names), preprocess=preprocess, augment_fn=None)
+  gathered = gathered.lower(
+    state, images, labels, meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh), hyperparams, active
+  ).compile()
+  step = functools.partial(
+    steps.train_step,
+    hyperparams=steps.hyperparams_of(config),
+    config=config,
+    num_classes=len(dataset.class_names),
+    preprocess=preprocess,
+    augment_fn=None,
+  )
 
   @functools.partial(jax.jit, donate_argnums=0)
   def on_device_chunk(state, chunk_images, chunk_labels):
@@ -55,15 +66,20 @@ def epoch_seconds(batch_size):
 
   batches = data.train_batches(config.seed, 1, len(dataset.train), batch_size)
   batch_sharding = NamedSharding(mesh, P(None, "data"))
-  on_device_batches = [jax.device_put((dataset.train.images[batches[start:start + chunk]],
-                                       dataset.train.labels[batches[start:start + chunk]]), batch_sharding)
-                       for start in chunk_starts]
+  on_device_batches = [
+    jax.device_put(
+      (dataset.train.images[batches[start : start + chunk]], dataset.train.labels[batches[start : start + chunk]]),
+      batch_sharding,
+    )
+    for start in chunk_starts
+  ]
   on_device = on_device_chunk.lower(state, *on_device_batches[0]).compile()
 
   def pipeline_epoch(state):
     for start in chunk_starts:
-      state, sums = gathered(state, images, labels,
-                             meshes.shard_batches(batches[None, start:start + chunk], mesh), hyperparams, active)
+      state, sums = gathered(
+        state, images, labels, meshes.shard_batches(batches[None, start : start + chunk], mesh), hyperparams, active
+      )
       float(np.asarray(sums["loss"]).sum()), int(np.asarray(sums["accuracy"]).sum())
     return state
 
@@ -88,8 +104,17 @@ def main():
   for batch_size in map(int, args.batch_sizes.split(",")):
     n_steps, t = epoch_seconds(batch_size)
     share = (t["pipeline"] - t["on_device"]) / t["pipeline"]
-    print(json.dumps({"batch_size": batch_size, "steps": n_steps, "pipeline_s": round(t["pipeline"], 3),
-                      "on_device_s": round(t["on_device"], 3), "pipeline_share": round(share, 4)}))
+    print(
+      json.dumps(
+        {
+          "batch_size": batch_size,
+          "steps": n_steps,
+          "pipeline_s": round(t["pipeline"], 3),
+          "on_device_s": round(t["on_device"], 3),
+          "pipeline_share": round(share, 4),
+        }
+      )
+    )
 
 
 if __name__ == "__main__":

@@ -46,20 +46,21 @@ class Row:
 
 
 ROWS = [
-    Row("mlp", "mnist_mlp", 32, 200, 1500),
-    Row("mlp", "mnist_mlp", 128, 100, 400),
-    Row("cnn", "mnist_cnn", 32, 200, 1500),
-    Row("cnn", "mnist_cnn", 128, 50, 400),
-    Row("cnn_deep", "mnist_cnn_deep", 128, 10, 50),
-    Row("resnet20", "mnist_resnet", 128, 4, 16),
-    Row("resnet20", "mnist_resnet", 128, 4, 16, dataset="cifar10", depth=20),
-    Row("resnet18", "cifar10_resnet", 128, 2, 6, dataset="cifar10", depth=18),
+  Row("mlp", "mnist_mlp", 32, 200, 1500),
+  Row("mlp", "mnist_mlp", 128, 100, 400),
+  Row("cnn", "mnist_cnn", 32, 200, 1500),
+  Row("cnn", "mnist_cnn", 128, 50, 400),
+  Row("cnn_deep", "mnist_cnn_deep", 128, 10, 50),
+  Row("resnet20", "mnist_resnet", 128, 4, 16),
+  Row("resnet20", "mnist_resnet", 128, 4, 16, dataset="cifar10", depth=20),
+  Row("resnet18", "cifar10_resnet", 128, 2, 6, dataset="cifar10", depth=18),
 ]
 SYSTEMS = ("fluxdigits", "pytorch")
 
 
 def row_config(row: Row):
   from fluxdigits import config as configs
+
   config = configs.load(str(ROOT / "experiments" / f"{row.experiment}.py"))
   config.batch_size = row.batch_size
   config.augment.name = "none"
@@ -80,20 +81,27 @@ def order(row: Row, n: int) -> np.ndarray:
   """(warm-up + timed steps, batch) indices: fluxdigits' epoch orders, epoch after epoch."""
   steps = row.warmup_steps + row.timed_steps
   from fluxdigits import data
+
   epochs = -(-steps // (n // row.batch_size))
   return np.concatenate([data.train_batches(0, epoch, n, row.batch_size) for epoch in range(1, epochs + 1)])[:steps]
 
 
 def run_fluxdigits(row: Row) -> dict:
   import jax
+
   from fluxdigits import augment, data, loop, mesh as meshes, optim, population, registry, steps
+
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
   model = registry.create(config, len(dataset.class_names))
   mesh = loop.data_mesh_for(config, model)
-  state = meshes.replicate(steps.create_states([config], model, dataset.train.images.shape[1:],
-                                               optim.create(config, len(dataset.train) // row.batch_size)), mesh)
+  state = meshes.replicate(
+    steps.create_states(
+      [config], model, dataset.train.images.shape[1:], optim.create(config, len(dataset.train) // row.batch_size)
+    ),
+    mesh,
+  )
   preprocess = steps.preprocess_for(config, dataset)
   chunk = loop.train_calls(config, model, len(dataset.class_names), preprocess, augment.make(config))
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
@@ -101,27 +109,38 @@ def run_fluxdigits(row: Row) -> dict:
   # Chunks of equal length, so one compiled program serves the warm-up and the timed steps.
   length = np.gcd(row.warmup_steps, row.timed_steps)
   start = time.perf_counter()
-  compiled = chunk.lower(state, images, labels, meshes.shard_batches(batches[None, :length], mesh), hyperparams,
-                         active).compile()
+  compiled = chunk.lower(
+    state, images, labels, meshes.shard_batches(batches[None, :length], mesh), hyperparams, active
+  ).compile()
   compile_s = time.perf_counter() - start
 
   def train_steps(state, steps):
     for i in range(0, len(steps), length):
-      state, sums = compiled(state, images, labels, meshes.shard_batches(steps[None, i:i + length], mesh),
-                             hyperparams, active)
+      state, sums = compiled(
+        state, images, labels, meshes.shard_batches(steps[None, i : i + length], mesh), hyperparams, active
+      )
     jax.block_until_ready(sums)
     return state
 
-  state = train_steps(state, batches[:row.warmup_steps])
+  state = train_steps(state, batches[: row.warmup_steps])
   start = time.perf_counter()
-  state = train_steps(state, batches[row.warmup_steps:])
+  state = train_steps(state, batches[row.warmup_steps :])
   seconds = time.perf_counter() - start
   predict = steps.make_predict(model.apply, preprocess)
-  logits = steps.predict_split(predict, population.member((state.params, state.batch_stats), 0),
-                               meshes.replicate(dataset.test.images, mesh),
-                               len(dataset.test), config.eval_batch_size, mesh)
-  return {"train_images_per_s": row.timed_steps * row.batch_size / seconds, "compile_s": compile_s,
-          "microbatches": config.microbatches, "test_accuracy": float((logits.argmax(-1) == dataset.test.labels).mean())}
+  logits = steps.predict_split(
+    predict,
+    population.member((state.params, state.batch_stats), 0),
+    meshes.replicate(dataset.test.images, mesh),
+    len(dataset.test),
+    config.eval_batch_size,
+    mesh,
+  )
+  return {
+    "train_images_per_s": row.timed_steps * row.batch_size / seconds,
+    "compile_s": compile_s,
+    "microbatches": config.microbatches,
+    "test_accuracy": float((logits.argmax(-1) == dataset.test.labels).mean()),
+  }
 
 
 def pytorch_model(config, channels: int, image_size: int):
@@ -137,20 +156,54 @@ def pytorch_model(config, channels: int, image_size: int):
 
   name = config.model.name
   if name == "mlp":
-    return keras_init(nn.Sequential(nn.Flatten(), nn.Linear(image_size ** 2 * channels, 128), nn.ReLU(),
-                                    nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)))
+    return keras_init(
+      nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(image_size**2 * channels, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+      )
+    )
   if name == "cnn":
     side = (image_size - 2) // 2
-    return keras_init(nn.Sequential(nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                    nn.Linear(side * side * 32, 64), nn.ReLU(), nn.Linear(64, 10)))
+    return keras_init(
+      nn.Sequential(
+        nn.Conv2d(channels, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(side * side * 32, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+      )
+    )
   if name == "cnn_deep":
     rate = config.model.dropout_rate
     side = ((image_size - 4) // 2 - 4) // 2
-    return keras_init(nn.Sequential(
-        nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(rate),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(rate),
+    return keras_init(
+      nn.Sequential(
+        nn.Conv2d(channels, 32, 3),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Dropout(rate),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Dropout(rate),
         # NCHW flattens channel-first; fluxdigits flattens NHWC. Same function, rows of Dense 1 permuted.
-        nn.Flatten(), nn.Linear(side * side * 64, 128), nn.ReLU(), nn.Dropout(2 * rate), nn.Linear(128, 10)))
+        nn.Flatten(),
+        nn.Linear(side * side * 64, 128),
+        nn.ReLU(),
+        nn.Dropout(2 * rate),
+        nn.Linear(128, 10),
+      )
+    )
 
   def conv_bn(cin, cout, kernel, stride):
     return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout, momentum=0.1, eps=1e-5)]
@@ -183,10 +236,13 @@ def pytorch_model(config, channels: int, image_size: int):
 
 def pytorch_optimizer(config, model):
   import torch
+
   o = config.optimizer
   # fluxdigits decays kernels only (not biases or BatchNorm scales), as an L2 gradient term.
-  groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": o.weight_decay},
-            {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+  groups = [
+    {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": o.weight_decay},
+    {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+  ]
   if o.name == "adam":
     return torch.optim.Adam(groups, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
   if o.name == "momentum":
@@ -196,7 +252,9 @@ def pytorch_optimizer(config, model):
 
 def run_pytorch(row: Row) -> dict:
   import torch
+
   from fluxdigits import data
+
   torch.manual_seed(0)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   config = row_config(row)
@@ -222,15 +280,18 @@ def run_pytorch(row: Row) -> dict:
     if device.type == "cuda":
       torch.cuda.synchronize()  # a GPU's steps are queued: the clock stops when they are done
 
-  train_steps(batches[:row.warmup_steps])
+  train_steps(batches[: row.warmup_steps])
   start = time.perf_counter()
-  train_steps(batches[row.warmup_steps:])
+  train_steps(batches[row.warmup_steps :])
   seconds = time.perf_counter() - start
   model.eval()
   with torch.no_grad():
-    predictions = torch.cat([model(test_x[i:i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).cpu().numpy()
-  return {"train_images_per_s": row.timed_steps * row.batch_size / seconds, "compile_s": 0.0,
-          "test_accuracy": float((predictions == dataset.test.labels).mean())}
+    predictions = torch.cat([model(test_x[i : i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).cpu().numpy()
+  return {
+    "train_images_per_s": row.timed_steps * row.batch_size / seconds,
+    "compile_s": 0.0,
+    "test_accuracy": float((predictions == dataset.test.labels).mean()),
+  }
 
 
 RUNNERS = {"fluxdigits": run_fluxdigits, "pytorch": run_pytorch}
@@ -239,8 +300,12 @@ RUNNERS = {"fluxdigits": run_fluxdigits, "pytorch": run_pytorch}
 def adapted(row: Row, steps_scale: int, overrides: list[str]) -> Row:
   """The row with steps_scale times the steps (an accelerator's step takes milliseconds: CPU counts time too little)
   and the command line's config overrides."""
-  return dataclasses.replace(row, warmup_steps=row.warmup_steps * steps_scale, timed_steps=row.timed_steps * steps_scale,
-                             overrides=tuple(overrides))
+  return dataclasses.replace(
+    row,
+    warmup_steps=row.warmup_steps * steps_scale,
+    timed_steps=row.timed_steps * steps_scale,
+    overrides=tuple(overrides),
+  )
 
 
 def label(row: Row) -> str:
@@ -248,21 +313,30 @@ def label(row: Row) -> str:
 
 
 def table(results) -> str:
-  lines = ["| model | data | batch | steps timed | fluxdigits images/s | PyTorch images/s | ratio | compile s | "
-           "fluxdigits accuracy | PyTorch accuracy |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| model | data | batch | steps timed | fluxdigits images/s | PyTorch images/s | ratio | compile s | "
+    "fluxdigits accuracy | PyTorch accuracy |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in results:
     f, p = r["fluxdigits"], r["pytorch"]
-    lines.append(f"| {r['model']} | {r['dataset']} | {r['batch_size']} | {r['timed_steps']} | {f['train_images_per_s']:,.0f} | "
-                 f"{p['train_images_per_s']:,.0f} | {f['train_images_per_s'] / p['train_images_per_s']:.2f}x | "
-                 f"{f['compile_s']:.1f} | {f['test_accuracy']:.4f} | {p['test_accuracy']:.4f} |")
+    lines.append(
+      f"| {r['model']} | {r['dataset']} | {r['batch_size']} | {r['timed_steps']} | {f['train_images_per_s']:,.0f} | "
+      f"{p['train_images_per_s']:,.0f} | {f['train_images_per_s'] / p['train_images_per_s']:.2f}x | "
+      f"{f['compile_s']:.1f} | {f['test_accuracy']:.4f} | {p['test_accuracy']:.4f} |"
+    )
   return "\n".join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based) of ROWS, or 'all'")
-  parser.add_argument("--repeats", type=int, default=3, help="runs of each system per row, alternating; the median is kept")
-  parser.add_argument("--steps-scale", type=int, default=1, help="multiply each row's warm-up and timed steps (GPU: 20)")
+  parser.add_argument(
+    "--repeats", type=int, default=3, help="runs of each system per row, alternating; the median is kept"
+  )
+  parser.add_argument(
+    "--steps-scale", type=int, default=1, help="multiply each row's warm-up and timed steps (GPU: 20)"
+  )
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # SYSTEM:ROW, run in this process, JSON to stdout
@@ -270,6 +344,7 @@ def main():
   overrides = config_overrides(parser, unknown)
   if args.one:
     from fluxdigits import cpu
+
     cpu.claim_cores()  # before JAX starts, as fluxdigits' command lines do
     system, index = args.one.split(":")
     print(json.dumps(RUNNERS[system](adapted(ROWS[int(index)], args.steps_scale, overrides))))
@@ -279,16 +354,31 @@ def main():
   results = []
   for index in indices:
     row = adapted(ROWS[index], args.steps_scale, overrides)
-    result = {"model": row.name, "dataset": row.dataset or "mnist", "experiment": row.experiment,
-              "batch_size": row.batch_size, "warmup_steps": row.warmup_steps, "timed_steps": row.timed_steps}
+    result = {
+      "model": row.name,
+      "dataset": row.dataset or "mnist",
+      "experiment": row.experiment,
+      "batch_size": row.batch_size,
+      "warmup_steps": row.warmup_steps,
+      "timed_steps": row.timed_steps,
+    }
     runs = {system: [] for system in SYSTEMS}
     # The systems alternate, so that a drift of the machine's speed (20-40% over an hour here) falls on both.
     for repeat in range(args.repeats):
       for system in SYSTEMS:
-        print(f"{system}: {label(row)}, {row.warmup_steps} + {row.timed_steps} steps, run {repeat + 1} of {args.repeats} ...",
-              file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{index}", "--steps-scale", str(args.steps_scale), *unknown],
-                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        print(
+          f"{system}: {label(row)}, {row.warmup_steps} + {row.timed_steps} steps, "
+          f"run {repeat + 1} of {args.repeats} ...",
+          file=sys.stderr,
+          flush=True,
+        )
+        out = subprocess.run(
+          [sys.executable, __file__, "--one", f"{system}:{index}", "--steps-scale", str(args.steps_scale), *unknown],
+          check=True,
+          capture_output=True,
+          text=True,
+          cwd=ROOT,
+        ).stdout
         runs[system].append(json.loads(out.strip().splitlines()[-1]))
     for system in SYSTEMS:
       speeds = [run["train_images_per_s"] for run in runs[system]]
@@ -296,8 +386,14 @@ def main():
     results.append(result)
     print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
   device = device_name()
-  record = {"device": device, "date": datetime.date.today().isoformat(), "repeats": args.repeats,
-            "steps_scale": args.steps_scale, "overrides": overrides, "results": results}
+  record = {
+    "device": device,
+    "date": datetime.date.today().isoformat(),
+    "repeats": args.repeats,
+    "steps_scale": args.steps_scale,
+    "overrides": overrides,
+    "results": results,
+  }
   path = write_record(record, args.out, "-model-throughput", args.tag)
   print(f"{device}\n\n{table(results)}\n\n-> {path}")
 

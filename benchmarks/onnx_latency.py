@@ -27,6 +27,7 @@ BATCHES = (1, 256)
 
 def latency_ms(path, image_shape, batch: int, repeats: int) -> float:
   import onnxruntime
+
   session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   name = session.get_inputs()[0].name
   images = np.random.default_rng(0).random((batch, *image_shape), np.float32)
@@ -42,6 +43,7 @@ def latency_ms(path, image_shape, batch: int, repeats: int) -> float:
 
 def operations(path) -> dict:
   import onnx
+
   return dict(collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node).most_common())
 
 
@@ -55,15 +57,27 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   args = parser.parse_args()
   from fluxdigits import export, predict
+
   with tempfile.TemporaryDirectory() as folder:
     path, error, _ = export.export(args.run, "onnx", folder)
     image_shape = predict.load_classifier(args.run).image_shape
     files = {"this checkout": path, **({args.baseline_name: pathlib.Path(args.baseline)} if args.baseline else {})}
-    results = [{"export": name, "nodes": sum(operations(file).values()), "operations": operations(file),
-                **{f"batch_{batch}_ms": latency_ms(file, image_shape, batch, args.repeats) for batch in BATCHES}}
-               for name, file in files.items()]
-  record = {"device": device_name(), "date": datetime.date.today().isoformat(), "run": str(args.run),
-            "repeats": args.repeats, "results": results}
+    results = [
+      {
+        "export": name,
+        "nodes": sum(operations(file).values()),
+        "operations": operations(file),
+        **{f"batch_{batch}_ms": latency_ms(file, image_shape, batch, args.repeats) for batch in BATCHES},
+      }
+      for name, file in files.items()
+    ]
+  record = {
+    "device": device_name(),
+    "date": datetime.date.today().isoformat(),
+    "run": str(args.run),
+    "repeats": args.repeats,
+    "results": results,
+  }
   out = write_record(record, args.out, tag=f"{args.tag}-{pathlib.Path(args.run).name}")
   print(table([record]))
   print(f"-> {out}")
@@ -71,13 +85,18 @@ def main():
 
 def table(records) -> str:
   """A row per export of each record's run: its nodes, whether it holds Conv and MaxPool, its latencies."""
-  rows = ["| run | export | nodes | Conv, MaxPool | " + " | ".join(f"batch {b} ms" for b in BATCHES) + " |",
-          "|---|---|---:|---|" + "---:|" * len(BATCHES)]
+  rows = [
+    "| run | export | nodes | Conv, MaxPool | " + " | ".join(f"batch {b} ms" for b in BATCHES) + " |",
+    "|---|---|---:|---|" + "---:|" * len(BATCHES),
+  ]
   for record in records:
     for r in record["results"]:
       held = ", ".join(op for op in ("Conv", "MaxPool") if op in r["operations"]) or "neither"
-      rows.append(f"| {pathlib.Path(record['run']).name} | {r['export']} | {r['nodes']} | {held} | "
-                  + " | ".join(f"{r[f'batch_{b}_ms']:.3f}" for b in BATCHES) + " |")
+      rows.append(
+        f"| {pathlib.Path(record['run']).name} | {r['export']} | {r['nodes']} | {held} | "
+        + " | ".join(f"{r[f'batch_{b}_ms']:.3f}" for b in BATCHES)
+        + " |"
+      )
   return "\n".join(rows)
 
 

@@ -7,7 +7,8 @@ over the single run's images/s. Memory per member: the growth of the child's pea
 to K, per added member (the state, its optimizer moments and activations; the accelerator's own
 memory on a GPU or TPU, the resident set on CPU), and the state's own size.
 
-  python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--tag NAME] [--config.KEY=VALUE ...]
+  python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--tag NAME]
+      [--config.KEY=VALUE ...]
 """
 
 import argparse
@@ -29,9 +30,15 @@ def measure(model: str, members: int, examples: int, overrides: list[str]) -> di
   """One population's timed epoch, in this process."""
   import jax
   import numpy as np
+
   from fluxdigits import config as configs, loop, population
-  base = configs.validate(configs.override(configs.load(str(ROOT / "experiments" / f"{EXPERIMENTS[model]}.py")),
-                                           [f"dataset.max_train_examples={examples}", *overrides]))
+
+  base = configs.validate(
+    configs.override(
+      configs.load(str(ROOT / "experiments" / f"{EXPERIMENTS[model]}.py")),
+      [f"dataset.max_train_examples={examples}", *overrides],
+    )
+  )
   trainer, state = loop.build(population.with_seeds(base, range(members)), log=lambda *_: None)
   active = [True] * members
   state, _, _ = loop.train_epoch(trainer, state, 1, active)
@@ -42,29 +49,54 @@ def measure(model: str, members: int, examples: int, overrides: list[str]) -> di
   seconds = time.perf_counter() - start
   member_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(population.member(state, 0)))
   device_stats = jax.devices()[0].memory_stats() or {}  # an accelerator's own memory; none on CPU
-  return {"model": model, "members": members, "batch_size": base.batch_size,
-          "member_images_per_s": members * trainer.steps_per_epoch * base.batch_size / seconds,
-          "epoch_s": seconds, "compile_s": trainer.compile_seconds, "state_mib_per_member": member_bytes / 2**20,
-          "train_accuracy": float(np.mean([r["train_accuracy"] for r in rows])),
-          "peak_memory": "device" if "peak_bytes_in_use" in device_stats else "host RSS",
-          "peak_mib": (device_stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in device_stats
-                       else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+  return {
+    "model": model,
+    "members": members,
+    "batch_size": base.batch_size,
+    "member_images_per_s": members * trainer.steps_per_epoch * base.batch_size / seconds,
+    "epoch_s": seconds,
+    "compile_s": trainer.compile_seconds,
+    "state_mib_per_member": member_bytes / 2**20,
+    "train_accuracy": float(np.mean([r["train_accuracy"] for r in rows])),
+    "peak_memory": "device" if "peak_bytes_in_use" in device_stats else "host RSS",
+    "peak_mib": (
+      device_stats["peak_bytes_in_use"] / 2**20
+      if "peak_bytes_in_use" in device_stats
+      else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ),
+  }
 
 
 def child(model: str, members: int, examples: int, overrides: list[str]) -> dict:
-  out = subprocess.run([sys.executable, __file__, "--one", f"{model}:{members}", "--examples", str(examples),
-                        *(f"--config.{o}" for o in overrides)],
-                       check=True, capture_output=True, text=True, cwd=ROOT).stdout
+  out = subprocess.run(
+    [
+      sys.executable,
+      __file__,
+      "--one",
+      f"{model}:{members}",
+      "--examples",
+      str(examples),
+      *(f"--config.{o}" for o in overrides),
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+  ).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
 def table(results) -> str:
-  rows = ["| model | batch | members | member-images/s | vs one run | compile s | state MiB/member | peak MiB/added member |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  rows = [
+    "| model | batch | members | member-images/s | vs one run | compile s | state MiB/member | peak MiB/added member |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in results:
     added = "" if r["mib_per_added_member"] is None else f"{r['mib_per_added_member']:.0f}"
-    rows.append(f"| {r['model']} | {r['batch_size']} | {r['members']} | {r['member_images_per_s']:,.0f} | "
-                f"{r['vs_one_run']:.2f}x | {r['compile_s']:.1f} | {r['state_mib_per_member']:.1f} | {added} |")
+    rows.append(
+      f"| {r['model']} | {r['batch_size']} | {r['members']} | {r['member_images_per_s']:,.0f} | "
+      f"{r['vs_one_run']:.2f}x | {r['compile_s']:.1f} | {r['state_mib_per_member']:.1f} | {added} |"
+    )
   return "\n".join(rows)
 
 
@@ -80,6 +112,7 @@ def main():
   overrides = config_overrides(parser, unknown)
   if args.one:
     from fluxdigits import cpu
+
     cpu.claim_cores()  # before JAX starts, as fluxdigits' command lines do
     model, members = args.one.split(":")
     print(json.dumps(measure(model, int(members), args.examples, overrides)))
@@ -93,12 +126,16 @@ def main():
     one = max(single, key=lambda r: r["member_images_per_s"])
     for r in [one, *populations]:
       r["vs_one_run"] = r["member_images_per_s"] / one["member_images_per_s"]
-      r["mib_per_added_member"] = ((r["peak_mib"] - one["peak_mib"]) / (r["members"] - 1)
-                                   if r["members"] > 1 else None)
+      r["mib_per_added_member"] = (r["peak_mib"] - one["peak_mib"]) / (r["members"] - 1) if r["members"] > 1 else None
       results.append(r)
       print(json.dumps(r), flush=True)
-  record = {"device": device_name(), "date": datetime.date.today().isoformat(), "examples": args.examples,
-            "overrides": overrides, "results": results}
+  record = {
+    "device": device_name(),
+    "date": datetime.date.today().isoformat(),
+    "examples": args.examples,
+    "overrides": overrides,
+    "results": results,
+  }
   path = write_record(record, args.out, "-population", args.tag)
   print(table(results))
   print(f"-> {path}")

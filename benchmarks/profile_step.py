@@ -53,20 +53,26 @@ def main():
   args = parser.parse_args()
 
   import jax
+
   from fluxdigits import augment, cpu, data, loop, mesh as meshes, optim, registry, steps
+
   cpu.claim_cores()  # before JAX starts, as model_throughput's child processes do
   row = model_throughput.ROWS[args.row]
   config = model_throughput.row_config(row)
   dataset = data.load(config)
   model = registry.create(config, len(dataset.class_names))
   mesh = loop.data_mesh_for(config, model)  # the mesh model_throughput times the row on
-  state = meshes.replicate(steps.create_states([config], model, dataset.train.images.shape[1:],
-                                               optim.create(config, 100)), mesh)
-  chunk = loop.train_calls(config, model, len(dataset.class_names), steps.preprocess_for(config, dataset),
-                                 augment.make(config))
-  inputs = (*meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
-            meshes.shard_batches(model_throughput.order(row, len(dataset.train))[None, :args.steps], mesh),
-            *meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh))
+  state = meshes.replicate(
+    steps.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, 100)), mesh
+  )
+  chunk = loop.train_calls(
+    config, model, len(dataset.class_names), steps.preprocess_for(config, dataset), augment.make(config)
+  )
+  inputs = (
+    *meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
+    meshes.shard_batches(model_throughput.order(row, len(dataset.train))[None, : args.steps], mesh),
+    *meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh),
+  )
   compiled = chunk.lower(state, *inputs).compile()
   hlo = compiled.as_text()
 

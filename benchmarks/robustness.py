@@ -40,17 +40,21 @@ def shear(images, rng):
 
 def scale(images, rng):
   """Shrunk to 0.5-0.7 of its size, or grown to 1.2-1.4."""
+
   def matrix(r):
     factor = r.uniform(0.5, 0.7) if r.random() < 0.5 else r.uniform(1.2, 1.4)
     return np.eye(2) / factor
+
   return _affine(images, rng, matrix)
 
 
 def rotate(images, rng):
   """Rotated by 20-50 degrees, either way."""
+
   def matrix(r):
     angle = np.deg2rad(r.choice([-1, 1]) * r.uniform(20, 50))
     return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
   return _affine(images, rng, matrix)
 
 
@@ -80,26 +84,32 @@ def _lines(images, rng, draw_one):
 
 def stripe(images, rng):
   """One to three vertical lines, one pixel wide, at random columns."""
+
   def draw(d, r):
     for column in r.choice(np.arange(2, 26), size=r.integers(1, 4), replace=False):
       d.line([(column, 0), (column, 27)], fill=255, width=1)
+
   return _lines(images, rng, draw)
 
 
 def zigzag(images, rng):
   """A zigzag of 2-5 segments between random points, one pixel wide."""
+
   def draw(d, r):
     d.line([tuple(p) for p in r.uniform(0, 28, size=(r.integers(3, 7), 2))], fill=255, width=1)
+
   return _lines(images, rng, draw)
 
 
 def dotted_line(images, rng):
   """A straight line of dots every 3 pixels across the image."""
+
   def draw(d, r):
     start, end = r.uniform(0, 28, 2), r.uniform(0, 28, 2)
     for t in np.linspace(0, 1, int(np.hypot(*(end - start)) / 3) + 2):
       x, y = start + t * (end - start)
       d.ellipse([x - 0.8, y - 0.8, x + 0.8, y + 0.8], fill=255)
+
   return _lines(images, rng, draw)
 
 
@@ -125,7 +135,7 @@ def motion_blur(images, rng):
     for step in range(11):
       x = 10 + step * np.cos(np.deg2rad(angle))
       y = 10 - step * np.sin(np.deg2rad(angle))
-      kernel[int(round(y)), int(round(x))] += np.exp(-step ** 2 / (2 * 3.0 ** 2))
+      kernel[int(round(y)), int(round(x))] += np.exp(-(step**2) / (2 * 3.0**2))
     chosen = angles == angle
     out[chosen] = ndimage.convolve(images[chosen], kernel[None] / kernel.sum(), mode="constant")
   return out
@@ -185,7 +195,7 @@ def canny_edges(images, rng):
   magnitude /= np.maximum(magnitude.max(axis=(1, 2), keepdims=True), 1e-6)
   direction = (np.round(np.arctan2(gy, gx) / (np.pi / 4)) % 4).astype(int)  # 0: across columns ... 3: diagonal
   padded = np.pad(magnitude, ((0, 0), (1, 1), (1, 1)))
-  neighbour = lambda dy, dx: padded[:, 1 + dy:29 + dy, 1 + dx:29 + dx]
+  neighbour = lambda dy, dx: padded[:, 1 + dy : 29 + dy, 1 + dx : 29 + dx]
   peak = np.zeros_like(magnitude, bool)
   for d, (dy, dx) in enumerate([(0, 1), (1, 1), (1, 0), (1, -1)]):
     peak |= (direction == d) & (magnitude >= neighbour(dy, dx)) & (magnitude >= neighbour(-dy, -dx))
@@ -197,8 +207,26 @@ def canny_edges(images, rng):
   return kept.astype(np.float32)
 
 
-CORRUPTIONS = {f.__name__: f for f in (shot_noise, impulse_noise, glass_blur, motion_blur, shear, scale, rotate,
-                                       brightness, translate, stripe, fog, spatter, dotted_line, zigzag, canny_edges)}
+CORRUPTIONS = {
+  f.__name__: f
+  for f in (
+    shot_noise,
+    impulse_noise,
+    glass_blur,
+    motion_blur,
+    shear,
+    scale,
+    rotate,
+    brightness,
+    translate,
+    stripe,
+    fog,
+    spatter,
+    dotted_line,
+    zigzag,
+    canny_edges,
+  )
+}
 
 
 def corrupt(images_uint8, name: str) -> np.ndarray:
@@ -216,23 +244,30 @@ def photograph(digit_uint8, rng) -> Image.Image:
   textured paper, off-centre, a shadow across, seen in perspective, slightly out of focus, saved as a JPEG."""
   side = int(rng.integers(120, 257))
   size = int(side * rng.uniform(0.35, 0.7))
-  ink = np.asarray(Image.fromarray(digit_uint8[..., 0]).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+  ink = (
+    np.asarray(Image.fromarray(digit_uint8[..., 0]).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+  )
   if rng.random() < 0.5:  # a thin pen or pencil: strokes down to a third of their width
     ink = ndimage.grey_erosion(ink, size=int(rng.integers(2, max(3, size // 28 + 1))))
   page = np.zeros((side, side), np.float32)
   top, left = rng.integers(0, side - size, size=2)
-  page[top:top + size, left:left + size] = np.clip(ink, 0, 1)
+  page[top : top + size, left : left + size] = np.clip(ink, 0, 1)
   pressure = 0.55 + 0.45 * _plasma(1, rng, size=256)[0, :side, :side]
   paper = rng.uniform(0.7, 0.95) + 0.08 * (_plasma(1, rng, size=256)[0, :side, :side] - 0.5)
-  shadow = 1 - rng.uniform(0, 0.6) * np.clip(np.linspace(-0.5, 1.5, side)[:, None] * np.cos(rng.uniform(0, np.pi))
-                                              + np.linspace(-0.5, 1.5, side)[None, :] * np.sin(rng.uniform(0, np.pi)), 0, 1)
+  shadow = 1 - rng.uniform(0, 0.6) * np.clip(
+    np.linspace(-0.5, 1.5, side)[:, None] * np.cos(rng.uniform(0, np.pi))
+    + np.linspace(-0.5, 1.5, side)[None, :] * np.sin(rng.uniform(0, np.pi)),
+    0,
+    1,
+  )
   ink_level = rng.uniform(0.05, 0.5)
   gray = (paper + page * pressure * (ink_level - paper)) * shadow + rng.normal(0, 0.02, (side, side))
   image = Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8), "L")
   corners = np.array([[0, 0], [0, side], [side, side], [side, 0]], np.float64)
   moved = corners + rng.uniform(-0.08, 0.08, (4, 2)) * side
-  image = image.transform((side, side), Image.Transform.QUAD, moved.ravel().tolist(), Image.Resampling.BILINEAR,
-                          fillcolor=int(255 * 0.8))
+  image = image.transform(
+    (side, side), Image.Transform.QUAD, moved.ravel().tolist(), Image.Resampling.BILINEAR, fillcolor=int(255 * 0.8)
+  )
   return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * side / 140))
 
 
@@ -261,6 +296,7 @@ def _drawn_over(images, labels, digit, seed, draw_one):
 def european_ones(images, labels) -> np.ndarray:
   """The test split's 1s written the European way: a flag down-left from the stem's top and a base stroke under it,
   of random lengths (augment.european_ones draws its own, differently)."""
+
   def draw_one(draw, ink, rng):
     rows = np.flatnonzero(ink.any(1))
     top, bottom = rows[0], rows[-1]
@@ -268,19 +304,22 @@ def european_ones(images, labels) -> np.ndarray:
     flag, base = rng.uniform(3, 7), rng.uniform(2.5, 6)
     draw.line([(top_col, top), (top_col - flag, top + 0.7 * flag)], fill=255, width=2)
     draw.line([(bottom_col - base, bottom), (bottom_col + base, bottom)], fill=255, width=2)
+
   return _drawn_over(images, labels, 1, SEED - 2, draw_one)
 
 
 def closed_fours(images, labels) -> np.ndarray:
   """The test split's 4s with a closed top: a line from the top of the left arm to the stem, a little above or below
   (augment.closed_fours draws its own, differently)."""
+
   def draw_one(draw, ink, rng):
     stem = int(np.argmax(ink[14:].sum(0)))  # the column with the most ink in the lower half
-    arm = ink[:, :max(stem - 3, 0)]
+    arm = ink[:, : max(stem - 3, 0)]
     if arm.any():
       row = int(np.flatnonzero(arm.any(1))[0])
       end_row = row + rng.uniform(-1.5, 1.0)
       draw.line([(np.flatnonzero(arm[row]).mean(), row), (stem + rng.uniform(0, 1), end_row)], fill=255, width=2)
+
   return _drawn_over(images, labels, 4, SEED - 3, draw_one)
 
 
@@ -292,6 +331,7 @@ def mnist_test():
   """MNIST's 10,000 test images and labels, read as the runs read them (TFDS_DATA_DIR)."""
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   from fluxdigits import config as configs, data
+
   config = configs.defaults()
   config.dataset.name = "mnist"
   test = data.load(config).test
@@ -317,15 +357,20 @@ def table(records) -> str:
   records = [r for r in records if r.get("mnist_c")]
   if not records:
     return "No experiment has MNIST-C figures recorded yet."
-  rows = ["| corruption | " + " | ".join(f"`{r['experiment']}`" for r in records) + " |",
-          "| --- |" + " ---: |" * len(records)]
+  rows = [
+    "| corruption | " + " | ".join(f"`{r['experiment']}`" for r in records) + " |",
+    "| --- |" + " ---: |" * len(records),
+  ]
   for name in ["clean", *CORRUPTIONS, "mean", "photographed", *WRITTEN_OTHERWISE]:
     values = [r["mnist_c"].get(name) for r in records]  # None: recorded before this row was measured
     best = max(v for v in values if v is not None) if any(v is not None for v in values) else None
     cells = ["" if v is None else f"**{v:.1%}**" if v == best and len(records) > 1 else f"{v:.1%}" for v in values]
-    label = {"mean": "**mean**", "photographed": f"photographed ({PHOTOGRAPHED:,}, prepared by predict)",
-             "european_ones": "European 1s (the 1,135 test 1s, flag and base added)",
-             "closed_fours": "closed-top 4s (the 982 test 4s, top closed)"}.get(name, name.replace("_", " "))
+    label = {
+      "mean": "**mean**",
+      "photographed": f"photographed ({PHOTOGRAPHED:,}, prepared by predict)",
+      "european_ones": "European 1s (the 1,135 test 1s, flag and base added)",
+      "closed_fours": "closed-top 4s (the 982 test 4s, top closed)",
+    }.get(name, name.replace("_", " "))
     rows.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
@@ -333,6 +378,7 @@ def table(records) -> str:
 def draw_samples(images, labels, out):
   """One test digit of each class under every corruption, a row per corruption."""
   from matplotlib.figure import Figure
+
   picks = [int(np.flatnonzero(labels == digit)[0]) for digit in range(10)]
   names = ["clean", *CORRUPTIONS]
   fig = Figure(figsize=(6, 0.62 * len(names)), layout="constrained")
@@ -355,11 +401,15 @@ def main():
   if args.samples:
     draw_samples(images, labels, args.samples)
   import fluxdigits
+
   for run in args.runs:
     start = time.perf_counter()
     result = evaluate(fluxdigits.load_classifier(run), images, labels)
-    print(f"{run}: " + ", ".join(f"{name} {value:.1%}" for name, value in result.items())
-          + f" ({time.perf_counter() - start:.0f} s)")
+    print(
+      f"{run}: "
+      + ", ".join(f"{name} {value:.1%}" for name, value in result.items())
+      + f" ({time.perf_counter() - start:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

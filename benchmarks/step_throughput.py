@@ -33,6 +33,7 @@ TRAIN_IMAGES = 54_000
 def mnist():
   """(train_x, train_y, test_x, test_y): float32 NHWC in [0, 1], int labels; the split fluxdigits trains on."""
   from fluxdigits import config as configs, data
+
   config = configs.validate(configs.load(str(ROOT / "experiments" / "mnist_cnn.py")))
   dataset = data.load(config)
   assert len(dataset.train) == TRAIN_IMAGES, len(dataset.train)
@@ -42,13 +43,29 @@ def mnist():
 
 def run_fluxdigits(batch_size, epochs):
   with tempfile.TemporaryDirectory() as workdir:
-    subprocess.run([sys.executable, "-m", "fluxdigits.run", str(ROOT / "experiments" / "mnist_cnn.py"), "--workdir", workdir,
-                    f"--config.batch_size={batch_size}", f"--config.num_epochs={epochs}", "--config.report=false"],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "fluxdigits.run",
+        str(ROOT / "experiments" / "mnist_cnn.py"),
+        "--workdir",
+        workdir,
+        f"--config.batch_size={batch_size}",
+        f"--config.num_epochs={epochs}",
+        "--config.report=false",
+      ],
+      check=True,
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+    )
     summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
   images = TRAIN_IMAGES // batch_size * batch_size * epochs
-  return {"train_images_per_s": images / summary["train_seconds"], "compile_s": summary["compile_seconds"],
-          "test_accuracy": summary["test_accuracy"]}
+  return {
+    "train_images_per_s": images / summary["train_seconds"],
+    "compile_s": summary["compile_seconds"],
+    "test_accuracy": summary["test_accuracy"],
+  }
 
 
 def run_pytorch(batch_size, epochs):
@@ -56,8 +73,15 @@ def run_pytorch(batch_size, epochs):
   from torch import nn
 
   torch.manual_seed(0)
-  model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(13 * 13 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
+  model = nn.Sequential(
+    nn.Conv2d(1, 32, 3),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Flatten(),
+    nn.Linear(13 * 13 * 32, 64),
+    nn.ReLU(),
+    nn.Linear(64, 10),
+  )
   for layer in model:
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
       nn.init.xavier_uniform_(layer.weight)
@@ -72,15 +96,18 @@ def run_pytorch(batch_size, epochs):
   for _ in range(epochs):
     order = torch.randperm(len(train_x))
     for step in range(steps):
-      idx = order[step * batch_size:(step + 1) * batch_size]
+      idx = order[step * batch_size : (step + 1) * batch_size]
       optimizer.zero_grad(set_to_none=True)
       nn.functional.cross_entropy(model(train_x[idx]), train_y[idx]).backward()
       optimizer.step()
   seconds = time.perf_counter() - start
   with torch.no_grad():
-    predictions = torch.cat([model(test_x[i:i + 1000]).argmax(1) for i in range(0, len(test_x), 1000)]).numpy()
-  return {"train_images_per_s": steps * batch_size * epochs / seconds, "compile_s": 0.0,
-          "test_accuracy": float((predictions == test_y).mean())}
+    predictions = torch.cat([model(test_x[i : i + 1000]).argmax(1) for i in range(0, len(test_x), 1000)]).numpy()
+  return {
+    "train_images_per_s": steps * batch_size * epochs / seconds,
+    "compile_s": 0.0,
+    "test_accuracy": float((predictions == test_y).mean()),
+  }
 
 
 def run_keras(batch_size, epochs):
@@ -89,16 +116,20 @@ def run_keras(batch_size, epochs):
   import keras
 
   keras.utils.set_random_seed(0)
-  model = keras.Sequential([
+  model = keras.Sequential(
+    [
       keras.Input((28, 28, 1)),
       keras.layers.Conv2D(32, 3, activation="relu"),
       keras.layers.MaxPooling2D(2),
       keras.layers.Flatten(),
       keras.layers.Dense(64, activation="relu"),
       keras.layers.Dense(10),
-  ])
-  model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-7),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ]
+  )
+  model.compile(
+    optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-7),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   train_x, train_y, test_x, test_y = mnist()
   epoch_seconds = []
 
@@ -114,8 +145,11 @@ def run_keras(batch_size, epochs):
   compile_s = max(epoch_seconds[0] - float(np.median(epoch_seconds[1:])), 0.0) if epochs > 1 else 0.0
   predictions = model.predict(test_x, batch_size=1000, verbose=0).argmax(1)
   # Keras also trains the last partial batch, so every image counts.
-  return {"train_images_per_s": len(train_x) * epochs / (sum(epoch_seconds) - compile_s), "compile_s": compile_s,
-          "test_accuracy": float((predictions == test_y).mean())}
+  return {
+    "train_images_per_s": len(train_x) * epochs / (sum(epoch_seconds) - compile_s),
+    "compile_s": compile_s,
+    "test_accuracy": float((predictions == test_y).mean()),
+  }
 
 
 RUNNERS = {"fluxdigits": run_fluxdigits, "pytorch": run_pytorch, "keras": run_keras}
@@ -125,8 +159,9 @@ def device_name() -> str:
   """The accelerator JAX will use, else the CPU. Asked of nvidia-smi, not of JAX: a parent process that started JAX
   would take the GPU's memory from the children it times."""
   try:
-    gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                          check=True).stdout.split("\n")
+    gpus = subprocess.run(
+      ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     return f"{gpus[0].strip()} (GPU)"
   except (OSError, subprocess.CalledProcessError):
     pass
@@ -160,13 +195,20 @@ def write_record(record: dict, out: str, suffix: str = "", tag: str = "") -> pat
 
 def table(results) -> str:
   by_key = {(r["system"], r["batch_size"]): r for r in results}
-  rows = ["| system | batch | images/s | vs PyTorch | vs Keras | compile s | test accuracy |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
+  rows = [
+    "| system | batch | images/s | vs PyTorch | vs Keras | compile s | test accuracy |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in results:
-    ratio = lambda other: (f"{r['train_images_per_s'] / by_key[(other, r['batch_size'])]['train_images_per_s']:.2f}x"
-                           if (other, r["batch_size"]) in by_key else "")
-    rows.append(f"| {r['system']} | {r['batch_size']} | {r['train_images_per_s']:,.0f} | {ratio('pytorch')} | "
-                f"{ratio('keras')} | {r['compile_s']:.1f} | {r['test_accuracy']:.4f} |")
+    ratio = lambda other: (
+      f"{r['train_images_per_s'] / by_key[(other, r['batch_size'])]['train_images_per_s']:.2f}x"
+      if (other, r["batch_size"]) in by_key
+      else ""
+    )
+    rows.append(
+      f"| {r['system']} | {r['batch_size']} | {r['train_images_per_s']:,.0f} | {ratio('pytorch')} | "
+      f"{ratio('keras')} | {r['compile_s']:.1f} | {r['test_accuracy']:.4f} |"
+    )
   return "\n".join(rows)
 
 
@@ -187,13 +229,22 @@ def main():
   for batch_size in map(int, args.batch_sizes.split(",")):
     for system in args.systems.split(","):
       print(f"{system}, batch {batch_size}, {args.epochs} epochs ...", file=sys.stderr, flush=True)
-      out = subprocess.run([sys.executable, __file__, "--one", f"{system}:{batch_size}", "--epochs", str(args.epochs)],
-                           check=True, capture_output=True, text=True).stdout
+      out = subprocess.run(
+        [sys.executable, __file__, "--one", f"{system}:{batch_size}", "--epochs", str(args.epochs)],
+        check=True,
+        capture_output=True,
+        text=True,
+      ).stdout
       result = json.loads(out.strip().splitlines()[-1])
       results.append({"system": system, "batch_size": batch_size, **result})
   device = device_name()
-  record = {"device": device, "epochs": args.epochs, "train_images": TRAIN_IMAGES,
-            "date": datetime.date.today().isoformat(), "results": results}
+  record = {
+    "device": device,
+    "epochs": args.epochs,
+    "train_images": TRAIN_IMAGES,
+    "date": datetime.date.today().isoformat(),
+    "results": results,
+  }
   path = write_record(record, args.out)
   print(f"{device}, {args.epochs} epochs of {TRAIN_IMAGES:,} MNIST images\n")
   print(table(results))

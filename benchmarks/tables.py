@@ -56,17 +56,24 @@ def _caption(records, files, link: str) -> str:
 
 def headline(step_record: dict, model_record: dict) -> str:
   """The README's few rows: the seed CNN against PyTorch and Keras, and the heavier models against PyTorch."""
-  rows = ["| model | batch | fluxdigits images/s | vs PyTorch eager | vs Keras | measured on |", "|---|---:|---:|---:|---:|---|"]
+  rows = [
+    "| model | batch | fluxdigits images/s | vs PyTorch eager | vs Keras | measured on |",
+    "|---|---:|---:|---:|---:|---|",
+  ]
   speed = {(r["system"], r["batch_size"]): r["train_images_per_s"] for r in step_record["results"]}
   for batch in sorted({b for _, b in speed}):
     flux = speed[("fluxdigits", batch)]
-    rows.append(f"| seed CNN, MNIST | {batch} | {flux:,.0f} | {flux / speed[('pytorch', batch)]:.2f}x | "
-                f"{flux / speed[('keras', batch)]:.2f}x | {step_record['device']} |")
+    rows.append(
+      f"| seed CNN, MNIST | {batch} | {flux:,.0f} | {flux / speed[('pytorch', batch)]:.2f}x | "
+      f"{flux / speed[('keras', batch)]:.2f}x | {step_record['device']} |"
+    )
   for r in model_record["results"]:
     if r["model"] in ("cnn_deep", "resnet18") or (r["model"], r["dataset"]) == ("resnet20", "cifar10"):
       flux, torch = r["fluxdigits"]["train_images_per_s"], r["pytorch"]["train_images_per_s"]
-      rows.append(f"| {r['model']}, {r['dataset']} | {r['batch_size']} | {flux:,.0f} | {flux / torch:.2f}x | | "
-                  f"{model_record['device']} |")
+      rows.append(
+        f"| {r['model']}, {r['dataset']} | {r['batch_size']} | {flux:,.0f} | {flux / torch:.2f}x | | "
+        f"{model_record['device']} |"
+      )
   return "\n".join(rows)
 
 
@@ -82,7 +89,9 @@ def render(spec: str, link: str = "benchmarks/results") -> str:
     return robustness.table(experiments.read_records())
   if kind in ("step-throughput", "model-throughput", "population"):
     rows = [row for r in records for row in r["results"]]
-    return {"step-throughput": step_throughput, "model-throughput": model_throughput, "population": population}[kind].table(rows) + caption
+    return {"step-throughput": step_throughput, "model-throughput": model_throughput, "population": population}[
+      kind
+    ].table(rows) + caption
   if kind == "flax-apis":
     return flax_apis.table([row for r in records for row in r["results"]]) + caption
   if kind == "onnx-latency":

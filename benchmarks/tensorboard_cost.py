@@ -21,14 +21,22 @@ SETTINGS = ("true", "false")
 
 
 def table(record) -> str:
-  rows = ["| tensorboard | runs | median wall time | median training time | median test accuracy |", "|---|---:|---:|---:|---:|"]
+  rows = [
+    "| tensorboard | runs | median wall time | median training time | median test accuracy |",
+    "|---|---:|---:|---:|---:|",
+  ]
   for setting in SETTINGS:
     runs = [r for r in record["runs"] if r["tensorboard"] == setting]
-    rows.append(f"| {setting} | {len(runs)} | {statistics.median(r['wall_s'] for r in runs):.1f} s | "
-                f"{statistics.median(r['train_s'] for r in runs):.1f} s | "
-                f"{statistics.median(r['test_accuracy'] for r in runs):.2%} |")
+    rows.append(
+      f"| {setting} | {len(runs)} | {statistics.median(r['wall_s'] for r in runs):.1f} s | "
+      f"{statistics.median(r['train_s'] for r in runs):.1f} s | "
+      f"{statistics.median(r['test_accuracy'] for r in runs):.2%} |"
+    )
   on, off = ([r["train_s"] for r in record["runs"] if r["tensorboard"] == s] for s in SETTINGS)
-  return "\n".join(rows) + f"\n\nTraining time with the event files over without: {statistics.median(on) / statistics.median(off):.3f}x."
+  return (
+    "\n".join(rows)
+    + f"\n\nTraining time with the event files over without: {statistics.median(on) / statistics.median(off):.3f}x."
+  )
 
 
 def main():
@@ -42,12 +50,24 @@ def main():
     # Alternate which goes first, so that a drift of the machine's speed falls on both.
     for setting in SETTINGS if round_ % 2 == 0 else SETTINGS[::-1]:
       run = time_run(args.experiment, [f"--config.tensorboard={setting}"])
-      runs.append({"round": round_ + 1, "tensorboard": setting,
-                   **{k: run[k] for k in ("wall_s", "train_s", "compile_s", "test_accuracy")}})
-      print(f"round {round_ + 1}, tensorboard={setting}: {run['train_s']:.1f} s training, {run['wall_s']:.1f} s wall",
-            file=sys.stderr, flush=True)
-  record = {"device": device_name(), "date": datetime.date.today().isoformat(),
-            "experiment": str(pathlib.Path(args.experiment).resolve().relative_to(ROOT)), "runs": runs}
+      runs.append(
+        {
+          "round": round_ + 1,
+          "tensorboard": setting,
+          **{k: run[k] for k in ("wall_s", "train_s", "compile_s", "test_accuracy")},
+        }
+      )
+      print(
+        f"round {round_ + 1}, tensorboard={setting}: {run['train_s']:.1f} s training, {run['wall_s']:.1f} s wall",
+        file=sys.stderr,
+        flush=True,
+      )
+  record = {
+    "device": device_name(),
+    "date": datetime.date.today().isoformat(),
+    "experiment": str(pathlib.Path(args.experiment).resolve().relative_to(ROOT)),
+    "runs": runs,
+  }
   print(table(record))
   print(f"-> {write_record(record, args.out, '-tensorboard-cost')}")
 

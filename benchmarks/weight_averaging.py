@@ -35,18 +35,26 @@ def final_accuracies(config, dataset, mesh):
   model = registry.create(config, len(dataset.class_names))
   state = steps.create_state(config, model, dataset.train.images.shape[1:], steps_per_epoch)
   preprocess = steps.preprocess_for(config, dataset)
-  step = functools.partial(steps.train_step, hyperparams=steps.hyperparams_of(config), config=config,
-                           num_classes=len(dataset.class_names),
-                           preprocess=preprocess, augment_fn=None)
+  step = functools.partial(
+    steps.train_step,
+    hyperparams=steps.hyperparams_of(config),
+    config=config,
+    num_classes=len(dataset.class_names),
+    preprocess=preprocess,
+    augment_fn=None,
+  )
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_chunk(state, averages, images, labels, batch_indices):
     def body(carry, idx):
       state, averages = carry
       state, _ = step(state, idx, images=images, labels=labels)
-      averages = tuple(steps.update_average(average, state.evaluated_variables(), state.step, decay)
-                       for decay, average in zip(DECAYS, averages))
+      averages = tuple(
+        steps.update_average(average, state.evaluated_variables(), state.step, decay)
+        for decay, average in zip(DECAYS, averages)
+      )
       return (state, averages), None
+
     return jax.lax.scan(body, (state, averages), batch_indices)[0]
 
   averages = tuple(jax.tree.map(jnp.copy, state.evaluated_variables()) for _ in DECAYS)
@@ -54,7 +62,7 @@ def final_accuracies(config, dataset, mesh):
   for epoch in range(1, config.num_epochs + 1):
     batches = data.train_batches(config.seed, epoch, len(dataset.train), config.batch_size)
     for start in range(0, steps_per_epoch, config.steps_per_call):
-      idx = meshes.shard_batches(batches[start:start + config.steps_per_call], mesh)
+      idx = meshes.shard_batches(batches[start : start + config.steps_per_call], mesh)
       state, averages = train_chunk(state, averages, images, labels, idx)
 
   predict = steps.make_predict(model.apply, preprocess)
@@ -62,9 +70,12 @@ def final_accuracies(config, dataset, mesh):
   accuracies = {}
   for name, split in (("val", dataset.validation), ("test", dataset.test)):
     split_images = meshes.replicate(split.images, mesh)
-    accuracies[name] = [steps.classification_metrics(
-        steps.predict_split(predict, v, split_images, len(split), config.eval_batch_size, mesh), split.labels)["accuracy"]
-        for v in candidates]
+    accuracies[name] = [
+      steps.classification_metrics(
+        steps.predict_split(predict, v, split_images, len(split), config.eval_batch_size, mesh), split.labels
+      )["accuracy"]
+      for v in candidates
+    ]
   return accuracies
 
 
@@ -81,11 +92,21 @@ def main():
   for seed in range(args.seeds):
     seeded = configs.validate(configs.override(config, [f"seed={seed}"]))
     runs.append({"seed": seed, **final_accuracies(seeded, dataset, mesh)})
-    print(seed, " ".join(f"{a:.4f}" for a in runs[-1]["val"]), "|", " ".join(f"{a:.4f}" for a in runs[-1]["test"]), flush=True)
+    print(
+      seed,
+      " ".join(f"{a:.4f}" for a in runs[-1]["val"]),
+      "|",
+      " ".join(f"{a:.4f}" for a in runs[-1]["test"]),
+      flush=True,
+    )
 
-  record = {"device": device_name(), "date": datetime.date.today().isoformat(),
-            "experiment": str(pathlib.Path(args.experiment).resolve().relative_to(ROOT)),
-            "weights": ["raw", *(f"ema {d:g}" for d in DECAYS)], "runs": runs}
+  record = {
+    "device": device_name(),
+    "date": datetime.date.today().isoformat(),
+    "experiment": str(pathlib.Path(args.experiment).resolve().relative_to(ROOT)),
+    "weights": ["raw", *(f"ema {d:g}" for d in DECAYS)],
+    "runs": runs,
+  }
   print(table(record))
   path = write_record(record, args.out, "-weight-averaging")
   print(f"-> {path}")
@@ -95,11 +116,16 @@ def table(record) -> str:
   """Each set of weights evaluated, over the record's seeds: mean validation and test accuracy, the lowest test."""
   runs = record["runs"]
   val, test = (np.array([r[k] for r in runs]) for k in ("val", "test"))
-  rows = ["| weights evaluated | mean validation accuracy | mean test accuracy | lowest test accuracy | seeds with test ≥ 98.5% |",
-          "| --- | ---: | ---: | ---: | ---: |"]
+  rows = [
+    "| weights evaluated | mean validation accuracy | mean test accuracy | lowest test accuracy "
+    "| seeds with test ≥ 98.5% |",
+    "| --- | ---: | ---: | ---: | ---: |",
+  ]
   for i, name in enumerate(record["weights"]):
-    rows.append(f"| {name} | {val[:, i].mean():.2%} | {test[:, i].mean():.2%} | {test[:, i].min():.2%} | "
-                f"{int((test[:, i] >= 0.985).sum())} of {len(runs)} |")
+    rows.append(
+      f"| {name} | {val[:, i].mean():.2%} | {test[:, i].mean():.2%} | {test[:, i].min():.2%} | "
+      f"{int((test[:, i] >= 0.985).sum())} of {len(runs)} |"
+    )
   return "\n".join(rows)
 
 

@@ -1,7 +1,7 @@
 """Your own model (examples/my_cnn.py) on your own folder of images: DATA/train/<class>/* and DATA/test/<class>/*.
 
-  python examples/make_image_folder.py runs/fashion-folder          # real Fashion-MNIST images as PNG files
-  python -m fluxdigits.run examples/folder_experiment.py --config.dataset.data_dir=runs/fashion-folder
+python examples/make_image_folder.py runs/fashion-folder          # real Fashion-MNIST images as PNG files
+python -m fluxdigits.run examples/folder_experiment.py --config.dataset.data_dir=runs/fashion-folder
 """
 
 import pathlib

@@ -73,7 +73,9 @@ WRITTEN_OTHERWISE = (("european_ones", 1, _european_one), ("closed_fours", 4, _c
 
 def _distort_one(rng, image, label, a):
   shift_rng, angle_rng = jax.random.split(rng)
-  uniform = lambda k, limit, shape=(): jax.random.uniform(jax.random.fold_in(rng, k), shape, minval=-limit, maxval=limit)
+  uniform = lambda k, limit, shape=(): jax.random.uniform(
+    jax.random.fold_in(rng, k), shape, minval=-limit, maxval=limit
+  )
   shift = jax.random.uniform(shift_rng, (2,), minval=-a["max_shift"], maxval=a["max_shift"])
   angle = jax.random.uniform(angle_rng, (), minval=-a["max_rotation"], maxval=a["max_rotation"])
   h, w, _ = image.shape
@@ -136,8 +138,21 @@ def pad_crop_flip(rng, images, padding):
   return jnp.where(flip, cropped[:, :, ::-1], cropped)
 
 
-DIGIT_AMOUNTS = ("max_shift", "max_rotation", "max_scale", "max_aspect", "max_shear", "elastic", "elastic_sigma",
-                 "max_stroke", "max_blur", "min_contrast", "max_noise", "european_ones", "closed_fours")
+DIGIT_AMOUNTS = (
+  "max_shift",
+  "max_rotation",
+  "max_scale",
+  "max_aspect",
+  "max_shear",
+  "elastic",
+  "elastic_sigma",
+  "max_stroke",
+  "max_blur",
+  "min_contrast",
+  "max_noise",
+  "european_ones",
+  "closed_fours",
+)
 
 
 def make(config):

@@ -22,8 +22,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from fluxdigits import config as configs, optim, registry, signals, steps, workdir as workdirs
-from fluxdigits.population import member, population_size, stack
 from fluxdigits.errors import UserError, warn
+from fluxdigits.population import member, population_size, stack
 
 # Errors of a full or unwritable disk: a one-line error, never orbax's traceback.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -54,8 +54,9 @@ def _chain(e: BaseException | None):
 
 
 def _raised_in_orbax(exc: BaseException | None) -> bool:
-  return any("/orbax/" in frame.f_code.co_filename for e in _chain(exc)
-             for frame, _ in traceback.walk_tb(e.__traceback__))
+  return any(
+    "/orbax/" in frame.f_code.co_filename for e in _chain(exc) for frame, _ in traceback.walk_tb(e.__traceback__)
+  )
 
 
 def _is_failed_save_echo(exc_type, exc) -> bool:
@@ -81,8 +82,10 @@ def _quiet_orbax_echoes():
     logger.addFilter(_WithoutOrbaxEchoes())
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
   sys.excepthook = lambda t, e, tb: None if _is_failed_save_echo(t, e) else excepthook(t, e, tb)
-  sys.unraisablehook = lambda u: (None if _is_failed_save_echo(u.exc_type, u.exc_value) or _is_abandoned_read(u)
-                                 else unraisablehook(u))
+  sys.unraisablehook = lambda u: (
+    None if _is_failed_save_echo(u.exc_type, u.exc_value) or _is_abandoned_read(u) else unraisablehook(u)
+  )
+
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
@@ -95,11 +98,11 @@ class Progress:
 
   def after_epoch(self, row: dict, improved: bool) -> "Progress":
     return Progress(
-        epoch=row["epoch"],
-        best_val_accuracy=row["val_accuracy"] if improved and row["val_accuracy"] is not None else self.best_val_accuracy,
-        best_epoch=row["epoch"] if improved else self.best_epoch,
-        epochs_without_improvement=0 if improved else self.epochs_without_improvement + 1,
-        history=(*self.history, row),
+      epoch=row["epoch"],
+      best_val_accuracy=row["val_accuracy"] if improved and row["val_accuracy"] is not None else self.best_val_accuracy,
+      best_epoch=row["epoch"] if improved else self.best_epoch,
+      epochs_without_improvement=0 if improved else self.epochs_without_improvement + 1,
+      history=(*self.history, row),
     )
 
 
@@ -116,18 +119,22 @@ class _KeepBest(policies.PreservationPolicy):
 
 
 def manager(workdir, config, create: bool = True, this_process_only: bool = False) -> ocp.CheckpointManager:
-  """The run's checkpoints, used by every process of a job, or by this one alone (`this_process_only`: reading a run)."""
+  """The run's checkpoints, used by every process of a job, or by this one alone
+  (`this_process_only`: reading a run)."""
   processes = ocp.options.MultiprocessingOptions()
   if this_process_only:
-    processes = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+    processes = ocp.options.MultiprocessingOptions(
+      primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(config.checkpoint.keep), _KeepBest()]),
-      enable_async_checkpointing=True,
-      create=create,
-      multiprocessing_options=processes,
+    preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(config.checkpoint.keep), _KeepBest()]),
+    enable_async_checkpointing=True,
+    create=create,
+    multiprocessing_options=processes,
   )
-  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"),
-                               options=options)
+  mngr = ocp.CheckpointManager(
+    pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"), options=options
+  )
   signals.finish_saves_before_exit(mngr)
   _quiet_orbax_echoes()
   return mngr
@@ -155,9 +162,11 @@ def _disk_errors_as_user_errors(mngr: ocp.CheckpointManager, state):
     needed = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state)) / 2**20
     free = shutil.disk_usage(mngr.directory).free / 2**20
     kept = [step for step in mngr.all_steps() if (mngr.directory / str(step)).is_dir()]
-    raise UserError(f"cannot write a checkpoint in {mngr.directory} ({disk.strerror}): it needs about {needed:.0f} MB, "
-                    f"{free:.0f} MB are free; the checkpoints kept are {kept or 'none'}: free some space (or fix the "
-                    "permissions), then re-run the same command to resume") from None
+    raise UserError(
+      f"cannot write a checkpoint in {mngr.directory} ({disk.strerror}): it needs about {needed:.0f} MB, "
+      f"{free:.0f} MB are free; the checkpoints kept are {kept or 'none'}: free some space (or fix the "
+      "permissions), then re-run the same command to resume"
+    ) from None
 
 
 def save(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple):
@@ -169,14 +178,19 @@ def save(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple)
   if len(progresses) == 1:
     state, saved = member(state, 0), {**dataclasses.asdict(progresses[0]), "config": configs.flatten(configs_[0])}
   else:
-    saved = {"epoch": max(p.epoch for p in progresses), "members": [dataclasses.asdict(p) for p in progresses],
-             "configs": [configs.flatten(c) for c in configs_]}
+    saved = {
+      "epoch": max(p.epoch for p in progresses),
+      "members": [dataclasses.asdict(p) for p in progresses],
+      "configs": [configs.flatten(c) for c in configs_],
+    }
   keep = {p.best_epoch for p in progresses} | {p.epoch for p in progresses if p.stopped}
   with _disk_errors_as_user_errors(mngr, state), signals.deferred():
     mngr.wait_until_finished()
-    mngr.save(max(p.epoch for p in progresses),
-              args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(saved)),
-              metrics={"best_epoch": progresses[0].best_epoch, "keep_epochs": sorted(keep)})
+    mngr.save(
+      max(p.epoch for p in progresses),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(saved)),
+      metrics={"best_epoch": progresses[0].best_epoch, "keep_epochs": sorted(keep)},
+    )
 
 
 def close(mngr: ocp.CheckpointManager, state):
@@ -196,11 +210,13 @@ def _restore(mngr, step, template):
     # an explicit sharding: a run saved across several devices restores onto one (orbax refuses a topology guess)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape[1:] if single else x.shape, x.dtype, sharding=device), template)
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:] if single else x.shape, x.dtype, sharding=device), template
+    )
   else:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, member(template, 0) if single else template)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        progress=ocp.args.JsonRestore()))
+  restored = mngr.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore())
+  )
   return (stack([restored.state]) if single else restored.state), restored.progress
 
 
@@ -236,16 +252,20 @@ def restore_latest(mngr: ocp.CheckpointManager, template, configs_=None):
       state, saved = _restore(mngr, step, template)
       progresses, saved_configs = _progresses(saved, step, population_size(template))
     except Exception as e:  # orbax raises many types for damaged files; any of them means "skip this one"
-      warn(f"checkpoint of epoch {step} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-           "trying the one before")
+      warn(
+        f"checkpoint of epoch {step} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        "trying the one before"
+      )
       continue
     if configs_ is not None and saved_configs is not None:
       for saved_config, config in zip(saved_configs, configs_):
         workdirs.check_same_run(saved_config, config, mngr.directory)
     return state, progresses
   if steps:
-    raise UserError(f"none of the checkpoints {steps} in {mngr.directory} is readable; nothing was deleted: "
-                    "move that folder aside, or start over with --restart (which keeps the old run)")
+    raise UserError(
+      f"none of the checkpoints {steps} in {mngr.directory} is readable; nothing was deleted: "
+      "move that folder aside, or start over with --restart (which keeps the old run)"
+    )
   return None
 
 
@@ -271,12 +291,20 @@ def restore_best(mngr: ocp.CheckpointManager, state, progresses: tuple):
       best.append(member(epochs[p.best_epoch], i))
       fixed.append(p)
       continue
-    warn(f"the best checkpoint, epoch {p.best_epoch}, is unreadable; the latest, epoch {p.epoch}, stands in for it "
-         "as the best")
+    warn(
+      f"the best checkpoint, epoch {p.best_epoch}, is unreadable; the latest, epoch {p.epoch}, stands in for it "
+      "as the best"
+    )
     latest = p.history[-1]
     best.append(member(state, i))
-    fixed.append(dataclasses.replace(p, best_epoch=p.epoch, best_val_accuracy=(
-        -1.0 if latest["val_accuracy"] is None else latest["val_accuracy"]), epochs_without_improvement=0))
+    fixed.append(
+      dataclasses.replace(
+        p,
+        best_epoch=p.epoch,
+        best_val_accuracy=(-1.0 if latest["val_accuracy"] is None else latest["val_accuracy"]),
+        epochs_without_improvement=0,
+      )
+    )
   return stack(best), tuple(fixed)
 
 
@@ -287,11 +315,16 @@ def write_history(path: pathlib.Path, history):
 
 def write_member_checkpoints(mngr: ocp.CheckpointManager, state, progresses, members, member_dirs):
   """Each member's latest and best state, saved in its folder as a single run saves them."""
-  epochs = restore_epochs(mngr, state, max(p.epoch for p in progresses),
-                          [e for p in progresses for e in (p.epoch, p.best_epoch)])
+  epochs = restore_epochs(
+    mngr, state, max(p.epoch for p in progresses), [e for p in progresses for e in (p.epoch, p.best_epoch)]
+  )
   for i, (member_dir, progress, member_config) in enumerate(zip(member_dirs, progresses, members)):
-    at_best = Progress(epoch=progress.best_epoch, best_val_accuracy=progress.best_val_accuracy,
-                       best_epoch=progress.best_epoch, history=progress.history[:progress.best_epoch])
+    at_best = Progress(
+      epoch=progress.best_epoch,
+      best_val_accuracy=progress.best_val_accuracy,
+      best_epoch=progress.best_epoch,
+      history=progress.history[: progress.best_epoch],
+    )
     saves = [(at_best, progress.best_epoch)] if 0 < progress.best_epoch != progress.epoch else []
     member_manager = manager(member_dir, member_config)
     try:
@@ -312,8 +345,10 @@ def load_run(workdir, which: str = "best"):
   workdir = pathlib.Path(workdir)
   config_file = workdir / "config.json"
   if (workdir / workdirs.POPULATION_FILE).is_file():
-    raise UserError(f"{workdir} is a population of runs ({workdir / workdirs.POPULATION_FILE} lists them); pass one "
-                    f"of its members' folders, e.g. {workdir / 'seed-0'}")
+    raise UserError(
+      f"{workdir} is a population of runs ({workdir / workdirs.POPULATION_FILE} lists them); pass one "
+      f"of its members' folders, e.g. {workdir / 'seed-0'}"
+    )
   if not config_file.is_file():
     raise UserError(f"{workdir} is not a fluxdigits run (no config.json); pass the --workdir of a training run")
   try:
@@ -323,11 +358,16 @@ def load_run(workdir, which: str = "best"):
   info = workdirs.read_dataset_info(workdir)
   mngr = manager(workdir, config, create=False, this_process_only=True)
   # Abstract: restoring needs the state's structure and shapes, not a compiled initialiser.
-  template = jax.eval_shape(lambda: steps.create_states([config], registry.create(config, len(info.class_names)),
-                                                        info.image_shape, optim.create(config, 1)))
+  template = jax.eval_shape(
+    lambda: steps.create_states(
+      [config], registry.create(config, len(info.class_names)), info.image_shape, optim.create(config, 1)
+    )
+  )
   restored = restore_latest(mngr, template)
   if restored is None:
-    raise UserError(f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)")
+    raise UserError(
+      f"{workdir / 'checkpoints'} holds no checkpoint; train the run first (python -m fluxdigits.run ...)"
+    )
   state, progresses = restored
   if which == "best":
     state, progresses = restore_best(mngr, state, progresses)

@@ -28,4 +28,4 @@ def config_overrides(rest, usage: str) -> list[str]:
   for arg in rest:
     if not arg.startswith("--config."):
       raise UserError(f"unknown argument {arg!r}; usage: {usage}")
-  return [arg[len("--config."):] for arg in rest]
+  return [arg[len("--config.") :] for arg in rest]

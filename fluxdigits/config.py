@@ -5,13 +5,15 @@ changes what the experiment needs. Every key a run understands exists in `defaul
 on the command line is caught instead of silently ignored.
 """
 
-import ast
+import copy
 import importlib.util
 import math
 import os
 import pathlib
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from fluxdigits.errors import UserError
 
@@ -20,9 +22,6 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "one_cycle")
 AUGMENTATIONS = ("none", "digits", "cifar")
 PHOTO_READERS = ("fit", "digit", "object")
 AUTO_SWITCHES = ("auto", "true", "false")
-# The value a key had in effect before it existed: a config.json written by an older fluxdigits
-# lacks the key, and that run's checkpoints were made that way.
-VALUES_BEFORE_KEY_EXISTED = {"ema_decay": 0.0, "tensorboard": False, "profile_steps": 0}
 # Set to 1 (as the README test does) to shrink every command-line run to a smoke test: see smoke_budget().
 SMOKE_ENV = "FLUXDIGITS_SMOKE"
 SMOKE_TRAIN_EXAMPLES = 2000
@@ -168,78 +167,39 @@ def config_from(module, path) -> ml_collections.ConfigDict:
   try:
     config = module.get_config()
   except (Exception, SystemExit) as e:
-    raise UserError(f"{path}: get_config() failed ({type(e).__name__}: {e}); it must take no arguments and return "
-                    "fluxdigits.config.defaults() with the experiment's changes") from None
+    raise UserError(
+      f"{path}: get_config() failed ({type(e).__name__}: {e}); it must take no arguments and return "
+      "fluxdigits.config.defaults() with the experiment's changes"
+    ) from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f"{path}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}")
   return config
 
 
-def _parse_value(text: str, current):
-  if isinstance(current, bool):
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-      return True
-    if lowered in ("false", "0", "no"):
-      return False
-    raise ValueError(f"expected true or false, got {text!r}")
-  if isinstance(current, str):
-    return text
-  expected = TYPE_NAMES.get(type(current), type(current).__name__)
-  if isinstance(current, float):
-    try:
-      return float(text)  # also 'nan' and 'inf', so that validate() refuses them for what they are
-    except ValueError:
-      raise ValueError(f"expected {expected}, got {text!r}") from None
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError, MemoryError, RecursionError):
-    raise ValueError(f"expected {expected}, got {text!r}") from None
-  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-    value = float(value)
-  if type(value) is not type(current):
-    raise ValueError(f"expected {expected}, got {text!r}")
-  return value
-
-
-TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
 def override(config: ml_collections.ConfigDict, assignments: list[str]) -> ml_collections.ConfigDict:
-  """Applies `key.path=value` assignments, typed by the value the key already holds.
-
-  Keys under model.kwargs may be new (a model's constructor arguments): their values are Python literals, or text.
-  """
-  config = ml_collections.ConfigDict(config)
+  """A copy of `config` with `key.path=value` assignments applied by ml_collections' config_flags, each value
+  parsed as the key's default type; keys under model.kwargs may be new (a model's constructor arguments), their
+  values Python literals or text. An unknown key is left for validate() to name."""
+  config = copy.deepcopy(config)
   for assignment in assignments:
-    key, sep, text = assignment.partition("=")
-    if not sep:
+    if "=" not in assignment:
       raise UserError(f"override {assignment!r} has no '='; write --config.{assignment}=VALUE")
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if parents == KWARGS_PATH and isinstance(node, ml_collections.ConfigDict):
-      with node.unlocked():
-        node[leaf] = _parse_literal(text)
-      continue
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
-      raise UserError(f"unknown config key {key!r}; known keys: {', '.join(_flat_keys(config))}")
-    try:
-      node[leaf] = _parse_value(text, node[leaf])
-    except ValueError as e:
-      raise UserError(f"bad value for config key {key!r}: {e}") from None
-  return config
-
-
-KWARGS_PATH = ["model", "kwargs"]
-
-
-def _parse_literal(text: str):
+  argv = ["fluxdigits"] + [f"--config.{assignment}" for assignment in assignments]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict(
+    "config", config, flag_values=flag_values, lock_config=False, accept_new_attributes=True, sys_argv=argv
+  )
   try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError, MemoryError, RecursionError):
-    return text
+    flag_values(argv)
+  except flags.IllegalFlagValueError as e:  # "flag --config.KEY=VALUE: why"
+    key, _, text = str(e).removeprefix("flag --config.").partition(": ")[0].partition("=")
+    expected = TYPE_NAMES.get(type(_get(config, key)), "a value of the default's type")
+    raise UserError(f"bad value for config key {key!r}: expected {expected}, got {text!r}") from None
+  except (flags.Error, KeyError) as e:  # a path through a key that holds a value, not a group of keys
+    raise UserError(
+      f"cannot apply --config overrides {', '.join(assignments)}: {e}; known keys: {', '.join(flatten(config))}"
+    ) from None
+  return flag_values.config
 
 
 def _flat_keys(config, prefix=""):
@@ -257,31 +217,10 @@ def flatten(config: ml_collections.ConfigDict) -> dict:
   return {key: _get(config, key) for key in _flat_keys(config)}
 
 
-def with_keys_added_since(flat: dict) -> dict:
-  """A flat config written by an older fluxdigits, with the value each key added since had in effect then."""
-  return {**flatten(defaults()), **_in_current_keys(flat)}
-
-
-def _in_current_keys(flat: dict) -> dict:
-  """A flat config of any fluxdigits version in today's keys: what each key added since meant before it existed."""
-  flat = {**VALUES_BEFORE_KEY_EXISTED, **flat}
-  # Before model.kwargs, resnet's depth and airbench's width were keys of their own, present in every config.
-  for key, model in (("model.depth", "resnet"), ("model.width", "airbench")):
-    if key in flat:
-      value = flat.pop(key)
-      if flat.get("model.name") == model:
-        flat.setdefault(f"model.kwargs.{key.split('.')[1]}", value)
-  # Before these keys, the preprocessing followed from the tfds dataset's name.
-  name = flat.get("dataset.name")
-  flat.setdefault("dataset.standardize", name == "cifar10")
-  flat.setdefault("dataset.photos", {"mnist": "digit", "idx": "digit", "fashion_mnist": "object"}.get(name, "fit"))
-  return flat
-
-
 def from_flat(flat: dict) -> ml_collections.ConfigDict:
   """The inverse of flatten(): a validated config from a run's config.json."""
   config = ml_collections.ConfigDict()
-  for key, value in _in_current_keys(flat).items():
+  for key, value in flat.items():
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
@@ -303,13 +242,89 @@ def _get(config, key):
   return config
 
 
-def _require(ok: bool, message: str):
-  if not ok:
-    raise UserError(message)
+def _one_of(choices):
+  return lambda value: value in choices, "one of: " + ", ".join(choices)
+
+
+def _at_least(low):
+  return lambda value: value >= low, f"at least {low}"
+
+
+def _within(low, high, closed=False, why=""):
+  """[low, high), or [low, high] when closed."""
+  return (
+    lambda value: low <= value <= high if closed else low <= value < high,
+    f"in [{low}, {high}{']' if closed else ')'}{why}",
+  )
+
+
+# The rules a validated config keeps: key -> (test of its value, what it must be). validate() checks the keys'
+# types against defaults() first; each broken rule is one line, "KEY must be WHAT, got VALUE".
+RULES = {
+  "optimizer.name": _one_of(OPTIMIZERS),
+  "schedule.name": _one_of(SCHEDULES),
+  "augment.name": _one_of(AUGMENTATIONS),
+  "dataset.photos": _one_of(PHOTO_READERS),
+  "split_batch_over_cpu_cores": _one_of(AUTO_SWITCHES),
+  "vectorize_members": _one_of(AUTO_SWITCHES),
+  "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32) (jax.random.key and numpy take unsigned 32-bit seeds)"),
+  **{
+    key: _at_least(1)
+    for key in (
+      "num_epochs",
+      "batch_size",
+      "microbatches",
+      "eval_batch_size",
+      "steps_per_call",
+      "checkpoint.every_epochs",
+      "checkpoint.keep",
+    )
+  },
+  "profile_steps": (lambda value: value >= 0, ">= 0 (0 traces nothing)"),
+  "validation_fraction": _within(0, 1),
+  "dataset.max_train_examples": (lambda value: value >= 0, ">= 0 (0 uses every example)"),
+  "dataset.image_size": (lambda value: value >= 0, ">= 0 (0 keeps the images' own)"),
+  "dataset.channels": (lambda value: value in (0, 1, 3), "1 (grayscale), 3 (RGB) or 0 (the images' own)"),
+  "patience": (lambda value: value >= 0, ">= 0 (0 turns early stopping off)"),
+  "model.dropout_rate": _within(0, 1),
+  "ema_decay": _within(0, 1, why=" (0 turns weight averaging off)"),
+  "label_smoothing": _within(0, 1),
+  "optimizer.learning_rate": (lambda value: value > 0, "> 0"),
+  "optimizer.weight_decay": (lambda value: value >= 0, ">= 0"),
+  "schedule.one_cycle_pct_start": _within(0, 1),
+  "augment.max_shift": (lambda value: value >= 0, ">= 0 pixels"),
+  "augment.crop_padding": (lambda value: value >= 0, ">= 0 pixels"),
+  **{
+    f"augment.{key}": (lambda value: value >= 0, ">= 0 (0 leaves it out)")
+    for key in ("max_scale", "max_aspect", "max_shear", "elastic", "max_noise")
+  },
+  "augment.elastic_sigma": (lambda value: value > 0, "> 0 pixels"),
+  "augment.max_stroke": _within(0, 1, closed=True, why=" pixels each side"),
+  "augment.max_blur": _within(0, 1.2, closed=True, why=" pixels"),
+  "augment.european_ones": _within(0, 1, closed=True, why=": a share of the class"),
+  "augment.closed_fours": _within(0, 1, closed=True, why=": a share of the class"),
+  "augment.min_contrast": (lambda value: 0 < value <= 1, "in (0, 1] (1 leaves it out)"),
+  "dataset.name": (bool, "a tfds dataset's name, 'folder' or 'idx'"),
+}
+# Rules between keys: (test of the config, the one line saying what is wrong and how to fix it).
+JOINT_RULES = (
+  (
+    lambda c: c.batch_size % c.microbatches == 0,
+    "batch_size={c.batch_size} is not divisible by microbatches={c.microbatches}; use a divisor of the batch size",
+  ),
+  (
+    lambda c: 0 <= c.schedule.warmup_epochs < c.num_epochs,
+    "schedule.warmup_epochs must be in [0, num_epochs={c.num_epochs}), got {c.schedule.warmup_epochs}",
+  ),
+  (
+    lambda c: c.patience == 0 or c.validation_fraction > 0,
+    "patience > 0 needs a validation split: set validation_fraction > 0",
+  ),
+)
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks keys, types and ranges against `defaults()`; returns the config, locked."""
+  """Checks keys and types against `defaults()`, then RULES and JOINT_RULES; returns a config of every key, locked."""
   reference = flatten(defaults())
   given = flatten(config)
   kwargs = {key: value for key, value in given.items() if key.startswith("model.kwargs.")}
@@ -318,74 +333,41 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise UserError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(reference)}")
   for key, value in given.items():
     if key in kwargs:
-      _require(key.count(".") == 2 and _is_literal(value),
-               f"config key {key!r} must be a number, text, true/false or a list of them, got {value!r}")
+      _require(
+        key.count(".") == 2 and _is_literal(value),
+        f"config key {key!r} must be a number, text, true/false or a list of them, got {value!r}",
+      )
       continue
     expected = type(reference[key])
     ok = isinstance(value, expected) and (expected is not int or not isinstance(value, bool))
     ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
     _require(ok, f"config key {key!r} must be {TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")
-    _require(not isinstance(value, float) or math.isfinite(value), f"config key {key!r} must be a finite number, got {value!r}")
-  # Start from defaults() so experiment files written against an older set of keys still run.
-  config = defaults()
+    _require(
+      not isinstance(value, float) or math.isfinite(value), f"config key {key!r} must be a finite number, got {value!r}"
+    )
+  config = defaults()  # every key, with the given values over the defaults
   for key, value in given.items():
     *parents, leaf = key.split(".")
     node = _get(config, ".".join(parents)) if parents else config
     node[leaf] = value if key in kwargs else float(value) if isinstance(reference[key], float) else value
-  c = config
-  c.model.name = _absolute_model_file(c.model.name)
-
-  def one_of(key, choices):
-    _require(_get(c, key) in choices, f"unknown {key} {_get(c, key)!r}; choose one of: {', '.join(map(str, choices))}")
-
-  one_of("optimizer.name", OPTIMIZERS)
-  one_of("schedule.name", SCHEDULES)
-  one_of("augment.name", AUGMENTATIONS)
-  one_of("dataset.photos", PHOTO_READERS)
-  one_of("split_batch_over_cpu_cores", AUTO_SWITCHES)
-  one_of("vectorize_members", AUTO_SWITCHES)
-  # jax.random.key and numpy's generators take the seed as an unsigned 32-bit number.
-  _require(0 <= c.seed < 2**32, f"seed must be in [0, 2**32), got {c.seed}")
-  for key in ("num_epochs", "batch_size", "microbatches", "eval_batch_size", "steps_per_call", "checkpoint.every_epochs", "checkpoint.keep"):
-    _require(_get(c, key) >= 1, f"config key {key!r} must be at least 1, got {_get(c, key)}")
-  _require(c.profile_steps >= 0, f"profile_steps must be >= 0 (0 traces nothing), got {c.profile_steps}")
-  _require(c.batch_size % c.microbatches == 0,
-           f"batch_size={c.batch_size} is not divisible by microbatches={c.microbatches}; use a divisor of the batch size")
-  _require(0.0 <= c.validation_fraction < 1.0, f"validation_fraction must be in [0, 1), got {c.validation_fraction}")
-  _require(c.dataset.max_train_examples >= 0, "dataset.max_train_examples must be >= 0 (0 uses every example)")
-  _require(c.dataset.image_size >= 0, f"dataset.image_size must be >= 0 (0 keeps the images' own), got {c.dataset.image_size}")
-  _require(c.dataset.channels in (0, 1, 3), f"dataset.channels must be 1 (grayscale), 3 (RGB) or 0 (the images' own), "
-           f"got {c.dataset.channels}")
-  _require(c.patience >= 0, f"patience must be >= 0 (0 turns early stopping off), got {c.patience}")
-  _require(0.0 <= c.model.dropout_rate < 1.0, f"model.dropout_rate must be in [0, 1), got {c.model.dropout_rate}")
-  _require(0.0 <= c.ema_decay < 1.0, f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {c.ema_decay}")
-  _require(0.0 <= c.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-  _require(c.optimizer.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {c.optimizer.learning_rate}")
-  _require(c.optimizer.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {c.optimizer.weight_decay}")
-  _require(0.0 <= c.schedule.one_cycle_pct_start < 1.0,
-           f"schedule.one_cycle_pct_start must be in [0, 1), got {c.schedule.one_cycle_pct_start}")
-  _require(0.0 <= c.schedule.warmup_epochs < c.num_epochs,
-           f"schedule.warmup_epochs must be in [0, num_epochs={c.num_epochs}), got {c.schedule.warmup_epochs}")
-  _require(c.augment.max_shift >= 0 and c.augment.crop_padding >= 0, "augment.max_shift and augment.crop_padding must be >= 0")
-  for key in ("max_scale", "max_aspect", "max_shear", "elastic", "max_noise"):
-    _require(c.augment[key] >= 0, f"augment.{key} must be >= 0 (0 leaves it out), got {c.augment[key]}")
-  _require(c.augment.elastic_sigma > 0, f"augment.elastic_sigma must be > 0 pixels, got {c.augment.elastic_sigma}")
-  _require(0 <= c.augment.max_stroke <= 1, f"augment.max_stroke must be in [0, 1] (pixels each side), got {c.augment.max_stroke}")
-  _require(0 <= c.augment.max_blur <= 1.2, f"augment.max_blur must be in [0, 1.2] pixels, got {c.augment.max_blur}")
-  for key in ("european_ones", "closed_fours"):
-    _require(0 <= c.augment[key] <= 1, f"augment.{key} must be in [0, 1] (a share of the class), got {c.augment[key]}")
-  _require(0 < c.augment.min_contrast <= 1, f"augment.min_contrast must be in (0, 1] (1 leaves it out), got {c.augment.min_contrast}")
-  _require(c.patience == 0 or c.validation_fraction > 0, "patience > 0 needs a validation split: set validation_fraction > 0")
-  _require(bool(c.dataset.name), "dataset.name is empty; name a tfds dataset, 'folder' or 'idx'")
-  if c.dataset.name == "idx":
-    _require(bool(c.dataset.data_dir), "dataset.name='idx' needs dataset.data_dir: the folder with the four MNIST IDX files")
-  if c.dataset.name == "folder":
-    _require(bool(c.dataset.data_dir), "dataset.name='folder' needs dataset.data_dir: the folder holding train/<class>/ "
-             "and test/<class>/")
+  config.model.name = _absolute_model_file(config.model.name)
+  for key, (test, must_be) in RULES.items():
+    _require(test(_get(config, key)), f"{key} must be {must_be}, got {_get(config, key)!r}")
+  for test, message in JOINT_RULES:
+    _require(test(config), message.format(c=config))
   from fluxdigits import registry  # imports flax: only once the keys are known good
-  registry.check_kwargs(c)
+
+  registry.check_kwargs(config)
   config.lock()
   return config
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise UserError(message)
 
 
 def _is_literal(value) -> bool:
@@ -413,5 +395,7 @@ def smoke_budget(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   config = ml_collections.ConfigDict(config)
   config.num_epochs = 1
   config.schedule.warmup_epochs = 0.0
-  config.dataset.max_train_examples = min(config.dataset.max_train_examples or SMOKE_TRAIN_EXAMPLES, SMOKE_TRAIN_EXAMPLES)
+  config.dataset.max_train_examples = min(
+    config.dataset.max_train_examples or SMOKE_TRAIN_EXAMPLES, SMOKE_TRAIN_EXAMPLES
+  )
   return validate(config)

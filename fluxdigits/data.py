@@ -1,8 +1,8 @@
 """Datasets as numpy arrays, and the index batches that walk them.
 
-Three sources: any tfds image-classification dataset, a folder of images (DIR/train/<class>/*,
-DIR/test/<class>/*, as Keras' image_dataset_from_directory and torchvision's ImageFolder read), and
-MNIST's IDX files. What a run needs to know of its data (class names, image shape, normalisation)
+Three sources (SOURCES, and tfds for any other name): any tfds image-classification dataset, a folder of images
+(DIR/train/<class>/*, DIR/test/<class>/*, as Keras' image_dataset_from_directory and torchvision's ImageFolder read),
+and MNIST's IDX files. What a run needs to know of its data (class names, image shape, normalisation)
 comes from the data itself, and is recorded in the run's dataset.json.
 
 A split is small enough to live whole in device memory (MNIST is 47 MB of uint8), so the trainer
@@ -20,6 +20,7 @@ import os
 import pathlib
 import zipfile
 import zlib
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -27,8 +28,8 @@ from PIL import Image
 from fluxdigits.errors import UserError, warn
 
 IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
 
@@ -57,6 +58,7 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Info:
   """What a trained model needs to know of its data: recorded in a run's dataset.json, read by predict and export."""
+
   class_names: tuple
   image_shape: tuple  # (H, W, C) of the uint8 images
   mean: tuple  # per channel, of pixels scaled to [0, 1]: inputs are (pixels / 255 - mean) / std
@@ -98,29 +100,64 @@ def resolved_data_dir(config) -> str:
   if os.environ.get("TFDS_DATA_DIR"):
     return str(pathlib.Path(os.environ["TFDS_DATA_DIR"]).expanduser().absolute())
   import tensorflow_datasets as tfds
+
   return str(tfds.core.constants.DATA_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a dataset.name's examples come from. `check(name, data_dir)` raises UserError cheaply where they cannot be
+  (a command calls it before it makes a run's folder); `read(name, data_dir, dataset_config, log)` returns the train
+  and test Splits, at dataset.image_size and dataset.channels where those are set, and the class names."""
+
+  check: Callable[[str, str], Any]
+  read: Callable[..., tuple[Split, Split, tuple]]
+  where: str  # how errors name the data: formatted with name and data_dir
+  needs_data_dir: bool = False
+
+
+def _read_tfds(name, data_dir, d, log):
+  train, test = (read_tfds_split(name, split, data_dir, d.cache, log) for split in ("train", "test"))
+  return _shaped(train, d), _shaped(test, d), tfds_class_names(name, data_dir)
+
+
+def _read_folder(name, data_dir, d, log):
+  class_names = folder_classes(data_dir)
+  train, test = (
+    read_folder_split(data_dir, split, class_names, d.image_size, d.channels, d.cache, log)
+    for split in ("train", "test")
+  )
+  return train, test, class_names
+
+
+def _read_idx(name, data_dir, d, log):
+  log(f"loading IDX files from {data_dir}")
+  train, test = (read_idx_split(data_dir, split) for split in ("train", "test"))
+  return _shaped(train, d), _shaped(test, d), tuple("0123456789")
+
+
+def _shaped(split: Split, d) -> Split:
+  return Split(to_shape(split.images, d.image_size, d.channels), split.labels) if d.image_size or d.channels else split
+
+
+# dataset.name -> its Source; any other name is a tfds dataset's.
+SOURCES = {
+  "folder": Source(
+    lambda name, data_dir: folder_classes(data_dir), _read_folder, "the image folder {data_dir}", needs_data_dir=True
+  ),
+  "idx": Source(
+    lambda name, data_dir: _idx_folder(data_dir), _read_idx, "the IDX files in {data_dir}", needs_data_dir=True
+  ),
+}
+TFDS = Source(lambda name, data_dir: _registered_tfds(name, data_dir), _read_tfds, "the prepared {name} dataset")
 
 
 def load(config, log=print) -> Dataset:
   """The dataset a config names, its training split divided into train and validation."""
-  name, d = config.dataset.name, config.dataset
+  name, d, source = config.dataset.name, config.dataset, _source(config)
   data_dir = resolved_data_dir(config)
-  if name == "idx":
-    log(f"loading IDX files from {data_dir}")
-    (train, test), class_names = (read_idx_split(data_dir, split) for split in ("train", "test")), tuple("0123456789")
-    where = "the IDX files in dataset.data_dir"
-  elif name == "folder":
-    class_names = folder_classes(data_dir)
-    train, test = (read_folder_split(data_dir, split, class_names, d.image_size, d.channels, d.cache, log)
-                   for split in ("train", "test"))
-    where = f"the image folder {data_dir}"
-  else:
-    class_names = tfds_class_names(name, data_dir)
-    train, test = (read_tfds_split(name, split, data_dir, d.cache, log) for split in ("train", "test"))
-    where = f"the prepared {name} dataset"
-  if name != "folder" and (d.image_size or d.channels):
-    train, test = (Split(to_shape(split.images, d.image_size, d.channels), split.labels) for split in (train, test))
-  check_splits(where, train, test, len(class_names))
+  train, test, class_names = source.read(name, data_dir, d, log)
+  check_splits(source.where.format(name=name, data_dir=data_dir), train, test, len(class_names))
   train, validation = hold_out(train, config.validation_fraction)
   if d.max_train_examples:
     train = train[: d.max_train_examples]
@@ -132,20 +169,23 @@ def load(config, log=print) -> Dataset:
 def check_source(config) -> None:
   """Raises UserError for data that cannot be there: an unknown tfds name, a missing folder. Cheap: a command
   checks it before it creates a workdir."""
-  name, data_dir = config.dataset.name, resolved_data_dir(config)
-  if name == "folder":
-    folder_classes(data_dir)
-  elif name == "idx":
-    _idx_folder(data_dir)
-  else:
-    _registered_tfds(name, data_dir)
+  _source(config).check(config.dataset.name, resolved_data_dir(config))
+
+
+def _source(config) -> Source:
+  name, source = config.dataset.name, SOURCES.get(config.dataset.name, TFDS)
+  if source.needs_data_dir and not config.dataset.data_dir:
+    raise UserError(
+      f"dataset.name={name!r} needs dataset.data_dir: set --config.dataset.data_dir to the folder that holds the data"
+    )
+  return source
 
 
 def channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
   """Per-channel mean and standard deviation of uint8 images scaled to [0, 1], summed a chunk at a time."""
   total, squares = np.zeros(images.shape[-1]), np.zeros(images.shape[-1])
   for start in range(0, len(images), chunk):
-    x = images[start:start + chunk].astype(np.float64) / 255.0
+    x = images[start : start + chunk].astype(np.float64) / 255.0
     total += x.sum(axis=(0, 1, 2))
     squares += (x * x).sum(axis=(0, 1, 2))
   count = images.size / images.shape[-1]
@@ -160,25 +200,36 @@ def check_splits(where: str, train: Split, test: Split, classes: int) -> None:
     if len(split) == 0:
       raise UserError(f"the {split_name} split of {where} holds no examples; add some")
     if split.images.ndim != 4 or split.images.shape[-1] not in (1, 3):
-      raise UserError(f"the {split_name} images of {where} have shape {split.images.shape[1:]}; fluxdigits trains "
-                      "(height, width, 1 or 3 channels) images: set dataset.channels to 1 or 3")
+      raise UserError(
+        f"the {split_name} images of {where} have shape {split.images.shape[1:]}; fluxdigits trains "
+        "(height, width, 1 or 3 channels) images: set dataset.channels to 1 or 3"
+      )
     bad = (split.labels < 0) | (split.labels >= classes)
     if bad.any():
-      raise UserError(f"the {split_name} labels of {where} hold {int(bad.sum())} values outside 0-{classes - 1} "
-                      f"(e.g. {int(split.labels[bad][0])} at index {int(np.argmax(bad))}); the file is damaged or "
-                      "from another dataset")
+      raise UserError(
+        f"the {split_name} labels of {where} hold {int(bad.sum())} values outside 0-{classes - 1} "
+        f"(e.g. {int(split.labels[bad][0])} at index {int(np.argmax(bad))}); the file is damaged or "
+        "from another dataset"
+      )
   if train.images.shape[1:] != test.images.shape[1:]:
-    raise UserError(f"the train images of {where} are {train.images.shape[1:]} but the test images "
-                    f"{test.images.shape[1:]}; set dataset.image_size and dataset.channels to bring them to one shape")
+    raise UserError(
+      f"the train images of {where} are {train.images.shape[1:]} but the test images "
+      f"{test.images.shape[1:]}; set dataset.image_size and dataset.channels to bring them to one shape"
+    )
 
 
 def to_shape(images: np.ndarray, size: int, channels: int) -> np.ndarray:
   """uint8 images (N, H, W, C) resized to size x size (0: unchanged) and converted to `channels` (0: unchanged)."""
   from fluxdigits import images as image_files
+
   if (not size or images.shape[1:3] == (size, size)) and channels in (0, images.shape[-1]):
     return images
-  return np.stack([image_files.fitted(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image),
-                                      size, size, channels) for image in images])
+  return np.stack(
+    [
+      image_files.fitted(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image), size, size, channels)
+      for image in images
+    ]
+  )
 
 
 def hold_out(split: Split, fraction: float) -> tuple[Split, Split]:
@@ -213,10 +264,13 @@ def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 def tfds_class_names(name: str, data_dir: str | None) -> tuple:
   """The names of a tfds dataset's classes, from its info; one line if it is no image classification dataset."""
   import tensorflow_datasets as tfds
+
   features = tfds.builder(name, data_dir=data_dir).info.features
   if "image" not in features or "label" not in features or not hasattr(features["label"], "names"):
-    raise UserError(f"tfds dataset {name!r} has features {', '.join(features)}, not an 'image' and a class 'label'; "
-                    "fluxdigits trains image classification datasets")
+    raise UserError(
+      f"tfds dataset {name!r} has features {', '.join(features)}, not an 'image' and a class 'label'; "
+      "fluxdigits trains image classification datasets"
+    )
   return tuple(features["label"].names)
 
 
@@ -229,8 +283,10 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
   if cached is not None:
     log(f"loading {name} {split}: {len(cached)} examples from the decoded-array cache {cache_file}")
     return cached
-  log(f"loading {name} {split}: decoding {len(source)} examples from {data_dir or 'the tfds data dir'}"
-      f"{' (cached for later runs)' if cache_file else ''}")
+  log(
+    f"loading {name} {split}: decoding {len(source)} examples from {data_dir or 'the tfds data dir'}"
+    f"{' (cached for later runs)' if cache_file else ''}"
+  )
   absl = logging.getLogger("absl")
   absl.addFilter(_OPENCV_ADVICE)
   try:
@@ -240,9 +296,13 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
     absl.removeFilter(_OPENCV_ADVICE)
   shapes = {e["image"].shape for e in examples[:1000]}
   if len(shapes) > 1:
-    raise UserError(f"{name}'s images differ in size ({', '.join(map(str, sorted(shapes)[:3]))}, ...); set "
-                    "dataset.image_size to bring them to one")
-  result = Split(np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32))
+    raise UserError(
+      f"{name}'s images differ in size ({', '.join(map(str, sorted(shapes)[:3]))}, ...); set "
+      "dataset.image_size to bring them to one"
+    )
+  result = Split(
+    np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32)
+  )
   if cache_file:
     _write_cache(cache_file, result)
   return result
@@ -257,8 +317,10 @@ def _read_cache(cache_file: pathlib.Path, expected: int) -> Split | None:
     warn(f"the decoded-array cache {cache_file} is damaged ({type(e).__name__}: {e}); decoding again to rebuild it")
     return None
   if len(labels) != expected or len(images) != expected or images.dtype != np.uint8:
-    warn(f"the decoded-array cache {cache_file} does not match the dataset ({len(labels)} examples, expected "
-         f"{expected}); decoding again to rebuild it")
+    warn(
+      f"the decoded-array cache {cache_file} does not match the dataset ({len(labels)} examples, expected "
+      f"{expected}); decoding again to rebuild it"
+    )
     return None
   return Split(images, labels)
 
@@ -270,21 +332,26 @@ def _write_cache(cache_file: pathlib.Path, split: Split) -> None:
     np.savez(partial, images=split.images, labels=split.labels)
     partial.replace(cache_file)  # atomic: a killed run never leaves a half-written cache behind
   except OSError as e:
-    warn(f"cannot write the decoded-array cache {cache_file} ({e.strerror or e}); carrying on without it "
-         "(set FLUXDIGITS_CACHE_DIR to a writable folder, or --config.dataset.cache=false)")
+    warn(
+      f"cannot write the decoded-array cache {cache_file} ({e.strerror or e}); carrying on without it "
+      "(set FLUXDIGITS_CACHE_DIR to a writable folder, or --config.dataset.cache=false)"
+    )
     with contextlib.suppress(OSError):
       partial.unlink()
 
 
 def _registered_tfds(name: str, data_dir=None):
   import tensorflow_datasets as tfds
+
   try:
     tfds.builder(name, data_dir=data_dir)
   except Exception as e:
     if type(e).__name__ != "DatasetNotFoundError":
       return  # known to tfds, perhaps unprepared: reading it says what is missing
-    raise UserError(f"unknown dataset.name {name!r}: no tfds dataset has that name; name a tfds image classification "
-                    "dataset (mnist, fashion_mnist, cifar10, ...), 'folder' (with dataset.data_dir) or 'idx'") from None
+    raise UserError(
+      f"unknown dataset.name {name!r}: no tfds dataset has that name; name a tfds image classification "
+      "dataset (mnist, fashion_mnist, cifar10, ...), 'folder' (with dataset.data_dir) or 'idx'"
+    ) from None
 
 
 def _tfds_source(tfds, name, split, data_dir):
@@ -298,15 +365,17 @@ def _tfds_source(tfds, name, split, data_dir):
       import tensorflow  # noqa: F401  (preparing a tfds dataset needs it)
     except ImportError:
       raise UserError(
-          f"dataset {name!r} is not prepared in {where}; set TFDS_DATA_DIR (or --config.dataset.data_dir) to a folder "
-          f"holding {name}/, or install TensorFlow to download it: pip install -e '.[prepare]'"
+        f"dataset {name!r} is not prepared in {where}; set TFDS_DATA_DIR (or --config.dataset.data_dir) to a folder "
+        f"holding {name}/, or install TensorFlow to download it: pip install -e '.[prepare]'"
       ) from not_prepared
     try:
       tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
       return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:
-      raise UserError(f"dataset {name!r} could not be downloaded and prepared into {where} ({type(e).__name__}: {e}); "
-                      f"check the network, or copy a prepared {name}/ folder there") from e
+      raise UserError(
+        f"dataset {name!r} could not be downloaded and prepared into {where} ({type(e).__name__}: {e}); "
+        f"check the network, or copy a prepared {name}/ folder there"
+      ) from e
 
 
 def _cache_file(tfds, name, split, data_dir):
@@ -328,34 +397,50 @@ def folder_classes(root) -> tuple:
   root = pathlib.Path(root)
   train = root / "train"
   if not train.is_dir():
-    raise UserError(f"image folder {root} has no train/ folder; it needs train/<class>/ and test/<class>/ folders "
-                    "of images (set dataset.data_dir to the folder that holds them)")
+    raise UserError(
+      f"image folder {root} has no train/ folder; it needs train/<class>/ and test/<class>/ folders "
+      "of images (set dataset.data_dir to the folder that holds them)"
+    )
   classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
   if len(classes) < 2:
-    raise UserError(f"{train} holds {len(classes)} class folder{'s' * (len(classes) != 1)}; a classifier needs at "
-                    "least two: train/<class>/ for each class, its images inside")
+    raise UserError(
+      f"{train} holds {len(classes)} class folder{'s' * (len(classes) != 1)}; a classifier needs at "
+      "least two: train/<class>/ for each class, its images inside"
+    )
   return classes
 
 
 def _folder_files(root: pathlib.Path, split: str, class_names: tuple) -> list[tuple[pathlib.Path, int]]:
   folder = root / split
   if not folder.is_dir():
-    raise UserError(f"image folder {root} has no {split}/ folder; add {split}/<class>/ folders for the classes "
-                    f"{', '.join(class_names)}")
-  extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in class_names
-                 and not p.name.startswith("."))
+    raise UserError(
+      f"image folder {root} has no {split}/ folder; add {split}/<class>/ folders for the classes "
+      f"{', '.join(class_names)}"
+    )
+  extra = sorted(
+    p.name for p in folder.iterdir() if p.is_dir() and p.name not in class_names and not p.name.startswith(".")
+  )
   if extra:
-    raise UserError(f"{folder} has class folder {extra[0]!r}, which train/ lacks; the classes are train/'s subfolders "
-                    f"({', '.join(class_names)})")
-  return [(path, label) for label, name in enumerate(class_names) if (folder / name).is_dir()
-          for path in sorted((folder / name).iterdir()) if path.is_file() and not path.name.startswith(".")]
+    raise UserError(
+      f"{folder} has class folder {extra[0]!r}, which train/ lacks; the classes are train/'s subfolders "
+      f"({', '.join(class_names)})"
+    )
+  return [
+    (path, label)
+    for label, name in enumerate(class_names)
+    if (folder / name).is_dir()
+    for path in sorted((folder / name).iterdir())
+    if path.is_file() and not path.name.startswith(".")
+  ]
 
 
-def read_folder_split(root, split: str, class_names: tuple, size: int, channels: int, use_cache: bool,
-                      log=print) -> Split:
+def read_folder_split(
+  root, split: str, class_names: tuple, size: int, channels: int, use_cache: bool, log=print
+) -> Split:
   """One split of a folder dataset, decoded once (then cached as tfds data is): every image brought to the same
   shape; the training split in a fixed shuffled order, so that its held-out tail mixes the classes."""
   from fluxdigits import images as image_files
+
   root = pathlib.Path(root)
   files = _folder_files(root, split, class_names)
   if not files:
@@ -369,10 +454,20 @@ def read_folder_split(root, split: str, class_names: tuple, size: int, channels:
     return cached
   log(f"loading {root} {split}: decoding {len(files)} images{' (cached for later runs)' if cache_file else ''}")
   opened = [image_files.load_image(path) for path, _ in files]
-  channels = channels or _agreed(root / split, {"L": 1, "RGB": 3, "RGBA": 3}, [i.mode for i in opened],
-                                 "grayscale and colour images", "dataset.channels=1 or 3")
-  size = size or _agreed(root / split, {}, [i.size for i in opened], "images of different sizes",
-                         "dataset.image_size=N (images are cropped to square and resized)")
+  channels = channels or _agreed(
+    root / split,
+    {"L": 1, "RGB": 3, "RGBA": 3},
+    [i.mode for i in opened],
+    "grayscale and colour images",
+    "dataset.channels=1 or 3",
+  )
+  size = size or _agreed(
+    root / split,
+    {},
+    [i.size for i in opened],
+    "images of different sizes",
+    "dataset.image_size=N (images are cropped to square and resized)",
+  )
   images = np.stack([image_files.fitted(image, size, size, channels) for image in opened])
   labels = np.array([label for _, label in files], np.int32)
   if split == "train":
@@ -410,17 +505,21 @@ def read_idx(path) -> np.ndarray:
   except (OSError, EOFError, zlib.error) as e:
     raise UserError(f"IDX file {path} cannot be read ({type(e).__name__}: {e}); download it again") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise UserError(f"IDX file {path} has a wrong magic number {raw[:4].hex()!r} (expected 000008xx, unsigned bytes); "
-                    "it is not an MNIST-format IDX file")
+    raise UserError(
+      f"IDX file {path} has a wrong magic number {raw[:4].hex()!r} (expected 000008xx, unsigned bytes); "
+      "it is not an MNIST-format IDX file"
+    )
   ndim = raw[3]
   header = 4 + 4 * ndim
   if len(raw) < header:
     raise UserError(f"IDX file {path} is truncated inside its header; download it again")
-  shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   expected = int(np.prod(shape))
   if len(raw) - header != expected:
-    raise UserError(f"IDX file {path} holds {len(raw) - header} bytes of data but its header announces {shape} "
-                    f"= {expected}; the file is truncated or corrupt, download it again")
+    raise UserError(
+      f"IDX file {path} holds {len(raw) - header} bytes of data but its header announces {shape} "
+      f"= {expected}; the file is truncated or corrupt, download it again"
+    )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -428,14 +527,18 @@ def _find_idx(folder: pathlib.Path, stem: str) -> pathlib.Path:
   for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
     if (folder / candidate).is_file():
       return folder / candidate
-  raise UserError(f"IDX folder {folder} has no {stem}[.gz]; it needs the four MNIST files "
-                  f"({', '.join(f for pair in IDX_FILES.values() for f in pair)}), gzipped or raw")
+  raise UserError(
+    f"IDX folder {folder} has no {stem}[.gz]; it needs the four MNIST files "
+    f"({', '.join(f for pair in IDX_FILES.values() for f in pair)}), gzipped or raw"
+  )
 
 
 def _idx_folder(folder) -> pathlib.Path:
   folder = pathlib.Path(folder)
   if not folder.is_dir():
-    raise UserError(f"IDX folder {folder} does not exist; set --config.dataset.data_dir to the folder with the MNIST IDX files")
+    raise UserError(
+      f"IDX folder {folder} does not exist; set --config.dataset.data_dir to the folder with the MNIST IDX files"
+    )
   return folder
 
 
@@ -444,9 +547,13 @@ def read_idx_split(folder, split: str) -> Split:
   images_file, labels_file = (_find_idx(folder, stem) for stem in IDX_FILES[split])
   images, labels = read_idx(images_file), read_idx(labels_file)
   if images.ndim != 3 or labels.ndim != 1:
-    raise UserError(f"IDX files {images_file.name} and {labels_file.name} should hold (N, rows, cols) images and (N,) "
-                    f"labels, got shapes {images.shape} and {labels.shape}")
+    raise UserError(
+      f"IDX files {images_file.name} and {labels_file.name} should hold (N, rows, cols) images and (N,) "
+      f"labels, got shapes {images.shape} and {labels.shape}"
+    )
   if len(images) != len(labels):
-    raise UserError(f"IDX files {images_file.name} ({len(images)} images) and {labels_file.name} ({len(labels)} labels) "
-                    "do not match; one of them is from another set or damaged")
+    raise UserError(
+      f"IDX files {images_file.name} ({len(images)} images) and {labels_file.name} ({len(labels)} labels) "
+      "do not match; one of them is from another set or damaged"
+    )
   return Split(images[..., None].copy(), labels.astype(np.int32))

@@ -17,13 +17,17 @@ from fluxdigits.errors import UserError
 
 # What jax.distributed reads itself (JAX_COORDINATOR_ADDRESS) or what we read for it: the
 # same command can then be started unchanged on every host, each with its own environment.
-ENVIRONMENT = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-               "process_id": "JAX_PROCESS_ID"}
+ENVIRONMENT = {
+  "coordinator": "JAX_COORDINATOR_ADDRESS",
+  "num_processes": "JAX_NUM_PROCESSES",
+  "process_id": "JAX_PROCESS_ID",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
   """How this process joins a job; every field None with `auto`: as the cluster environment says."""
+
   coordinator: str | None = None
   num_processes: int | None = None
   process_id: int | None = None
@@ -46,7 +50,9 @@ def job_spec(coordinator=None, num_processes=None, process_id=None, auto=False, 
       try:
         values[key] = int(values[key])
       except ValueError:
-        raise UserError(f"{key} must be an integer, got {values[key]!r} (from --{key} or ${ENVIRONMENT[key]})") from None
+        raise UserError(
+          f"{key} must be an integer, got {values[key]!r} (from --{key} or ${ENVIRONMENT[key]})"
+        ) from None
   if heartbeat_timeout < 1:
     raise UserError(f"--heartbeat_timeout must be at least 1 second, got {heartbeat_timeout}")
   return JobSpec(**values, auto=auto, heartbeat_timeout=heartbeat_timeout)
@@ -57,15 +63,21 @@ def initialize(spec: JobSpec):
   if not spec.wanted:
     return
   try:
-    jax.distributed.initialize(spec.coordinator, spec.num_processes, spec.process_id,
-                               heartbeat_timeout_seconds=spec.heartbeat_timeout,
-                               # A process that finishes waits this long for the others at exit (process 0 writes the report).
-                               shutdown_timeout_seconds=600)
+    jax.distributed.initialize(
+      spec.coordinator,
+      spec.num_processes,
+      spec.process_id,
+      heartbeat_timeout_seconds=spec.heartbeat_timeout,
+      # A process that finishes waits this long for the others at exit (process 0 writes the report).
+      shutdown_timeout_seconds=600,
+    )
   except (ValueError, TypeError, RuntimeError) as e:
-    raise UserError(f"could not join the multi-process job ({str(e).splitlines()[0][:300]}); give every process "
-                    "--coordinator HOST:PORT (process 0's address) --num_processes N --process_id I "
-                    f"(or ${' $'.join(ENVIRONMENT.values())}), or --distributed on a TPU pod slice, SLURM or Open MPI, "
-                    "and start all N processes") from None
+    raise UserError(
+      f"could not join the multi-process job ({str(e).splitlines()[0][:300]}); give every process "
+      "--coordinator HOST:PORT (process 0's address) --num_processes N --process_id I "
+      f"(or ${' $'.join(ENVIRONMENT.values())}), or --distributed on a TPU pod slice, SLURM or Open MPI, "
+      "and start all N processes"
+    ) from None
 
 
 def is_primary() -> bool:

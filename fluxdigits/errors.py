@@ -5,11 +5,13 @@ import sys
 
 class UserError(Exception):
   """Bad input (config, file, data, checkpoint): the message says what is wrong and how to fix it."""
+
   exit_code = 2
 
 
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite, or exploded; the run stops and keeps its last good checkpoint."""
+
   exit_code = 1
 
 

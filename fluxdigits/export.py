@@ -31,6 +31,7 @@ CHECK_IMAGES = 256
 def model_fn(classifier):
   """float32 (N, H, W, C) in [0, 1] -> float32 logits, weights and normalisation baked in."""
   from fluxdigits import augment
+
   mean, std = classifier.info.mean, classifier.info.std
   variables = {"params": classifier.variables[0], "batch_stats": classifier.variables[1]}
 
@@ -43,8 +44,10 @@ def model_fn(classifier):
 def traced(fn, image_shape):
   """`fn` as a jaxpr of lax's own operations, for any batch size N: what the exporters convert."""
   import jax
+
   from fluxdigits import cpu
-  batch, = jax.export.symbolic_shape("N")
+
+  (batch,) = jax.export.symbolic_shape("N")
   images = jax.ShapeDtypeStruct((batch, *image_shape), np.float32)
   with cpu.canonical():  # the file runs without fluxdigits' extension, with the operations runtimes know
     return jax.make_jaxpr(fn)(images), images
@@ -52,6 +55,7 @@ def traced(fn, image_shape):
 
 def _primitives(jaxpr) -> set[str]:
   import jax.extend.core as jcore
+
   names = set()
   for eqn in jaxpr.eqns:
     names.add(eqn.primitive.name)
@@ -65,6 +69,7 @@ def export_onnx(fn, image_shape, out: pathlib.Path):
   some of those patches refuse Flax's own calls (nn.max_pool(x, (2, 2), (2, 2))); lax operations any model reduces to
   convert alike."""
   import jax.extend.core as jcore
+
   try:
     import jax2onnx
     from jax2onnx.plugins import plugin_system
@@ -75,13 +80,22 @@ def export_onnx(fn, image_shape, out: pathlib.Path):
   closed, images = traced(fn, image_shape)
   missing = sorted(_primitives(closed.jaxpr) - set(plugin_system.PLUGIN_REGISTRY))
   if missing:
-    raise UserError(f"ONNX export cannot convert the model's {', '.join(missing)} operation{'s' * (len(missing) > 1)} "
-                    "(jax2onnx has no rule for it); export --format stablehlo instead, or build the model without it")
+    raise UserError(
+      f"ONNX export cannot convert the model's {', '.join(missing)} operation{'s' * (len(missing) > 1)} "
+      "(jax2onnx has no rule for it); export --format stablehlo instead, or build the model without it"
+    )
   as_function = jcore.jaxpr_as_fun(closed)
   logging.getLogger("onnx_ir.serde").setLevel(logging.ERROR)  # a warning per untyped shape constant: noise to a user
   with contextlib.redirect_stdout(io.StringIO()):  # converters' debug prints are not the user's output
-    jax2onnx.to_onnx(lambda x: as_function(x)[0], [images], model_name="fluxdigits", return_mode="file",
-                     output_path=str(out), input_names=["images"], output_names=["logits"])
+    jax2onnx.to_onnx(
+      lambda x: as_function(x)[0],
+      [images],
+      model_name="fluxdigits",
+      return_mode="file",
+      output_path=str(out),
+      input_names=["images"],
+      output_names=["logits"],
+    )
 
 
 def _register_nhwc_max_pool(plugin_system):
@@ -90,6 +104,7 @@ def _register_nhwc_max_pool(plugin_system):
   import onnx_ir as ir
   from jax2onnx.plugins._ir_shapes import _ensure_value_metadata, _stamp_type_and_shape
   from jax2onnx.plugins.jax.lax.reduce_window_max import ReduceWindowMaxPrimitivePlugin
+
   name = "reduce_window_max"
   if type(plugin_system.PLUGIN_REGISTRY.get(name)).__name__ == "NHWCMaxPool":
     return
@@ -99,8 +114,13 @@ def _register_nhwc_max_pool(plugin_system):
       p = eqn.params
       x, y = eqn.invars[0], eqn.outvars[0]
       spatial = lambda values: len(values) == 4 and values[0] == values[3] == 1
-      if not (spatial(p["window_dimensions"]) and spatial(p["window_strides"]) and spatial(p["base_dilation"])
-              and spatial(p["window_dilation"]) and p["padding"][0] == p["padding"][3] == (0, 0)):
+      if not (
+        spatial(p["window_dimensions"])
+        and spatial(p["window_strides"])
+        and spatial(p["base_dilation"])
+        and spatial(p["window_dilation"])
+        and p["padding"][0] == p["padding"][3] == (0, 0)
+      ):
         return super().lower(ctx, eqn)
 
       def node(op, value, shape, **attributes):
@@ -114,8 +134,14 @@ def _register_nhwc_max_pool(plugin_system):
       value = node("Transpose", ctx.get_value_for_var(x), nchw(x.aval.shape), perm=[0, 3, 1, 2])
       (top, bottom), (left, right) = p["padding"][1:3]
       pads = {"pads": [top, left, bottom, right]} if any((top, bottom, left, right)) else {}
-      value = node("MaxPool", value, nchw(y.aval.shape), kernel_shape=list(p["window_dimensions"][1:3]),
-                   strides=list(p["window_strides"][1:3]), **pads)
+      value = node(
+        "MaxPool",
+        value,
+        nchw(y.aval.shape),
+        kernel_shape=list(p["window_dimensions"][1:3]),
+        strides=list(p["window_strides"][1:3]),
+        **pads,
+      )
       ctx.bind_value_for_var(y, node("Transpose", value, y.aval.shape, perm=[0, 2, 3, 1]))
 
   plugin = NHWCMaxPool()
@@ -125,6 +151,7 @@ def _register_nhwc_max_pool(plugin_system):
 
 def run_onnx(path, images):
   import onnxruntime
+
   session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   return session.run(None, {session.get_inputs()[0].name: images})[0]
 
@@ -132,6 +159,7 @@ def run_onnx(path, images):
 def export_stablehlo(fn, image_shape, out: pathlib.Path):
   import jax
   import jax.extend.core as jcore
+
   closed, images = traced(fn, image_shape)
   as_function = jcore.jaxpr_as_fun(closed)
   out.write_bytes(jax.export.export(jax.jit(lambda x: as_function(x)[0]))(images).serialize())
@@ -139,6 +167,7 @@ def export_stablehlo(fn, image_shape, out: pathlib.Path):
 
 def run_stablehlo(path, images):
   import jax
+
   return np.asarray(jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes())).call(images))
 
 
@@ -146,8 +175,11 @@ EXPORTERS = {"onnx": (export_onnx, run_onnx), "stablehlo": (export_stablehlo, ru
 
 
 def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
-  """Writes DIR/model.onnx or DIR/model.jax_export and DIR/model.json; returns (model path, largest logit difference, images checked)."""
+  """Writes DIR/model.onnx or DIR/model.jax_export and DIR/model.json.
+
+  Returns (model path, largest logit difference, images checked)."""
   from fluxdigits import data, predict
+
   if fmt not in EXPORTERS:
     raise UserError(f"unknown --format {fmt!r}; choose one of {', '.join(EXPORTERS)}")
   classifier = predict.load_classifier(workdir)
@@ -157,23 +189,42 @@ def export(workdir, fmt: str, out=None) -> tuple[pathlib.Path, float, int]:
   write, run = EXPORTERS[fmt]
   path = out / FILES[fmt]
   write(fn, classifier.image_shape, path)
-  (out / "model.json").write_text(json.dumps({
-      "file": path.name, "format": fmt, "input_shape": [None, *classifier.image_shape], "input_dtype": "float32",
-      "input_range": [0.0, 1.0], "layout": "NHWC", "output": "logits", "class_names": list(classifier.class_names),
-      "dataset": classifier.dataset}, indent=2) + "\n")
+  (out / "model.json").write_text(
+    json.dumps(
+      {
+        "file": path.name,
+        "format": fmt,
+        "input_shape": [None, *classifier.image_shape],
+        "input_dtype": "float32",
+        "input_range": [0.0, 1.0],
+        "layout": "NHWC",
+        "output": "logits",
+        "class_names": list(classifier.class_names),
+        "dataset": classifier.dataset,
+      },
+      indent=2,
+    )
+    + "\n"
+  )
   images = data.load(classifier.config).test.images[:CHECK_IMAGES].astype(np.float32) / 255.0
   expected, got = np.asarray(fn(images)), run(path, images)
   error = float(np.abs(expected - got).max())
   if not error <= TOLERANCE:
-    raise UserError(f"{path}: exported logits differ from the JAX model's by {error:.2e} (> {TOLERANCE:g}) on "
-                    f"{len(images)} test images; the export is not faithful, please report it")
+    raise UserError(
+      f"{path}: exported logits differ from the JAX model's by {error:.2e} (> {TOLERANCE:g}) on "
+      f"{len(images)} test images; the export is not faithful, please report it"
+    )
   return path, error, len(images)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m fluxdigits.export", usage=USAGE, description=__doc__,
-                                   epilog="example: python -m fluxdigits.export runs/mnist_cnn --format onnx",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m fluxdigits.export",
+    usage=USAGE,
+    description=__doc__,
+    epilog="example: python -m fluxdigits.export runs/mnist_cnn --format onnx",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("run", help="a finished run directory")
   parser.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="onnx or stablehlo (jax.export)")
   parser.add_argument("--out", help="output folder (default RUN/export)")

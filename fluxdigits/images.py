@@ -83,8 +83,10 @@ def _load(path) -> Image.Image:
         image.draft(image.mode, ((image.width + factor - 1) // factor, (image.height + factor - 1) // factor))
       need = image.width * image.height * _bytes_per_pixel(image.mode)
       if need > MAX_DECODED_BYTES:
-        raise UserError(f"{path}: {image.width}x{image.height} pixels ({image.mode}) would take "
-                        f"{need / 2**30:.1f} GiB to decode, over the {MAX_DECODED_BYTES >> 30} GiB limit; save it smaller")
+        raise UserError(
+          f"{path}: {image.width}x{image.height} pixels ({image.mode}) would take "
+          f"{need / 2**30:.1f} GiB to decode, over the {MAX_DECODED_BYTES >> 30} GiB limit; save it smaller"
+        )
       image.load()
       factor = _reduction(image) if large else 1  # what JPEG's decoding left to do
       if factor > 1:
@@ -253,10 +255,13 @@ def _set_stroke(mask: np.ndarray, target: float) -> np.ndarray:
 def mnist_digit(mask: np.ndarray) -> np.ndarray:
   """(28, 28, 1) uint8, ink white on black, from a mask of one digit's ink."""
   rows, cols = np.nonzero(mask)
-  crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+  crop = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
   h, w = crop.shape
   scale = BOX * SUPERSAMPLE / max(h, w)
-  size = (max(SUPERSAMPLE, round(w * scale / SUPERSAMPLE) * SUPERSAMPLE), max(SUPERSAMPLE, round(h * scale / SUPERSAMPLE) * SUPERSAMPLE))
+  size = (
+    max(SUPERSAMPLE, round(w * scale / SUPERSAMPLE) * SUPERSAMPLE),
+    max(SUPERSAMPLE, round(h * scale / SUPERSAMPLE) * SUPERSAMPLE),
+  )
   big = np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)) > 0.5
   big = _set_stroke(big, MNIST_STROKE * SUPERSAMPLE)
   pad = 2 * SUPERSAMPLE  # thickening may grow the digit past its box
@@ -265,8 +270,8 @@ def mnist_digit(mask: np.ndarray) -> np.ndarray:
   canvas = np.zeros((CANVAS + 2 * small.shape[0], CANVAS + 2 * small.shape[1]), np.float32)
   cy, cx = ndimage.center_of_mass(small)
   top, left = CANVAS // 2 + small.shape[0] - round(cy), CANVAS // 2 + small.shape[1] - round(cx)
-  canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
-  out = canvas[small.shape[0]:small.shape[0] + CANVAS, small.shape[1]:small.shape[1] + CANVAS]
+  canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
+  out = canvas[small.shape[0] : small.shape[0] + CANVAS, small.shape[1] : small.shape[1] + CANVAS]
   return np.round(out * 255).astype(np.uint8)[..., None]
 
 
@@ -314,7 +319,7 @@ def read_fashion_mnist(path, image: Image.Image | None = None) -> np.ndarray:
   rows, cols = np.nonzero(np.abs(gray - background) > MIN_CONTRAST)
   if not len(rows):
     raise UserError(f"{path}: no object found: the image is blank or has too little contrast")
-  crop = np.clip(gray - background, 0, 1)[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+  crop = np.clip(gray - background, 0, 1)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
   image = Image.fromarray(np.round(crop / max(crop.max(), 1e-6) * 255).astype(np.uint8), "L")
   image = ImageOps.pad(image, (CANVAS, CANVAS), Image.Resampling.LANCZOS, color=0)
   return np.asarray(image, np.uint8)[..., None]
@@ -333,8 +338,9 @@ def preparation(photos: str, image_shape) -> str:
 def _as_made(image: Image.Image, image_shape) -> bool:
   """Whether a file is already one of the dataset's images: its size and channels, ink bright on a dark frame."""
   height, width, channels = image_shape
-  return (image.size == (width, height) and image.mode == {1: "L", 3: "RGB"}.get(channels)
-          and not _ink_is_dark(_gray(image)))
+  return (
+    image.size == (width, height) and image.mode == {1: "L", 3: "RGB"}.get(channels) and not _ink_is_dark(_gray(image))
+  )
 
 
 def read_photo(path, photos: str, image_shape) -> np.ndarray:

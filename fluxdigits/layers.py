@@ -16,6 +16,7 @@ from fluxdigits.cpu.forms import batch_norm, bernoulli, conv1x1, conv3x3, max_po
 class Conv3x3(nn.Module):
   """3x3 convolution: the function and parameters of nn.Conv(features, (3, 3), strides, padding, use_bias), computed
   by `conv3x3`."""
+
   features: int
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
@@ -26,13 +27,18 @@ class Conv3x3(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features), jnp.float32).astype(self.dtype)
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype) if self.use_bias else None
+    bias = (
+      self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).astype(self.dtype)
+      if self.use_bias
+      else None
+    )
     return conv3x3(x.astype(self.dtype), kernel, bias, self.strides, self.padding)
 
 
 class Conv1x1(nn.Module):
   """1x1 convolution without bias: the function and parameters of nn.Conv(features, (1, 1), strides, use_bias=False),
   computed by `conv1x1`."""
+
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
@@ -49,6 +55,7 @@ class BatchNorm(nn.Module):
   In training on a CPU with the oneDNN extension, float32: normalisation and ReLU are one oneDNN primitive each way
   (cpu.forms.batch_norm).
   """
+
   use_running_average: bool
   momentum: float = 0.9
   epsilon: float = 1e-5
@@ -85,6 +92,7 @@ class Dropout(nn.Module):
 
   On a CPU the masks' bits are computed faster (cpu.forms.bernoulli): the same bits.
   """
+
   rate: Any
   deterministic: bool
 
@@ -103,7 +111,7 @@ def whitening_kernel(images, features: int, eps: float = 5e-4):
   the first layer's outputs decorrelated from the first step on."""
   n, h, w, c = images.shape
   # The (row, column, channel) order of Conv3x3's patches, so the result reshapes into its kernel.
-  patches = jnp.concatenate([images[:, i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3)], axis=-1)
+  patches = jnp.concatenate([images[:, i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3)], axis=-1)
   patches = patches.reshape(-1, 9 * c).astype(jnp.float32)
   eigenvalues, eigenvectors = jnp.linalg.eigh(patches.T @ patches / len(patches))  # ascending order
   top = eigenvectors[:, ::-1][:, : features // 2] / jnp.sqrt(eigenvalues[::-1][: features // 2] + eps)

@@ -18,8 +18,24 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from fluxdigits import (augment, checkpoint, config as configs, cpu, data, distributed, images, mesh as meshes,
-                        metrics, optim, population, registry, report, steps, tensorboard, workdir as workdirs)
+from fluxdigits import (
+  augment,
+  checkpoint,
+  config as configs,
+  cpu,
+  data,
+  distributed,
+  images,
+  mesh as meshes,
+  metrics,
+  optim,
+  population,
+  registry,
+  report,
+  steps,
+  tensorboard,
+  workdir as workdirs,
+)
 from fluxdigits.errors import TrainingDiverged, UserError
 from fluxdigits.population import member
 
@@ -49,14 +65,19 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
     boards = tensorboard.Boards(member_dirs, members, distributed.is_primary())
     try:
       if all(f is not None for f in finished):
-        log(f"{workdir} is finished ({finished[0]['epochs_run']} epochs, num_epochs={members[0].num_epochs}): "
-            "nothing to train; raise --config.num_epochs to train longer, or pass --restart to start over")
+        log(
+          f"{workdir} is finished ({finished[0]['epochs_run']} epochs, num_epochs={members[0].num_epochs}): "
+          "nothing to train; raise --config.num_epochs to train longer, or pass --restart to start over"
+        )
         summaries = finished
       else:
         trainer, state = build(members, log)
         manager = checkpoint.manager(workdir, trainer.config)
-        profiler = tensorboard.Profiler(workdir / tensorboard.FOLDER, trainer.config.profile_steps) if (
-            trainer.config.profile_steps and distributed.is_primary()) else None
+        profiler = (
+          tensorboard.Profiler(workdir / tensorboard.FOLDER, trainer.config.profile_steps)
+          if (trainer.config.profile_steps and distributed.is_primary())
+          else None
+        )
         try:
           state, progresses = resume(trainer, state, manager, workdir, log)
           if distributed.is_primary():
@@ -64,16 +85,19 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
               member_dir.mkdir(exist_ok=True)
               workdirs.write_config(member_dir, member_config)
               workdirs.write_dataset_info(member_dir, trainer.dataset.info)
-          state, progresses, best_variables = fit(trainer, state, progresses, manager, member_dirs, log, on_epoch,
-                                                  boards, profiler)
+          state, progresses, best_variables = fit(
+            trainer, state, progresses, manager, member_dirs, log, on_epoch, boards, profiler
+          )
           if not single:
             checkpoint.write_member_checkpoints(manager, state, progresses, trainer.members, member_dirs)
         finally:
           if profiler:
             profiler.stop()
           checkpoint.close(manager, state)
-        summaries = [summarize(trainer, state, i, progress, best_variables[i], test, boards)
-                     for i, progress in enumerate(progresses)]
+        summaries = [
+          summarize(trainer, state, i, progress, best_variables[i], test, boards)
+          for i, progress in enumerate(progresses)
+        ]
         if distributed.is_primary():
           for member_dir, summary in zip(member_dirs, summaries):
             (member_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -90,19 +114,33 @@ def summarize(trainer, state, i: int, progress, best_variables, test: bool, boar
   summary = {}
   if test:
     test_metrics = evaluate(trainer, best_variables, "test")
-    summary = {**{f"test_{name}": test_metrics[name] for name in ("loss", *metrics.METRICS)},
-               "test_examples": test_metrics["count"]}
-    boards.scalars(i, progress.epoch * trainer.steps_per_epoch,
-                   {name: test_metrics[name] for name in ("loss", *metrics.METRICS)}, "test")
-  return summary | {
+    summary = {
+      **{f"test_{name}": test_metrics[name] for name in ("loss", *metrics.METRICS)},
+      "test_examples": test_metrics["count"],
+    }
+    boards.scalars(
+      i,
+      progress.epoch * trainer.steps_per_epoch,
+      {name: test_metrics[name] for name in ("loss", *metrics.METRICS)},
+      "test",
+    )
+  return (
+    summary
+    | {
       "best_val_accuracy": progress.best_val_accuracy if len(trainer.dataset.validation) else None,
-      "best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "num_epochs": trainer.config.num_epochs,
+      "best_epoch": progress.best_epoch,
+      "epochs_run": progress.epoch,
+      "num_epochs": trainer.config.num_epochs,
       "train_steps": progress.epoch * trainer.steps_per_epoch,
       "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
       "compile_seconds": trainer.compile_seconds,
-      "num_params": steps.count_params(member(state.params, i)), "dataset": trainer.config.dataset.name,
-      "model": trainer.config.model.name, "device": meshes.describe(trainer.train_mesh),
-  } | ({"stopped": progress.stopped} if progress.stopped else {})
+      "num_params": steps.count_params(member(state.params, i)),
+      "dataset": trainer.config.dataset.name,
+      "model": trainer.config.model.name,
+      "device": meshes.describe(trainer.train_mesh),
+    }
+    | ({"stopped": progress.stopped} if progress.stopped else {})
+  )
 
 
 def _report(member_dirs, summaries, members, finished, single, test, boards, log):
@@ -110,8 +148,10 @@ def _report(member_dirs, summaries, members, finished, single, test, boards, log
   for i, (member_dir, summary, config) in enumerate(zip(member_dirs, summaries, members)):
     prefix = "" if single else f"[{member_dir.name}] "
     if not test:
-      log(f"{prefix}best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
-          f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {member_dir / 'summary.json'}")
+      log(
+        f"{prefix}best validation accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})  "
+        f"({summary['epochs_run']} epochs, {summary['train_seconds']:.1f}s) -> {member_dir / 'summary.json'}"
+      )
       continue
     log(prefix + final_line(summary, config, member_dir))
     if config.report and distributed.is_primary():
@@ -126,9 +166,11 @@ def final_line(summary: dict, config, workdir) -> str:
   epochs = summary["epochs_run"]
   weights = "averaged weights" if config.ema_decay else "weights"
   chosen = "the best on validation" if summary.get("best_val_accuracy") is not None else "the last"
-  return (f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  with the {weights} of "
-          f"epoch {summary['best_epoch']} ({chosen}; {epochs} epoch{'s' * (epochs != 1)} trained in "
-          f"{summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) -> {workdir / 'summary.json'}")
+  return (
+    f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  with the {weights} of "
+    f"epoch {summary['best_epoch']} ({chosen}; {epochs} epoch{'s' * (epochs != 1)} trained in "
+    f"{summary['train_seconds']:.1f}s + {summary['compile_seconds']:.1f}s compile) -> {workdir / 'summary.json'}"
+  )
 
 
 def splits_batch_over_cpu_cores(config, model) -> bool:
@@ -146,6 +188,7 @@ def data_mesh_for(config, model):
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """What the configs fix before the first step: the data on the devices, the model and its compiled calls."""
+
   config: Any  # what every member shares (model, data, batch size, schedule, epochs): member 0's config
   members: tuple  # each member's config; a single run is a population of one
   dataset: data.Dataset
@@ -153,7 +196,9 @@ class Trainer:
   model: Any
   steps_per_epoch: int
   steps_per_call: int
-  train_chunks: dict  # steps per call -> the compiled lax.scan of train steps (the last call of an epoch may be shorter)
+  train_chunks: (
+    dict  # steps per call -> the compiled lax.scan of train steps (the last call of an epoch may be shorter)
+  )
   relative_rate: Any  # step -> multiplier of the peak learning rate
   predict: Any
   device_images: dict  # split name -> its images on the devices ('train' with its labels, on train_mesh)
@@ -179,13 +224,17 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
   num_classes, image_shape = len(dataset.class_names), dataset.info.image_shape
   read_as = images.preparation(config.dataset.photos, image_shape)
   if read_as != config.dataset.photos:
-    log(f"note: dataset.photos={config.dataset.photos!r} makes 28x28 grayscale inputs, but these images are "
-        f"{'x'.join(map(str, image_shape))}: predict will read files as these were read, {read_as!r}")
+    log(
+      f"note: dataset.photos={config.dataset.photos!r} makes 28x28 grayscale inputs, but these images are "
+      f"{'x'.join(map(str, image_shape))}: predict will read files as these were read, {read_as!r}"
+    )
   model = registry.create(config, num_classes)
   variables = registry.check_output(model, config, image_shape, num_classes)
   if config.microbatches > 1 and variables.get("batch_stats"):
-    raise UserError(f"microbatches={config.microbatches} would normalise each slice alone in {config.model.name}'s "
-                    "BatchNorm; use microbatches=1 with BatchNorm models")
+    raise UserError(
+      f"microbatches={config.microbatches} would normalise each slice alone in {config.model.name}'s "
+      "BatchNorm; use microbatches=1 with BatchNorm models"
+    )
   mesh = data_mesh_for(config, model)
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
@@ -193,9 +242,11 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
   preprocess = steps.preprocess_for(config, dataset)
   lanes = None if steps.members_in_parallel(config, model) else meshes.member_lanes(len(members))
   train_mesh = lanes or mesh
-  device_images = {"train": meshes.replicate((dataset.train.images, dataset.train.labels), train_mesh),
-                   "validation": meshes.replicate(dataset.validation.images, mesh),
-                   "test": meshes.replicate(dataset.test.images, mesh)}
+  device_images = {
+    "train": meshes.replicate((dataset.train.images, dataset.train.labels), train_mesh),
+    "validation": meshes.replicate(dataset.validation.images, mesh),
+    "test": meshes.replicate(dataset.test.images, mesh),
+  }
   hyperparams = meshes.replicate(steps.member_hyperparams(members), train_mesh)
   active = meshes.replicate(np.ones(len(members), bool), train_mesh)
 
@@ -209,15 +260,23 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
     """The abstract arguments of a call of `length` steps for `population` members (a smaller population's: for
     its memory need only)."""
     replicated = meshes.replicated_sharding(train_mesh)
-    state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((population, *x.shape[1:]), x.dtype, sharding=replicated),
-                                member_state)
+    state_shapes = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((population, *x.shape[1:]), x.dtype, sharding=replicated), member_state
+    )
     indices = _place_batches(np.zeros((population, length, config.batch_size), np.int32), mesh, lanes)
-    return (state_shapes, *device_images["train"], indices,
-            *jax.tree.map(lambda x: x[:population], (hyperparams, active)))
+    return (
+      state_shapes,
+      *device_images["train"],
+      indices,
+      *jax.tree.map(lambda x: x[:population], (hyperparams, active)),
+    )
 
-  log(f"compiling the train step for {meshes.describe(mesh)}" + (f", {len(members)} members" if len(members) > 1 else "")
-      + (f" side by side on {lanes.size} CPU devices" if lanes else "")
-      + (f" (convolutions: {cpu.describe()})" if jax.default_backend() == "cpu" else ""))
+  log(
+    f"compiling the train step for {meshes.describe(mesh)}"
+    + (f", {len(members)} members" if len(members) > 1 else "")
+    + (f" side by side on {lanes.size} CPU devices" if lanes else "")
+    + (f" (convolutions: {cpu.describe()})" if jax.default_backend() == "cpu" else "")
+  )
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
   compile_start = time.perf_counter()
   train_chunks = {}  # steps per call -> its compiled call (an epoch's last call may be shorter)
@@ -245,18 +304,31 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
   if stem:
     state = steps.whiten_stem(state, preprocess(dataset.train.images[:1000]), stem)
   state = meshes.replicate(state, mesh)
-  trainer = Trainer(config, members, dataset, mesh, model, steps_per_epoch, chunk, train_chunks,
-                    optim.schedule(config, steps_per_epoch),
-                    steps.make_predict(model.apply, preprocess, config.test_time_flip), device_images, hyperparams,
-                    lanes, compile_seconds)
+  trainer = Trainer(
+    config,
+    members,
+    dataset,
+    mesh,
+    model,
+    steps_per_epoch,
+    chunk,
+    train_chunks,
+    optim.schedule(config, steps_per_epoch),
+    steps.make_predict(model.apply, preprocess, config.test_time_flip),
+    device_images,
+    hyperparams,
+    lanes,
+    compile_seconds,
+  )
   return trainer, state
 
 
 def train_calls(config, model, num_classes, preprocess, augment_fn, lanes=None):
   """steps.train_steps jit-compiled, its state donated: on the devices of the data mesh, or split over `lanes` (a
   'members' mesh of CPU devices, mesh.member_lanes)."""
-  run_steps = functools.partial(steps.train_steps, config=config, model=model, num_classes=num_classes,
-                                preprocess=preprocess, augment_fn=augment_fn)
+  run_steps = functools.partial(
+    steps.train_steps, config=config, model=model, num_classes=num_classes, preprocess=preprocess, augment_fn=augment_fn
+  )
   return jax.jit(run_steps, donate_argnums=0) if lanes is None else meshes.in_lanes(run_steps, lanes)
 
 
@@ -271,8 +343,12 @@ def _memory_needed(compiled) -> int | None:
   analysis = compiled.memory_analysis()
   if analysis is None:
     return None
-  return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
-          - analysis.alias_size_in_bytes)
+  return (
+    analysis.argument_size_in_bytes
+    + analysis.output_size_in_bytes
+    + analysis.temp_size_in_bytes
+    - analysis.alias_size_in_bytes
+  )
 
 
 def _refuse_too_large(needed: dict, members: int, available: int | None, compile_error=None):
@@ -292,16 +368,19 @@ def _refuse_too_large(needed: dict, members: int, available: int | None, compile
     per_member, fixed = float("inf"), 0
   largest = int((available - fixed) // per_member) if per_member != float("inf") else 0
   what = f"a population of {members}" if members > 1 else "this run"
-  advice = (f"the largest population that fits is {largest}: pass fewer members" if largest >= 1 else
-            "lower batch_size")
-  need = ("ran out of device memory while compiling" if compile_error is not None else
-          f"needs about {(fixed + per_member * members) / 2**30:.1f} GiB of memory per device ({per_member / 2**20:,.0f} MiB "
-          "per member)")
+  advice = f"the largest population that fits is {largest}: pass fewer members" if largest >= 1 else "lower batch_size"
+  need = (
+    "ran out of device memory while compiling"
+    if compile_error is not None
+    else f"needs about {(fixed + per_member * members) / 2**30:.1f} GiB of memory per device "
+    f"({per_member / 2**20:,.0f} MiB per member)"
+  )
   raise UserError(f"{what} {need}, {available / 2**30:.1f} GiB are free; {advice}") from compile_error
 
 
-def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, active, after_call=None,
-                profiler=None) -> tuple[steps.TrainState, list, list]:
+def train_epoch(
+  trainer: Trainer, state: steps.TrainState, epoch: int, active, after_call=None, profiler=None
+) -> tuple[steps.TrainState, list, list]:
   """One epoch of the `active` members' steps, each in its (seed, epoch) order; the running loss and accuracy in a
   progress bar. Returns the state, each member's {train_loss, train_accuracy} and why it diverged (None if it did not).
 
@@ -316,15 +395,26 @@ def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, active, a
   sums = None  # {'loss': each member's sum of step losses, metric: each member's sum over examples}
   if trainer.lanes:
     state = meshes.replicate(state, trainer.lanes)
-  with tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{config.num_epochs}", unit="step", leave=False,
-            dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_primary()) as bar:
+  with tqdm(
+    total=trainer.steps_per_epoch,
+    desc=f"epoch {epoch}/{config.num_epochs}",
+    unit="step",
+    leave=False,
+    dynamic_ncols=True,
+    mininterval=0.5,
+    disable=not distributed.is_primary(),
+  ) as bar:
     for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
-      idx = batches[:, start:start + trainer.steps_per_call]
+      idx = batches[:, start : start + trainer.steps_per_call]
       if profiler:
         profiler.before_call()
       state, per_step = trainer.train_chunks[idx.shape[1]](
-          state, *trainer.device_images["train"], _place_batches(idx, trainer.mesh, trainer.lanes), trainer.hyperparams,
-          meshes.replicate(active, trainer.train_mesh))
+        state,
+        *trainer.device_images["train"],
+        _place_batches(idx, trainer.mesh, trainer.lanes),
+        trainer.hyperparams,
+        meshes.replicate(active, trainer.train_mesh),
+      )
       per_step = {name: np.asarray(values) for name, values in per_step.items()}  # (members, steps) each
       first_step = start + (epoch - 1) * trainer.steps_per_epoch
       for i in np.flatnonzero(active):
@@ -337,32 +427,45 @@ def train_epoch(trainer: Trainer, state: steps.TrainState, epoch: int, active, a
         profiler.after_call(idx.shape[1])
       if after_call:
         members_mask = np.arange(len(members))
-        after_call(first_step + idx.shape[1], {
+        after_call(
+          first_step + idx.shape[1],
+          {
             i: _epoch_means(chunk_sums, members_mask == i, idx.shape[1], config.batch_size)
-            for i in np.flatnonzero(active)})
+            for i in np.flatnonzero(active)
+          },
+        )
       bar.update(idx.shape[1])
       if not active.any():
         break
-      bar.set_postfix({name: f"{value:.4f}" for name, value in _epoch_means(sums, active, done, config.batch_size).items()})
+      bar.set_postfix(
+        {name: f"{value:.4f}" for name, value in _epoch_means(sums, active, done, config.batch_size).items()}
+      )
   if trainer.lanes:
     state = meshes.replicate(state, trainer.mesh)
   rows = []
   for i, m in enumerate(members):
-    row = {f"train_{name}": float(value) for name, value in
-           _epoch_means(sums, np.arange(len(members)) == i, trainer.steps_per_epoch, config.batch_size).items()}
+    row = {
+      f"train_{name}": float(value)
+      for name, value in _epoch_means(
+        sums, np.arange(len(members)) == i, trainer.steps_per_epoch, config.batch_size
+      ).items()
+    }
     rows.append(row)
     # A whole epoch at chance with a loss ten times a uniform guess's: exploded without reaching inf.
     if diverged[i] is None and row["train_accuracy"] < 1.5 / classes and row["train_loss"] > 10 * np.log(classes):
-      diverged[i] = (f"loss exploded: {row['train_loss']:.3g} on average over epoch {epoch} at chance accuracy "
-                     f"({row['train_accuracy']:.1%}); lower optimizer.learning_rate "
-                     f"(now {m.optimizer.learning_rate:g})")
+      diverged[i] = (
+        f"loss exploded: {row['train_loss']:.3g} on average over epoch {epoch} at chance accuracy "
+        f"({row['train_accuracy']:.1%}); lower optimizer.learning_rate "
+        f"(now {m.optimizer.learning_rate:g})"
+      )
   return state, rows, diverged
 
 
 def _epoch_means(sums: dict, members, steps: int, batch_size: int) -> dict:
   """The mean loss a step and the mean of each metric an example, over `steps` steps of the selected members."""
-  return {name: values[members].mean() / (steps if name == "loss" else steps * batch_size)
-          for name, values in sums.items()}
+  return {
+    name: values[members].mean() / (steps if name == "loss" else steps * batch_size) for name, values in sums.items()
+  }
 
 
 # Losses this many times a uniform guess's (ln classes) on every one of a call's last steps mean divergence.
@@ -377,29 +480,46 @@ def _divergence(losses: np.ndarray, first_step: int, epoch: int, config, classes
     return f"loss became {losses[bad]} at step {first_step + bad + 1} (epoch {epoch}); {advice}"
   last = losses[-10:]
   if (last > EXPLODED_LOSS_FACTOR * np.log(classes)).all():
-    return (f"loss exploded to {last[-1]:.3g} at step {first_step + len(losses)} (epoch {epoch}), over "
-            f"{EXPLODED_LOSS_FACTOR}x a uniform guess's {np.log(classes):.2f}; {advice}")
+    return (
+      f"loss exploded to {last[-1]:.3g} at step {first_step + len(losses)} (epoch {epoch}), over "
+      f"{EXPLODED_LOSS_FACTOR}x a uniform guess's {np.log(classes):.2f}; {advice}"
+    )
   return None
 
 
 def evaluate(trainer: Trainer, variables, split: str) -> dict:
   """Loss, accuracy and count of one member's `variables` (params, batch_stats) over every example of a split."""
   labels = getattr(trainer.dataset, split).labels
-  logits = steps.predict_split(trainer.predict, variables, trainer.device_images[split], len(labels),
-                         trainer.config.eval_batch_size, trainer.mesh)
+  logits = steps.predict_split(
+    trainer.predict, variables, trainer.device_images[split], len(labels), trainer.config.eval_batch_size, trainer.mesh
+  )
   return steps.classification_metrics(logits, labels)
 
 
 def _early_stopped(progress: checkpoint.Progress, config) -> checkpoint.Progress:
   """The progress, stopped if `patience` epochs passed without a better validation accuracy before the last epoch."""
-  if (not progress.stopped and progress.epochs_without_improvement >= config.patience > 0
-      and progress.epoch < config.num_epochs):
-    return dataclasses.replace(progress, stopped=f"early stop: no better validation accuracy for {config.patience} epochs")
+  if (
+    not progress.stopped
+    and progress.epochs_without_improvement >= config.patience > 0
+    and progress.epoch < config.num_epochs
+  ):
+    return dataclasses.replace(
+      progress, stopped=f"early stop: no better validation accuracy for {config.patience} epochs"
+    )
   return progress
 
 
-def fit(trainer: Trainer, state: steps.TrainState, progresses: tuple, manager, member_dirs, log=print, on_epoch=None,
-        boards=tensorboard.OFF, profiler=None):
+def fit(
+  trainer: Trainer,
+  state: steps.TrainState,
+  progresses: tuple,
+  manager,
+  member_dirs,
+  log=print,
+  on_epoch=None,
+  boards=tensorboard.OFF,
+  profiler=None,
+):
   """Trains every member from its progress to the last epoch or its stop, checkpointing and logging each epoch.
 
   Returns (state, progresses, each member's best evaluated variables). `on_epoch(member, row)` runs after each
@@ -441,14 +561,19 @@ def fit(trainer: Trainer, state: steps.TrainState, progresses: tuple, manager, m
     for i in np.flatnonzero(active):
       if diverged[i] is not None:
         if single:
-          raise TrainingDiverged(f"{diverged[i]}; the last good checkpoint, epoch {progresses[i].epoch}, is kept in "
-                                 f"{pathlib.Path(member_dirs[i]) / 'checkpoints'}")
+          raise TrainingDiverged(
+            f"{diverged[i]}; the last good checkpoint, epoch {progresses[i].epoch}, is kept in "
+            f"{pathlib.Path(member_dirs[i]) / 'checkpoints'}"
+          )
         progresses[i] = dataclasses.replace(progresses[i], stopped=f"diverged: {diverged[i]}")
         say(i, f"stopped: {progresses[i].stopped}")
         continue
-      row = {"epoch": epoch, **rows[i], **{f"val_{name}": None for name in ("loss", *metrics.METRICS)},
-             "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate,
-                                                          int(state.step[i]), i)}
+      row = {
+        "epoch": epoch,
+        **rows[i],
+        **{f"val_{name}": None for name in ("loss", *metrics.METRICS)},
+        "learning_rate": optim.current_learning_rate(state.opt_state, trainer.relative_rate, int(state.step[i]), i),
+      }
       variables = member(state.evaluated_variables(), i)
       if len(trainer.dataset.validation):
         val = evaluate(trainer, variables, "validation")
@@ -489,9 +614,11 @@ def resume(trainer: Trainer, state: steps.TrainState, manager, workdir, log=prin
   state, progresses = restored
   epoch = max(p.epoch for p in progresses)
   if epoch > trainer.config.num_epochs:
-    raise UserError(f"{workdir} has trained {epoch} epochs already, more than num_epochs="
-                    f"{trainer.config.num_epochs}; pass --config.num_epochs={epoch} or more to resume it, "
-                    "or --restart to start over")
+    raise UserError(
+      f"{workdir} has trained {epoch} epochs already, more than num_epochs="
+      f"{trainer.config.num_epochs}; pass --config.num_epochs={epoch} or more to resume it, "
+      "or --restart to start over"
+    )
   state = state.replace(opt_state=optim.with_members_hyperparams(state.opt_state, trainer.members))
   log(f"resuming from epoch {epoch} (step {int(state.step.max())}) in {workdir}")
   return meshes.replicate(state, trainer.mesh), progresses
@@ -501,4 +628,6 @@ def _epoch_line(row, num_epochs):
   names = ("loss", *metrics.METRICS)
   train = "  ".join(f"{name} {row[f'train_{name}']:.4f}" for name in names)
   val = "" if row["val_accuracy"] is None else "".join(f"  val_{name} {row[f'val_{name}']:.4f}" for name in names)
-  return f"epoch {row['epoch']:>3}/{num_epochs}  {train}{val}  lr {row['learning_rate']:.2e}  {row['epoch_seconds']:.1f}s"
+  return (
+    f"epoch {row['epoch']:>3}/{num_epochs}  {train}{val}  lr {row['learning_rate']:.2e}  {row['epoch_seconds']:.1f}s"
+  )

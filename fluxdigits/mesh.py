@@ -25,7 +25,9 @@ def data_mesh(local: bool = False, batch_sizes: tuple = ()) -> Mesh:
   the first alone where none are given."""
   devices = jax.local_devices() if local else jax.devices()
   if cores.lanes() > 1 and devices[0].platform == "cpu":
-    count = max(n for n in range(1, cores.lanes() + 1) if all(size % n == 0 for size in batch_sizes)) if batch_sizes else 1
+    count = (
+      max(n for n in range(1, cores.lanes() + 1) if all(size % n == 0 for size in batch_sizes)) if batch_sizes else 1
+    )
     devices = [d for d in devices if jax.local_devices(d.process_index).index(d) < count]
   return Mesh(np.array(devices), ("data",))
 
@@ -44,8 +46,9 @@ def in_lanes(fn, lanes: Mesh):
   members split evenly over the lanes, which run at once: each lane's share is padded with inactive copies of member
   0, whose results are dropped."""
   split = P("members")
-  sharded = jax.shard_map(fn, mesh=lanes, in_specs=(split, P(), P(), split, split, split), out_specs=split,
-                          check_vma=False)
+  sharded = jax.shard_map(
+    fn, mesh=lanes, in_specs=(split, P(), P(), split, split, split), out_specs=split, check_vma=False
+  )
 
   def padded(state, images, labels, batch_indices, hyperparams, active):
     members = active.shape[0]
@@ -61,8 +64,10 @@ def in_lanes(fn, lanes: Mesh):
 def check_divisible(batch_size: int, key: str, mesh: Mesh):
   devices = mesh.devices.size
   if batch_size % devices:
-    raise UserError(f"{key}={batch_size} is not divisible by the {devices} devices; "
-                    f"use a multiple of {devices}, e.g. --config.{key}={batch_size // devices * devices or devices}")
+    raise UserError(
+      f"{key}={batch_size} is not divisible by the {devices} devices; "
+      f"use a multiple of {devices}, e.g. --config.{key}={batch_size // devices * devices or devices}"
+    )
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:

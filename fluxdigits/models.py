@@ -36,6 +36,7 @@ class MLP(nn.Module):
 
 class CNN(nn.Module):
   """Seed 004's CNN: conv 32 3x3 valid, 2x2 max-pool, Dense 64, Dense 10 (dropout optional)."""
+
   dropout_rate: float = 0.0
   num_classes: int = 10
   dtype: Any = jnp.float32
@@ -53,6 +54,7 @@ class CNN(nn.Module):
 
 class DeepCNN(nn.Module):
   """Two conv blocks, 32-32-pool and 64-64-pool, then Dense 128 with dropout."""
+
   dropout_rate: float = 0.25
   features: Sequence[int] = (32, 64)
   num_classes: int = 10
@@ -79,7 +81,9 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda relu=False: BatchNorm(not train, relu=relu, dtype=self.dtype)
-    conv = lambda strides: Conv3x3(self.features, nn.initializers.lecun_normal(), self.dtype, strides, "SAME", use_bias=False)
+    conv = lambda strides: Conv3x3(
+      self.features, nn.initializers.lecun_normal(), self.dtype, strides, "SAME", use_bias=False
+    )
     y = norm(relu=True)(conv(self.strides)(x))
     y = norm()(conv(1)(y))
     if x.shape != y.shape:  # projection shortcut where the stage changes width or resolution
@@ -98,6 +102,7 @@ class ResNet(nn.Module):
   depth 20: three stages of 16/32/64 channels, three blocks each (He et al. 2016, section 4.2);
   depth 18: four stages of 64/128/256/512 channels, two blocks each.
   """
+
   depth: int = 20
   num_classes: int = 10
   dtype: Any = jnp.float32
@@ -122,6 +127,7 @@ class ResNet(nn.Module):
 
 class ConvGroup(nn.Module):
   """airbench's block: conv, 2x2 max-pool, BatchNorm, GELU, conv, BatchNorm, GELU."""
+
   features: int
   dtype: Any
 
@@ -146,6 +152,7 @@ class AirbenchNet(nn.Module):
   2x2 patches and freezes the stem, this one keeps training), three ConvGroups of width, 4 x width,
   4 x width, a global max-pool, and a linear head whose logits are scaled by 1/9, as in airbench.
   """
+
   width: int = 64
   num_classes: int = 10
   dtype: Any = jnp.float32
@@ -163,10 +170,10 @@ class AirbenchNet(nn.Module):
 
 # The names configs give the built-in models (config.model.name); any other name is an import path (registry.py).
 BUILTIN = {
-    "mlp": MLP,
-    "cnn": functools.partial(CNN, dropout_rate=0.0),
-    "cnn_dropout": CNN,
-    "cnn_deep": DeepCNN,
-    "resnet": ResNet,
-    "airbench": AirbenchNet,
+  "mlp": MLP,
+  "cnn": functools.partial(CNN, dropout_rate=0.0),
+  "cnn_dropout": CNN,
+  "cnn_deep": DeepCNN,
+  "resnet": ResNet,
+  "airbench": AirbenchNet,
 }

@@ -1,9 +1,10 @@
 """Populations: configs that differ only in what the train step takes as data, trained at once (steps.py, loop.py),
 their states stacked along a leading member axis.
 
-Members may differ in DATA_KEYS (the dropout rate only where the model takes it as data, registry.py). Everything else (model, data, batch size, optimizer family,
-schedule, epochs, augmentation, weight averaging) fixes the shape of the compiled program and is
-shared; configs of different shapes form different populations (`groups`).
+Members may differ in DATA_KEYS (the dropout rate only where the model takes it as data, registry.py).
+Everything else (model, data, batch size, optimizer family, schedule, epochs, augmentation, weight
+averaging) fixes the shape of the compiled program and is shared; configs of different shapes form
+different populations (`groups`).
 """
 
 import math
@@ -35,7 +36,9 @@ def population_size(state) -> int:
 
 def data_keys(config) -> tuple:
   """The keys members of `config`'s population may differ in."""
-  return DATA_KEYS if registry.dropout_rate_is_data(config) else tuple(k for k in DATA_KEYS if k != "model.dropout_rate")
+  return (
+    DATA_KEYS if registry.dropout_rate_is_data(config) else tuple(k for k in DATA_KEYS if k != "model.dropout_rate")
+  )
 
 
 def shape_key(config) -> tuple:
@@ -50,8 +53,10 @@ def check_shared_shape(members) -> None:
     other = dict(shape_key(member))
     differing = sorted(k for k in first if first[k] != other[k])
     if differing:
-      raise UserError(f"population members differ in {', '.join(differing)}, which fix the compiled program; "
-                      f"members may differ only in {', '.join(data_keys(members[0]))}")
+      raise UserError(
+        f"population members differ in {', '.join(differing)}, which fix the compiled program; "
+        f"members may differ only in {', '.join(data_keys(members[0]))}"
+      )
 
 
 def groups(members) -> list[list[int]]:
@@ -91,10 +96,15 @@ def aggregate(summaries: list[dict], names: list[str]) -> dict:
   for key in AGGREGATED:
     values = [s[key] for s in summaries if isinstance(s.get(key), (int, float))]
     if values:
-      result[key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                     "min": float(np.min(values)), "max": float(np.max(values))}
-  result["per_member"] = {name: {k: s.get(k) for k in (*AGGREGATED, "stopped") if k in s}
-                          for name, s in zip(names, summaries)}
+      result[key] = {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+      }
+  result["per_member"] = {
+    name: {k: s.get(k) for k in (*AGGREGATED, "stopped") if k in s} for name, s in zip(names, summaries)
+  }
   return result
 
 
@@ -102,5 +112,7 @@ def describe(figure: dict, scale: float = 100.0, unit: str = "%") -> str:
   """'98.71% ± 0.08% (min 98.60%, max 98.83%)'."""
   if not figure or any(math.isnan(figure[k]) for k in ("mean", "std")):
     return "-"
-  return (f"{figure['mean'] * scale:.2f}{unit} ± {figure['std'] * scale:.2f}{unit} "
-          f"(min {figure['min'] * scale:.2f}{unit}, max {figure['max'] * scale:.2f}{unit})")
+  return (
+    f"{figure['mean'] * scale:.2f}{unit} ± {figure['std'] * scale:.2f}{unit} "
+    f"(min {figure['min'] * scale:.2f}{unit}, max {figure['max'] * scale:.2f}{unit})"
+  )

@@ -32,6 +32,7 @@ class Classifier:
 
   def __init__(self, workdir):
     from fluxdigits import checkpoint, mesh as meshes, registry, report, steps
+
     run = report.read_run(workdir)  # one line, exit 2, unless the run has finished
     self.config, self.info, state, _ = checkpoint.load_run(run.workdir, "best")
     self.dataset = self.config.dataset.name
@@ -41,8 +42,9 @@ class Classifier:
     self._batch_size = len(self._mesh.devices.flat) * 32
     self.variables = state.evaluated_variables()  # (params, batch_stats)
     self._variables = meshes.replicate(self.variables, self._mesh)
-    self._logits = steps.make_predict(state.apply_fn, steps.Preprocess(self.info.mean, self.info.std,
-                                                                        registry.compute_dtype(self.config)))
+    self._logits = steps.make_predict(
+      state.apply_fn, steps.Preprocess(self.info.mean, self.info.std, registry.compute_dtype(self.config))
+    )
     self.apply_fn = state.apply_fn
 
   def prepare(self, path) -> np.ndarray:
@@ -54,15 +56,21 @@ class Classifier:
     if isinstance(images, (str, os.PathLike)):
       images = [images]
     if not isinstance(images, np.ndarray):
-      images = np.stack([self.prepare(p) for p in images]) if len(images) else np.zeros((0, *self.image_shape), np.uint8)
+      images = (
+        np.stack([self.prepare(p) for p in images]) if len(images) else np.zeros((0, *self.image_shape), np.uint8)
+      )
     if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
-      raise UserError(f"images must be uint8 of shape (N, {', '.join(map(str, self.image_shape))}) for a "
-                      f"{self.dataset} run, got {images.dtype} {images.shape}")
+      raise UserError(
+        f"images must be uint8 of shape (N, {', '.join(map(str, self.image_shape))}) for a "
+        f"{self.dataset} run, got {images.dtype} {images.shape}"
+      )
     if not len(images):
       return np.zeros((0, len(self.class_names)), np.float32)
     from fluxdigits import mesh as meshes, steps
-    logits = steps.predict_split(self._logits, self._variables, meshes.replicate(images, self._mesh), len(images),
-                                 self._batch_size, self._mesh)
+
+    logits = steps.predict_split(
+      self._logits, self._variables, meshes.replicate(images, self._mesh), len(images), self._batch_size, self._mesh
+    )
     shifted = logits - logits.max(-1, keepdims=True)
     return np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
 
@@ -105,15 +113,22 @@ def _describe(probs, class_names, top):
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m fluxdigits.predict", usage=USAGE, description=__doc__,
-                                   epilog="example: python -m fluxdigits.predict runs/mnist_handwriting photos/ --top 3 --show seen.png",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m fluxdigits.predict",
+    usage=USAGE,
+    description=__doc__,
+    epilog="example: python -m fluxdigits.predict runs/mnist_handwriting photos/ --top 3 --show seen.png",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("run", help="a finished run directory (the --workdir of python -m fluxdigits.run)")
   parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
   parser.add_argument("--top", type=int, default=3, help="classes shown per image (3)")
   parser.add_argument("--csv", help="also write file, class and probability of each prediction to this CSV")
-  parser.add_argument("--show", help=f"draw each image (the first {MAX_SHOWN}), the 28x28 (or dataset-sized) input the "
-                      "model saw and its probabilities, the --top ones labelled, into this PNG")
+  parser.add_argument(
+    "--show",
+    help=f"draw each image (the first {MAX_SHOWN}), the 28x28 (or dataset-sized) input the "
+    "model saw and its probabilities, the --top ones labelled, into this PNG",
+  )
   parser.add_argument("--digits", action="store_true", help="each image is a number written on one line")
   args = parser.parse_args(argv)
   if args.top < 1:
@@ -122,8 +137,9 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-  return cli.main(lambda: predict_files(parse_args(sys.argv[1:] if argv is None else argv)),
-                  "the predictions printed so far stand")
+  return cli.main(
+    lambda: predict_files(parse_args(sys.argv[1:] if argv is None else argv)), "the predictions printed so far stand"
+  )
 
 
 def predict_files(args) -> int:
@@ -131,8 +147,10 @@ def predict_files(args) -> int:
   files = expand(args.images)
   classifier = load_classifier(args.run)
   if args.digits and (classifier.config.dataset.photos != "digit" or classifier.image_shape != (28, 28, 1)):
-    raise UserError(f"--digits needs a run that reads 28x28 digits (dataset.photos='digit'); {args.run} was "
-                    f"trained on {classifier.dataset} with dataset.photos={classifier.config.dataset.photos!r}")
+    raise UserError(
+      f"--digits needs a run that reads 28x28 digits (dataset.photos='digit'); {args.run} was "
+      f"trained on {classifier.dataset} with dataset.photos={classifier.config.dataset.photos!r}"
+    )
   names = classifier.class_names
   rows, shown, failed = [], [], 0
   for path in files:
@@ -168,6 +186,7 @@ def predict_files(args) -> int:
 def _draw(shown, class_names, out, top):
   """Per prediction: the original image, the model's input, and the probabilities, the `top` highest labelled."""
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(9, 2.2 * len(shown)), layout="constrained")
   axes = fig.subplots(len(shown), 3, squeeze=False)
   for (path, model_input, probs), (orig, seen, bars) in zip(shown, axes):
@@ -185,8 +204,15 @@ def _draw(shown, class_names, out, top):
     bars.barh(range(len(class_names)), probs, color=colours)
     for i in best:  # the label inside a long bar, beside a short one
       inside = probs[i] > 0.7
-      bars.text(probs[i] + (-0.02 if inside else 0.02), i, f"{class_names[i]} {probs[i]:.2f}", va="center", fontsize=7,
-                ha="right" if inside else "left", color="white" if inside else "black")
+      bars.text(
+        probs[i] + (-0.02 if inside else 0.02),
+        i,
+        f"{class_names[i]} {probs[i]:.2f}",
+        va="center",
+        fontsize=7,
+        ha="right" if inside else "left",
+        color="white" if inside else "black",
+      )
     bars.set_yticks(range(len(class_names)), class_names, fontsize=7)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()

@@ -54,12 +54,16 @@ def _constructor(reference: str):
   module = _load_file(where) if where.endswith(".py") else _import(where)
   if not hasattr(module, attribute):
     found = sorted(n for n, v in vars(module).items() if _is_module_class(v) and v.__module__ == module.__name__)
-    raise UserError(f"model.name {reference!r}: {where} defines no {attribute!r}"
-                    + (f"; its Flax modules: {', '.join(found)}" if found else "; it defines no Flax module"))
+    raise UserError(
+      f"model.name {reference!r}: {where} defines no {attribute!r}"
+      + (f"; its Flax modules: {', '.join(found)}" if found else "; it defines no Flax module")
+    )
   cls = getattr(module, attribute)
   if not _is_module_class(cls):
-    raise UserError(f"model.name {reference!r} is a {type(cls).__name__}, not {_KINDS}; name the class whose "
-                    "__call__ returns the logits")
+    raise UserError(
+      f"model.name {reference!r} is a {type(cls).__name__}, not {_KINDS}; name the class whose "
+      "__call__ returns the logits"
+    )
   return cls, {}
 
 
@@ -68,8 +72,10 @@ def _load_file(path: str):
   # Cached: every step traced and every state restored must see the same class object.
   file = pathlib.Path(path).expanduser().absolute()
   if not file.is_file():
-    raise UserError(f"model file {file} not found; in model.name=FILE.py:CLASS give FILE relative to the working "
-                    "directory, or absolute")
+    raise UserError(
+      f"model file {file} not found; in model.name=FILE.py:CLASS give FILE relative to the working "
+      "directory, or absolute"
+    )
   name = f"fluxdigits_user_model_{abs(hash(str(file)))}"
   spec = importlib.util.spec_from_file_location(name, file)
   module = importlib.util.module_from_spec(spec)
@@ -110,8 +116,9 @@ def check_kwargs(config) -> None:
   allowed = fields(config.model.name)
   for key in config.model.kwargs:
     if key not in allowed:
-      raise UserError(f"model.kwargs.{key}: {config.model.name} has no field {key!r}; its fields: "
-                      f"{', '.join(allowed) or '(none)'}")
+      raise UserError(
+        f"model.kwargs.{key}: {config.model.name} has no field {key!r}; its fields: {', '.join(allowed) or '(none)'}"
+      )
 
 
 def compute_dtype(config):
@@ -145,6 +152,7 @@ def create(config, num_classes: int, dropout_rate=None) -> nn.Module:
 class WithTrainArgument(nn.Module):
   """A Linen model whose __call__ names its mode otherwise (`training`, `deterministic`) or not at all, called as
   `(x, train)`; its variables stay where they were (share_scope)."""
+
   module: nn.Module
   argument: str | None
 
@@ -173,6 +181,7 @@ class FromNNX(bridge.ToLinen):
   """An nnx.Module class as a Linen model called `(x, train)` (flax's nnx.bridge): built from `kwargs` at each call,
   set to train() or eval(), its nnx.Param in 'params' and nnx.BatchStat in 'batch_stats'. A __call__ that takes
   `rngs` gets the call's dropout stream there."""
+
   model_class: Any = None
   metadata_fn: Any = None  # plain arrays in the collections, not NNX's metadata boxes
 
@@ -193,18 +202,25 @@ def check_output(model: nn.Module, config, image_shape, num_classes: int) -> dic
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   try:
     variables = jax.eval_shape(functools.partial(model.init, train=False), rngs, x)
-    logits, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
-                                                        mutable=["batch_stats"]), variables, x)
+    logits, _ = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]),
+      variables,
+      x,
+    )
   except UserError:
     raise
   except Exception as e:
     message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise UserError(f"model {config.model.name} failed on a batch of {tuple(image_shape)} images "
-                    f"({type(e).__name__}: {message[:300]}); its __call__ must map (N, H, W, C) floats to "
-                    "(N, num_classes) logits") from None
+    raise UserError(
+      f"model {config.model.name} failed on a batch of {tuple(image_shape)} images "
+      f"({type(e).__name__}: {message[:300]}); its __call__ must map (N, H, W, C) floats to "
+      "(N, num_classes) logits"
+    ) from None
   if logits.shape != (2, num_classes):
-    raise UserError(f"model {config.model.name} returned shape {tuple(logits.shape)} for a batch of 2 "
-                    f"{tuple(image_shape)} images; it must return logits of shape (N, num_classes) = (2, {num_classes})")
+    raise UserError(
+      f"model {config.model.name} returned shape {tuple(logits.shape)} for a batch of 2 "
+      f"{tuple(image_shape)} images; it must return logits of shape (N, num_classes) = (2, {num_classes})"
+    )
   return variables
 
 

@@ -47,6 +47,7 @@ CONFUSION_COLOURMAP = "cividis"
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What a run directory says about itself, without its checkpoints."""
+
   workdir: pathlib.Path
   config: dict  # flat, as config.json holds it
   history: tuple  # metrics.jsonl rows, one per epoch
@@ -162,8 +163,10 @@ def plot_curves(history, best_epoch: int, path: pathlib.Path, run_name: str = ""
   fig.suptitle(_titled(run_name, "loss and accuracy per epoch"), fontsize=10)
   epochs = [row["epoch"] for row in history]
   for ax, metric, ylabel in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Cross-entropy loss", "Accuracy")):
-    for split, label, colour, style, marker in (("train", "train", OKABE_ITO[0], "-", "o"),
-                                                 ("val", "validation", OKABE_ITO[1], "--", "s")):
+    for split, label, colour, style, marker in (
+      ("train", "train", OKABE_ITO[0], "-", "o"),
+      ("val", "validation", OKABE_ITO[1], "--", "s"),
+    ):
       values = [row[f"{split}_{metric}"] for row in history]
       if None not in values:
         ax.plot(epochs, values, color=colour, linestyle=style, marker=marker, markersize=4, label=label)
@@ -178,7 +181,9 @@ def plot_curves(history, best_epoch: int, path: pathlib.Path, run_name: str = ""
   return _save(fig, path)
 
 
-def plot_misclassified(images, labels, probabilities, class_names, path: pathlib.Path, run_name: str = "") -> pathlib.Path:
+def plot_misclassified(
+  images, labels, probabilities, class_names, path: pathlib.Path, run_name: str = ""
+) -> pathlib.Path:
   """Up to MAX_MISTAKES_SHOWN misclassified images, the most confident mistakes first."""
   ranked = rank_mistakes(labels, probabilities)
   shown = ranked[:MAX_MISTAKES_SHOWN]
@@ -187,17 +192,21 @@ def plot_misclassified(images, labels, probabilities, class_names, path: pathlib
   long_names = has_long_names(class_names)
   width = max(4.5, (1.8 if long_names else 1.45) * columns + 0.2)  # room for the suptitle when few are shown
   fig = Figure(figsize=(width, (1.85 if long_names else 1.7) * rows + 0.45), layout="constrained")
-  fig.suptitle(_titled(run_name, f"misclassified test images, most confident first ({len(shown)} of {len(ranked)})"),
-               fontsize=10)
+  fig.suptitle(
+    _titled(run_name, f"misclassified test images, most confident first ({len(shown)} of {len(ranked)})"), fontsize=10
+  )
   if not len(shown):
     fig.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
   for ax, index in zip(fig.subplots(rows, columns, squeeze=False).ravel(), shown):
     image = images[index]
     predicted = int(probabilities[index].argmax())
-    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray_r", vmin=0, vmax=255,
-              interpolation="nearest")
-    ax.set_title(mistake_title(class_names[labels[index]], class_names[predicted], probabilities[index, predicted],
-                               long_names), fontsize=8)
+    ax.imshow(
+      image[..., 0] if image.shape[-1] == 1 else image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest"
+    )
+    ax.set_title(
+      mistake_title(class_names[labels[index]], class_names[predicted], probabilities[index, predicted], long_names),
+      fontsize=8,
+    )
   for ax in fig.axes:
     ax.set_axis_off()
   return _save(fig, path)
@@ -218,16 +227,26 @@ def plot_confusion(confusion: np.ndarray, class_names, path: pathlib.Path, run_n
   for (true, predicted), count in np.ndenumerate(confusion):
     red, green, blue, _ = image.cmap(image.norm(fractions[true, predicted]))
     dark_cell = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-    ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
-            color="white" if dark_cell else "black")
+    ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8, color="white" if dark_cell else "black")
   long_names = has_long_names(class_names)
-  ax.set_xticks(range(n), class_names, rotation=45 if long_names else 0, ha="right" if long_names else "center",
-                rotation_mode="anchor")
+  ax.set_xticks(
+    range(n),
+    class_names,
+    rotation=45 if long_names else 0,
+    ha="right" if long_names else "center",
+    rotation_mode="anchor",
+  )
   ax.set_yticks(range(n), class_names)
   ax.set(xlabel="Predicted class", ylabel="True class")
   ax.tick_params(length=0)
-  fig.colorbar(image, ax=ax, shrink=0.8, label="Fraction of the true class", ticks=(0, 0.01, 0.05, 0.2, 0.5, 1),
-               format=ticker.PercentFormatter(1.0, decimals=0))
+  fig.colorbar(
+    image,
+    ax=ax,
+    shrink=0.8,
+    label="Fraction of the true class",
+    ticks=(0, 0.01, 0.05, 0.2, 0.5, 1),
+    format=ticker.PercentFormatter(1.0, decimals=0),
+  )
   return _save(fig, path)
 
 
@@ -236,8 +255,12 @@ def plot_comparison(names, histories, path: pathlib.Path) -> pathlib.Path:
   fig = Figure(figsize=(8, 3.6), layout="constrained")
   panels = fig.subplots(1, 2)
   for i, (name, history) in enumerate(zip(names, histories)):
-    style = {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)], "markersize": 4,
-             "linestyle": LINE_STYLES[i // len(OKABE_ITO) % len(LINE_STYLES)]}
+    style = {
+      "color": OKABE_ITO[i % len(OKABE_ITO)],
+      "marker": MARKERS[i % len(MARKERS)],
+      "markersize": 4,
+      "linestyle": LINE_STYLES[i // len(OKABE_ITO) % len(LINE_STYLES)],
+    }
     for ax, metric in zip(panels, ("val_accuracy", "val_loss")):
       points = [(row["epoch"], row[metric]) for row in history if row[metric] is not None]
       if points:
@@ -302,7 +325,9 @@ class Table:
 
   def html(self):
     head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in self.header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in self.rows)
+    body = "".join(
+      "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in self.rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -311,12 +336,16 @@ def to_markdown(blocks) -> str:
 
 
 def to_html(title: str, blocks) -> str:
-  style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
-           "img{max-width:100%}table{border-collapse:collapse;margin:1rem 0}"
-           "th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}th{background:#f3f3f3}"
-           "figcaption{color:#555;font-size:.9rem}")
-  return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-          f"<style>{style}</style></head>\n<body>\n" + "\n".join(block.html() for block in blocks) + "\n</body></html>\n")
+  style = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+    "img{max-width:100%}table{border-collapse:collapse;margin:1rem 0}"
+    "th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}th{background:#f3f3f3}"
+    "figcaption{color:#555;font-size:.9rem}"
+  )
+  return (
+    f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    f"<style>{style}</style></head>\n<body>\n" + "\n".join(block.html() for block in blocks) + "\n</body></html>\n"
+  )
 
 
 def write_csv(path: pathlib.Path, table: Table) -> pathlib.Path:
@@ -333,9 +362,15 @@ def summary_table(run: Run, errors: int) -> Table:
   s = run.summary
   best_val = "n/a (no validation split)" if s["best_val_accuracy"] is None else f"{s['best_val_accuracy']:.2%}"
   from fluxdigits import metrics
-  others = [(f"test {name.replace('_', ' ')}", f"{s[f'test_{name}']:.2%}") for name in metrics.METRICS
-            if name != "accuracy" and f"test_{name}" in s]
-  return Table(("metric", "value"), (
+
+  others = [
+    (f"test {name.replace('_', ' ')}", f"{s[f'test_{name}']:.2%}")
+    for name in metrics.METRICS
+    if name != "accuracy" and f"test_{name}" in s
+  ]
+  return Table(
+    ("metric", "value"),
+    (
       ("test accuracy", f"{s['test_accuracy']:.2%}"),
       *others,
       ("test loss", f"{s['test_loss']:.4f}"),
@@ -345,42 +380,59 @@ def summary_table(run: Run, errors: int) -> Table:
       ("training time", f"{_seconds(s['train_seconds'])} (+ {_seconds(s['compile_seconds'])} compiling)"),
       ("device", s["device"]),
       ("dataset / model", f"{s['dataset']} / {s['model']}"),
-  ))
+    ),
+  )
 
 
 def per_class_table(names, metrics) -> Table:
-  return Table(("class", "precision", "recall", "f1", "support"), tuple(
-      (name, f"{metrics['precision'][c]:.4f}", f"{metrics['recall'][c]:.4f}", f"{metrics['f1'][c]:.4f}",
-       int(metrics["support"][c])) for c, name in enumerate(names)))
+  return Table(
+    ("class", "precision", "recall", "f1", "support"),
+    tuple(
+      (
+        name,
+        f"{metrics['precision'][c]:.4f}",
+        f"{metrics['recall'][c]:.4f}",
+        f"{metrics['f1'][c]:.4f}",
+        int(metrics["support"][c]),
+      )
+      for c, name in enumerate(names)
+    ),
+  )
 
 
 def confused_pairs_table(names, confusion) -> Table:
   support = confusion.sum(axis=1)
-  return Table(("true", "predicted", "count", "share_of_true_class"), tuple(
+  return Table(
+    ("true", "predicted", "count", "share_of_true_class"),
+    tuple(
       (names[t], names[p], count, f"{count / support[t]:.4f}")
-      for t, p, count in most_confused_pairs(confusion, TOP_CONFUSED_PAIRS)))
+      for t, p, count in most_confused_pairs(confusion, TOP_CONFUSED_PAIRS)
+    ),
+  )
 
 
 def run_report_blocks(title: str, run: Run, per_class: Table, pairs: Table, errors: int) -> tuple:
   return (
-      Heading(title, 1),
-      summary_table(run, errors),
-      Heading("Training curves"),
-      Image("curves.png", "Loss and accuracy per epoch, train and validation"),
-      Heading("Confusion matrix"),
-      Image("confusion_matrix.png", "Test confusion matrix: counts, coloured by the fraction of the true class"),
-      Paragraph("Counts: confusion_matrix.csv."),
-      Heading("Per-class metrics"),
-      per_class,
-      Paragraph("Also in per_class.csv."),
-      Heading("Most-confused pairs"),
-      pairs,
-      Paragraph(f"The {TOP_CONFUSED_PAIRS} largest off-diagonal cells of the confusion matrix; also in confused_pairs.csv."),
-      Heading("Misclassified test images"),
-      Image("misclassified.png", "Misclassified test images: true → predicted (confidence), most confident first"),
-      Paragraph(f"All {errors} mistakes, ranked the same way: misclassified.csv."),
-      Heading("Config"),
-      Table(("key", "value"), tuple(sorted(run.config.items()))),
+    Heading(title, 1),
+    summary_table(run, errors),
+    Heading("Training curves"),
+    Image("curves.png", "Loss and accuracy per epoch, train and validation"),
+    Heading("Confusion matrix"),
+    Image("confusion_matrix.png", "Test confusion matrix: counts, coloured by the fraction of the true class"),
+    Paragraph("Counts: confusion_matrix.csv."),
+    Heading("Per-class metrics"),
+    per_class,
+    Paragraph("Also in per_class.csv."),
+    Heading("Most-confused pairs"),
+    pairs,
+    Paragraph(
+      f"The {TOP_CONFUSED_PAIRS} largest off-diagonal cells of the confusion matrix; also in confused_pairs.csv."
+    ),
+    Heading("Misclassified test images"),
+    Image("misclassified.png", "Misclassified test images: true → predicted (confidence), most confident first"),
+    Paragraph(f"All {errors} mistakes, ranked the same way: misclassified.csv."),
+    Heading("Config"),
+    Table(("key", "value"), tuple(sorted(run.config.items()))),
   )
 
 
@@ -409,10 +461,19 @@ def write_run_report(workdir) -> pathlib.Path:
   pairs = confused_pairs_table(names, confusion)
   write_csv(out / "per_class.csv", per_class)
   write_csv(out / "confused_pairs.csv", pairs)
-  write_csv(out / "confusion_matrix.csv", Table(("true \\ predicted", *names),
-                                                tuple((name, *row) for name, row in zip(names, confusion.tolist()))))
-  write_csv(out / "misclassified.csv", Table(("test_index", "true", "predicted", "confidence"), tuple(
-      (int(i), names[labels[i]], names[probabilities[i].argmax()], f"{probabilities[i].max():.4f}") for i in mistakes)))
+  write_csv(
+    out / "confusion_matrix.csv",
+    Table(("true \\ predicted", *names), tuple((name, *row) for name, row in zip(names, confusion.tolist()))),
+  )
+  write_csv(
+    out / "misclassified.csv",
+    Table(
+      ("test_index", "true", "predicted", "confidence"),
+      tuple(
+        (int(i), names[labels[i]], names[probabilities[i].argmax()], f"{probabilities[i].max():.4f}") for i in mistakes
+      ),
+    ),
+  )
 
   title = f"Report: {run_name}"
   blocks = run_report_blocks(title, run, per_class, pairs, len(mistakes))
@@ -438,30 +499,46 @@ def compare(workdirs, out) -> pathlib.Path:
   for name, run in zip(names, runs):
     s = run.summary
     report_link = os.path.relpath(run.workdir / "report" / "report.md", out)
-    rows.append((f"[{name}]({report_link})", s["model"], f"{s['num_params']:,}", s["epochs_run"],
-                 "n/a" if s["best_val_accuracy"] is None else f"{s['best_val_accuracy']:.2%}",
-                 f"{s['test_accuracy']:.2%}", _seconds(s["train_seconds"])))
+    rows.append(
+      (
+        f"[{name}]({report_link})",
+        s["model"],
+        f"{s['num_params']:,}",
+        s["epochs_run"],
+        "n/a" if s["best_val_accuracy"] is None else f"{s['best_val_accuracy']:.2%}",
+        f"{s['test_accuracy']:.2%}",
+        _seconds(s["train_seconds"]),
+      )
+    )
   blocks = (
-      Heading("Comparison", 1),
-      Image("comparison.png", "Validation accuracy and loss per epoch"),
-      Table(("run", "model", "params", "epochs", "best val accuracy", "test accuracy", "train time"), tuple(rows)),
+    Heading("Comparison", 1),
+    Image("comparison.png", "Validation accuracy and loss per epoch"),
+    Table(("run", "model", "params", "epochs", "best val accuracy", "test accuracy", "train time"), tuple(rows)),
   )
   (out / "comparison.md").write_text(to_markdown(blocks))
   return out
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m fluxdigits.report", usage=USAGE, description=__doc__,
-                                   epilog="example: python -m fluxdigits.report runs/mnist_cnn runs/mnist_mlp",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m fluxdigits.report",
+    usage=USAGE,
+    description=__doc__,
+    epilog="example: python -m fluxdigits.report runs/mnist_cnn runs/mnist_mlp",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="a training run's --workdir")
-  parser.add_argument("--out", help=f"the comparison folder, with two or more WORKDIRs (default: {DEFAULT_COMPARISON_DIR})")
+  parser.add_argument(
+    "--out", help=f"the comparison folder, with two or more WORKDIRs (default: {DEFAULT_COMPARISON_DIR})"
+  )
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   def command():
     if args.out and len(args.workdirs) == 1:
-      raise UserError("--out names the comparison folder, which needs two or more WORKDIRs; "
-                      "a single run's report always goes to WORKDIR/report/")
+      raise UserError(
+        "--out names the comparison folder, which needs two or more WORKDIRs; "
+        "a single run's report always goes to WORKDIR/report/"
+      )
     if len(args.workdirs) > 1:
       # First, because it reads every run's files: a bad WORKDIR fails before any slow prediction.
       out = compare(args.workdirs, args.out or DEFAULT_COMPARISON_DIR)

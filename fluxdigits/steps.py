@@ -62,6 +62,7 @@ def update_average(average, current, step, decay):
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """How uint8 images become model inputs on the device."""
+
   mean: tuple
   std: tuple
   dtype: Any
@@ -91,13 +92,13 @@ def create_states(members, model, image_shape, tx) -> TrainState:
     variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return TrainState.create(
-        apply_fn=model.apply,
-        params=params,
-        batch_stats=batch_stats,
-        tx=tx,
-        rng=jax.random.key_data(run_rng),
-        ema={"params": params, "batch_stats": batch_stats} if config.ema_decay else {},
-        ema_decay=config.ema_decay,
+      apply_fn=model.apply,
+      params=params,
+      batch_stats=batch_stats,
+      tx=tx,
+      rng=jax.random.key_data(run_rng),
+      ema={"params": params, "batch_stats": batch_stats} if config.ema_decay else {},
+      ema_decay=config.ema_decay,
     )
 
   state = stack([init(jax.random.key(m.seed)) for m in members])
@@ -138,8 +139,9 @@ def member_hyperparams(members) -> dict:
   return jax.tree.map(lambda *values: np.stack(values), *[hyperparams_of(m) for m in members])
 
 
-def train_step(state: TrainState, batch_indices, *, images, labels, hyperparams, config, num_classes, preprocess,
-               augment_fn):
+def train_step(
+  state: TrainState, batch_indices, *, images, labels, hyperparams, config, num_classes, preprocess, augment_fn
+):
   """One member's step on the batch `images[batch_indices]`; `hyperparams` is its hyperparams_of()."""
   augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
   labels = labels[batch_indices]
@@ -183,26 +185,37 @@ def members_in_parallel(config, model) -> bool:
   """Whether a population's members step together under jax.vmap, or one after another inside the compiled call
   (jax.lax.map). On a CPU one convolutional member's step already fills the cores, and vmap pushes the members'
   activations out of the caches; small dense models gain from it (benchmarks/NOTES.md, "Populations")."""
-  return configs.switch(config.vectorize_members,
-                 jax.default_backend() != "cpu" or registry.declared(model, "vectorize_members", False))
+  return configs.switch(
+    config.vectorize_members, jax.default_backend() != "cpu" or registry.declared(model, "vectorize_members", False)
+  )
 
 
-def train_steps(state, images, labels, batch_indices, hyperparams, active, *, config, model, num_classes,
-                preprocess, augment_fn):
+def train_steps(
+  state, images, labels, batch_indices, hyperparams, active, *, config, model, num_classes, preprocess, augment_fn
+):
   """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams(), active members)
   -> (stacked state, each member's per-step figures): the steps of one compiled call.
 
   A population of one runs its steps as they are; a larger one runs them for every member (`members_in_parallel`),
   and members no longer active (stopped early, pruned, diverged) keep their state.
   """
-  step = functools.partial(train_step, images=images, labels=labels, config=config, num_classes=num_classes,
-                           preprocess=preprocess, augment_fn=augment_fn)
+  step = functools.partial(
+    train_step,
+    images=images,
+    labels=labels,
+    config=config,
+    num_classes=num_classes,
+    preprocess=preprocess,
+    augment_fn=augment_fn,
+  )
   if population_size(state) == 1:
-    one, outputs = jax.lax.scan(functools.partial(step, hyperparams=member(hyperparams, 0)), member(state, 0),
-                                batch_indices[0])
+    one, outputs = jax.lax.scan(
+      functools.partial(step, hyperparams=member(hyperparams, 0)), member(state, 0), batch_indices[0]
+    )
     return stack([one]), jax.tree.map(lambda x: x[None], outputs)
-  member_steps = lambda state, indices, hyperparams: jax.lax.scan(functools.partial(step, hyperparams=hyperparams),
-                                                                  state, indices)
+  member_steps = lambda state, indices, hyperparams: jax.lax.scan(
+    functools.partial(step, hyperparams=hyperparams), state, indices
+  )
   if members_in_parallel(config, model):
     trained, outputs = jax.vmap(member_steps)(state, batch_indices, hyperparams)
   else:
@@ -233,7 +246,7 @@ def predict_split(predict_fn, variables, images_on_device, n, batch_size, mesh) 
   """(n, classes) logits: every example exactly once, the last batch padded and its padding dropped."""
   indices, mask = data.eval_batches(n, batch_size)
   logits = [predict_fn(*variables, images_on_device, meshes.shard_batches(idx, mesh)) for idx in indices]
-  return np.concatenate([meshes.to_host(l) for l in logits])[mask.reshape(-1)]
+  return np.concatenate([meshes.to_host(batch_logits) for batch_logits in logits])[mask.reshape(-1)]
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:

@@ -18,8 +18,17 @@ import time
 
 FOLDER = "tb"
 # Shown for every run, so a sweep's table has them even where a trial's value is the default.
-HPARAMS_ALWAYS = ("seed", "model.name", "batch_size", "num_epochs", "optimizer.name", "optimizer.learning_rate",
-                  "optimizer.weight_decay", "model.dropout_rate", "label_smoothing")
+HPARAMS_ALWAYS = (
+  "seed",
+  "model.name",
+  "batch_size",
+  "num_epochs",
+  "optimizer.name",
+  "optimizer.learning_rate",
+  "optimizer.weight_decay",
+  "model.dropout_rate",
+  "label_smoothing",
+)
 
 
 @functools.cache
@@ -45,9 +54,13 @@ def hparams(config) -> dict:
   """The hyperparameters a run shows in the HParams table: HPARAMS_ALWAYS, and every config key set away from its
   default (but where the data lies)."""
   from fluxdigits import config as configs
+
   defaults = configs.flatten(configs.defaults())
-  chosen = {key: value for key, value in configs.flatten(config).items()
-            if key in HPARAMS_ALWAYS or (value != defaults.get(key) and key != "dataset.data_dir")}
+  chosen = {
+    key: value
+    for key, value in configs.flatten(config).items()
+    if key in HPARAMS_ALWAYS or (value != defaults.get(key) and key != "dataset.data_dir")
+  }
   return {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in chosen.items()}
 
 
@@ -86,21 +99,24 @@ class Boards:
   def scalars(self, member: int, step: int, values: dict, prefix: str) -> None:
     if member in self.writers:
       scalar = _tensorboardx().summary.scalar
-      self._write(member, step, [scalar(f"{prefix}/{name}", float(value)) for name, value in values.items()
-                                 if value is not None])
+      self._write(
+        member, step, [scalar(f"{prefix}/{name}", float(value)) for name, value in values.items() if value is not None]
+      )
 
   def images(self, member: int, step: int, pictures: dict) -> None:
     """The PNG files of `pictures` (tag -> path) as images, their bytes as they are."""
     if member not in self.writers:
       return
     from PIL import Image
+
     summary_pb2 = _tensorboardx().proto.summary_pb2
     summaries = []
     for tag, path in pictures.items():
       with Image.open(path) as image:
         size, channels = image.size, len(image.getbands())
-      picture = summary_pb2.Summary.Image(width=size[0], height=size[1], colorspace=channels,
-                                          encoded_image_string=pathlib.Path(path).read_bytes())
+      picture = summary_pb2.Summary.Image(
+        width=size[0], height=size[1], colorspace=channels, encoded_image_string=pathlib.Path(path).read_bytes()
+      )
       summaries.append(summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=f"report/{tag}", image=picture)]))
     self._write(member, step, summaries)
 
@@ -129,6 +145,7 @@ class Profiler:
     self.calls += 1
     if self.left > 0 and self.calls >= 2 and not self.tracing:
       import jax
+
       jax.profiler.start_trace(str(self.folder))
       self.tracing = True
 
@@ -141,5 +158,6 @@ class Profiler:
   def stop(self) -> None:
     if self.tracing:
       import jax
+
       jax.profiler.stop_trace()
       self.tracing = False

@@ -26,11 +26,13 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from fluxdigits import cli, config as configs, loop, tune_report
-from fluxdigits.tune_report import FINISHED, best_value, count, directory_number
 from fluxdigits.errors import TrainingDiverged, UserError
+from fluxdigits.tune_report import FINISHED, best_value, count, directory_number
 
-USAGE = ("python -m fluxdigits.tune SWEEP.py --trials N [--workdir DIR] [--sampler tpe|random|grid] "
-         "[--pruner median|hyperband|none] [--population K] [--storage URL] [--config.KEY=VALUE ...]")
+USAGE = (
+  "python -m fluxdigits.tune SWEEP.py --trials N [--workdir DIR] [--sampler tpe|random|grid] "
+  "[--pruner median|hyperband|none] [--population K] [--storage URL] [--config.KEY=VALUE ...]"
+)
 # A dead worker's trial is failed (and re-queued) by another worker once its heartbeat is this old.
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
@@ -47,22 +49,35 @@ def _retry():
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
-      prog="python -m fluxdigits.tune", usage=USAGE.replace(" [--pruner", "\n" + " " * 6 + "[--pruner"),
-      description=__doc__.split("\n", 2)[2],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="--config.KEY=VALUE overrides the sweep's base config (`python -m fluxdigits.run --help` lists\nthe keys)\n\n"
-             "example: python -m fluxdigits.tune sweeps/mnist_cnn.py --trials 20 --population 4")
+    prog="python -m fluxdigits.tune",
+    usage=USAGE.replace(" [--pruner", "\n" + " " * 6 + "[--pruner"),
+    description=__doc__.split("\n", 2)[2],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="--config.KEY=VALUE overrides the sweep's base config (`python -m fluxdigits.run --help` lists\n"
+    "the keys)\n\n"
+    "example: python -m fluxdigits.tune sweeps/mnist_cnn.py --trials 20 --population 4",
+  )
   parser.add_argument("sweep", help="a sweep file, e.g. sweeps/mnist_cnn.py")
-  parser.add_argument("--trials", type=int, required=True,
-                      help="finished (complete or pruned) trials the study ends with, all workers together")
+  parser.add_argument(
+    "--trials",
+    type=int,
+    required=True,
+    help="finished (complete or pruned) trials the study ends with, all workers together",
+  )
   parser.add_argument("--workdir", help="tuning directory (default: runs/<sweep file stem>-tune)")
   parser.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
   parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
-  parser.add_argument("--population", type=int, default=1, metavar="K",
-                      help="ask the sampler for K trials at a time and train those of one shape (model, batch size, "
-                           "optimizer, ...) at once, as one population (default 1: one trial at a time)")
-  parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///WORKDIR/study.db); "
-                                        "journal:PATH for a journal file")
+  parser.add_argument(
+    "--population",
+    type=int,
+    default=1,
+    metavar="K",
+    help="ask the sampler for K trials at a time and train those of one shape (model, batch size, "
+    "optimizer, ...) at once, as one population (default 1: one trial at a time)",
+  )
+  parser.add_argument(
+    "--storage", help="Optuna storage URL (default: sqlite:///WORKDIR/study.db); journal:PATH for a journal file"
+  )
   args, rest = parser.parse_known_args(argv)
   overrides = cli.config_overrides(rest, USAGE)
   if args.trials < 1:
@@ -81,8 +96,10 @@ def load_sweep(path):
   """(module, base config): the sweep file's get_config() and its space(trial)."""
   module = configs.load_module(path, "sweep")
   if not callable(getattr(module, "space", None)):
-    raise UserError(f"sweep file {path!r} has no space(trial) function; define one that calls "
-                    "trial.suggest_*('CONFIG.KEY', ...), e.g. trial.suggest_float('optimizer.learning_rate', 1e-4, 1e-2, log=True)")
+    raise UserError(
+      f"sweep file {path!r} has no space(trial) function; define one that calls "
+      "trial.suggest_*('CONFIG.KEY', ...), e.g. trial.suggest_float('optimizer.learning_rate', 1e-4, 1e-2, log=True)"
+    )
   return module, configs.config_from(module, path)
 
 
@@ -96,7 +113,8 @@ def with_values(config, values: dict):
 
 
 def space_of(sweep, base_config) -> dict:
-  """{config key: sorted distribution JSONs}: the space as random draws of space(trial) see it, every extreme validated."""
+  """{config key: sorted distribution JSONs}: the space as random draws of space(trial) see it,
+  every extreme validated."""
   study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
   seen = {}
   for _ in range(DRY_RUN_DRAWS):
@@ -109,8 +127,10 @@ def space_of(sweep, base_config) -> dict:
       seen.setdefault(name, {})[optuna.distributions.distribution_to_json(distribution)] = distribution
     study.tell(trial, 0.0)
   if not seen:
-    raise UserError("the search space is empty: space(trial) suggests nothing; "
-                    "call trial.suggest_*('CONFIG.KEY', ...) for each config key to tune")
+    raise UserError(
+      "the search space is empty: space(trial) suggests nothing; "
+      "call trial.suggest_*('CONFIG.KEY', ...) for each config key to tune"
+    )
   for name, distributions in seen.items():
     for distribution in distributions.values():
       for value in extremes(distribution):
@@ -142,8 +162,10 @@ def grid_of(space: dict) -> dict:
         count = int(round((d.high - d.low) / d.step)) + 1
         values += [d.low + i * d.step for i in range(count)]
       else:
-        raise UserError(f"--sampler grid needs categorical or stepped parameters; {name!r} is a continuous range: "
-                        "give it step=..., use suggest_categorical, or use --sampler tpe|random")
+        raise UserError(
+          f"--sampler grid needs categorical or stepped parameters; {name!r} is a continuous range: "
+          "give it step=..., use suggest_categorical, or use --sampler tpe|random"
+        )
     grid[name] = list(dict.fromkeys(values))
   return grid
 
@@ -154,22 +176,30 @@ def grid_of(space: dict) -> dict:
 def open_storage(url: str):
   try:
     if url.startswith("journal:"):
-      path = url[len("journal:"):].removeprefix("//")
+      path = url[len("journal:") :].removeprefix("//")
       return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
     # SQLite waits for a lock instead of failing when two workers write at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                                      grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=_retry())
+    return optuna.storages.RDBStorage(
+      url,
+      engine_kwargs=engine,
+      heartbeat_interval=HEARTBEAT_SECONDS,
+      grace_period=GRACE_SECONDS,
+      heartbeat_stale_trial_callback=_retry(),
+    )
   except Exception as e:
     first_line = (str(e).splitlines() or [""])[0][:300]
-    raise UserError(f"cannot open the storage {url!r} ({type(e).__name__}: {first_line}); pass an Optuna storage URL "
-                    "that this machine can reach, e.g. sqlite:///tune.db or postgresql://USER:PASSWORD@HOST/DB") from None
+    raise UserError(
+      f"cannot open the storage {url!r} ({type(e).__name__}: {first_line}); pass an Optuna storage URL "
+      "that this machine can reach, e.g. sqlite:///tune.db or postgresql://USER:PASSWORD@HOST/DB"
+    ) from None
 
 
 def open_study(storage, name: str, space: dict, base_config, sampler, pruner) -> optuna.Study:
   """Creates the study, or loads it after checking it was made with this search space and base config."""
-  study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                              pruner=pruner, load_if_exists=True)
+  study = optuna.create_study(
+    storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True
+  )
   base = configs.flatten(base_config)
   recorded_space, recorded_base = study.user_attrs.get("space"), study.user_attrs.get("base_config")
   if recorded_space is None:
@@ -178,14 +208,17 @@ def open_study(storage, name: str, space: dict, base_config, sampler, pruner) ->
     return study
   if recorded_space != space:
     changed = sorted(k for k in set(space) | set(recorded_space) if space.get(k) != recorded_space.get(k))
-    raise UserError(f"study {name!r} in this storage was made with another search space (differs in: {', '.join(changed)}); "
-                    "keep the sweep's space as it was, or use another --workdir (or --storage)")
-  recorded_base = configs.with_keys_added_since(recorded_base)
+    raise UserError(
+      f"study {name!r} in this storage was made with another search space (differs in: {', '.join(changed)}); "
+      "keep the sweep's space as it was, or use another --workdir (or --storage)"
+    )
   changed = sorted(k for k in set(base) | set(recorded_base) if base.get(k) != recorded_base.get(k))
   if changed:
     shown = ", ".join(f"{k} ({recorded_base.get(k)!r} -> {base.get(k)!r})" for k in changed[:6])
-    raise UserError(f"study {name!r} in this storage was made with another base config: {shown}; "
-                    "run with the same sweep and --config values, or use another --workdir (or --storage)")
+    raise UserError(
+      f"study {name!r} in this storage was made with another base config: {shown}; "
+      "run with the same sweep and --config values, or use another --workdir (or --storage)"
+    )
   return study
 
 
@@ -216,7 +249,8 @@ def exclusive(lock_file: pathlib.Path):
 
 
 def requeue_interrupted(study, log=print):
-  """Fails this machine's trials whose worker died (kill -9, Ctrl-C) and re-queues them, to resume from their checkpoints.
+  """Fails this machine's trials whose worker died (kill -9, Ctrl-C) and re-queues them, to resume from
+  their checkpoints.
 
   Other machines' dead workers are found by the storage's heartbeat (an RDB storage), a little later.
   """
@@ -251,14 +285,16 @@ PRUNED = "pruned"
 
 
 def pruning(trial, config, prune: bool):
-  """A run's on_epoch: reports each epoch's validation accuracy to the trial; says 'pruned ...' when the pruner stops it."""
+  """A run's on_epoch: reports each epoch's validation accuracy to the trial; says 'pruned ...' when the
+  pruner stops it."""
 
   def on_epoch(row):
     trial.report(row["val_accuracy"], row["epoch"])
     # The last epoch is never pruned: it has been paid for, and the trial is complete.
     if prune and row["epoch"] < config.num_epochs and trial.should_prune():
-      return (f"{PRUNED} after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the "
-              "other trials")
+      return (
+        f"{PRUNED} after epoch {row['epoch']}: validation accuracy {row['val_accuracy']:.4f} is behind the other trials"
+      )
     return None
 
   return on_epoch
@@ -296,8 +332,9 @@ def make_objective(sweep, base_config, workdir: pathlib.Path, prune: bool):
     with open(trial_dir / "train.log", "a") as log_file:
       try:
         prune_now = pruning(trial, config, prune)
-        summary = loop.train([config], trial_dir, log=file_log(log_file), on_epoch=lambda member, row: prune_now(row),
-                             test=False)[0]
+        summary = loop.train(
+          [config], trial_dir, log=file_log(log_file), on_epoch=lambda member, row: prune_now(row), test=False
+        )[0]
       except TrainingDiverged as e:
         summary = {"stopped": f"diverged: {e}"}
       except KeyboardInterrupt:
@@ -319,6 +356,7 @@ def train_population_of_trials(study, sweep, base_config, workdir: pathlib.Path,
   alone; the population's stacked checkpoints are in WORKDIR/populations/, so an interrupted one resumes.
   """
   from fluxdigits import population
+
   trials = [study.ask() for _ in range(size)]
   try:
     started = [start_trial(trial, sweep, base_config, workdir) for trial in trials]
@@ -334,8 +372,14 @@ def train_population_of_trials(study, sweep, base_config, workdir: pathlib.Path,
       pruners = [pruning(trials[i], started[i][0], prune) for i in group]
       with open(population_dir / "train.log", "a") as log_file:
         try:
-          summaries = loop.train(members, population_dir, member_dirs, log=file_log(log_file),
-                                        on_epoch=lambda member, row: pruners[member](row), test=False)
+          summaries = loop.train(
+            members,
+            population_dir,
+            member_dirs,
+            log=file_log(log_file),
+            on_epoch=lambda member, row: pruners[member](row),
+            test=False,
+          )
         except TrainingDiverged as e:  # a population of one stops at once, as a run does
           summaries = [{"stopped": f"diverged: {e}"}]
       for i, summary in zip(group, summaries):
@@ -357,8 +401,10 @@ def progress_line(study, trial, target: int) -> str:
   value = best_value(trial)
   epochs = max(trial.intermediate_values, default=0)
   seconds = trial.duration.total_seconds() if trial.duration else 0.0
-  line = (f"[{finished}/{target}] trial {trial.number:04d} {trial.state.name.lower():<8} "
-          f"val {'-' if value is None else f'{value:.4f}'}  {epochs} epochs  {seconds:.1f}s")
+  line = (
+    f"[{finished}/{target}] trial {trial.number:04d} {trial.state.name.lower():<8} "
+    f"val {'-' if value is None else f'{value:.4f}'}  {epochs} epochs  {seconds:.1f}s"
+  )
   with contextlib.suppress(ValueError):
     best = study.best_trial
     line += f"  best {best.value:.4f} (trial {best.number:04d})"
@@ -366,7 +412,8 @@ def progress_line(study, trial, target: int) -> str:
 
 
 def evaluate_chosen_trial(study, trial, workdir: pathlib.Path):
-  """The chosen trial's summary with its test figures, evaluated once (None when its directory is on another machine)."""
+  """The chosen trial's summary with its test figures, evaluated once (None when its directory is on another
+  machine)."""
   trial_dir = workdir / "trials" / f"{directory_number(trial):04d}"
   if not (trial_dir / "summary.json").is_file():
     return None
@@ -386,7 +433,9 @@ def tune(args, overrides) -> pathlib.Path:
   sweep, base_config = load_sweep(args.sweep)
   base_config = configs.smoke_budget(configs.validate(configs.override(base_config, overrides)))
   if not base_config.validation_fraction > 0:
-    raise UserError("tuning chooses on validation accuracy: set validation_fraction > 0 (e.g. --config.validation_fraction=0.1)")
+    raise UserError(
+      "tuning chooses on validation accuracy: set validation_fraction > 0 (e.g. --config.validation_fraction=0.1)"
+    )
   space = space_of(sweep, base_config)
   sampler = make_sampler(args.sampler, space)
   stem = pathlib.Path(args.sweep).stem
@@ -395,8 +444,14 @@ def tune(args, overrides) -> pathlib.Path:
   url = args.storage or f"sqlite:///{(workdir / 'study.db').absolute()}"
   # Workers started together would race to create the storage's tables and the study.
   with exclusive(workdir / "study.lock"):
-    study = open_study(open_storage(url), stem, space, base_config, sampler,
-                       make_pruner(args.pruner, args.trials, base_config.num_epochs))
+    study = open_study(
+      open_storage(url),
+      stem,
+      space,
+      base_config,
+      sampler,
+      make_pruner(args.pruner, args.trials, base_config.num_epochs),
+    )
     requeue_interrupted(study)
 
   def stop_at_target(study, trial):
@@ -409,8 +464,9 @@ def tune(args, overrides) -> pathlib.Path:
   if args.population > 1:
     # Running trials count too, so that workers together end at the target instead of each overshooting it.
     while (left := args.trials - count(study, (*FINISHED, TrialState.RUNNING))) > 0:
-      train_population_of_trials(study, sweep, base_config, workdir, min(args.population, left),
-                                 args.pruner != "none", args.trials)
+      train_population_of_trials(
+        study, sweep, base_config, workdir, min(args.population, left), args.pruner != "none", args.trials
+      )
   elif count(study, (*FINISHED, TrialState.RUNNING)) < args.trials:
     study.optimize(make_objective(sweep, base_config, workdir, args.pruner != "none"), callbacks=[stop_at_target])
   print(f"this worker tuned for {time.perf_counter() - start:.1f}s", flush=True)
@@ -430,6 +486,7 @@ def main(argv=None) -> int:
   def command():
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fluxdigits import cpu
+
     cpu.claim_cores()  # before anything starts JAX
     out = tune(*args)
     print(f"results -> {out / 'index.html'}, {out / 'tuning.md'}")

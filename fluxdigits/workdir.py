@@ -29,8 +29,17 @@ POPULATION_FILE = "population.json"
 # The learning rate and weight decay live in the optimizer state and are set anew on resume, so
 # a run that diverged can continue from its last good epoch with a lower rate. The data's
 # location and cache say where the same data is read from, not what it is.
-RESUMABLE_CHANGES = ("num_epochs", "report", "optimizer.learning_rate", "optimizer.weight_decay",
-                     "dataset.data_dir", "dataset.cache", "microbatches", "tensorboard", "profile_steps")
+RESUMABLE_CHANGES = (
+  "num_epochs",
+  "report",
+  "optimizer.learning_rate",
+  "optimizer.weight_decay",
+  "dataset.data_dir",
+  "dataset.cache",
+  "microbatches",
+  "tensorboard",
+  "profile_steps",
+)
 
 
 def _os_error(e: OSError, what: str, path) -> UserError:
@@ -50,8 +59,10 @@ def _check_is_run_or_empty(workdir: pathlib.Path):
     except OSError as e:
       raise _os_error(e, "read the workdir", workdir) from None
     if entries:
-      raise UserError(f"{workdir} is not a fluxdigits run (it holds {', '.join(entries[:3])}"
-                      f"{', ...' if len(entries) > 3 else ''}) and is left untouched; pass a new or empty --workdir")
+      raise UserError(
+        f"{workdir} is not a fluxdigits run (it holds {', '.join(entries[:3])}"
+        f"{', ...' if len(entries) > 3 else ''}) and is left untouched; pass a new or empty --workdir"
+      )
 
 
 @contextlib.contextmanager
@@ -74,8 +85,10 @@ def _locked(workdir: pathlib.Path):
       os.close(fd)
       if e.errno not in (errno.EAGAIN, errno.EACCES):
         raise _os_error(e, "lock", lock_file) from None
-      raise UserError(f"{workdir} is in use by another fluxdigits process (pid {holder}); wait for it to end "
-                      f"or stop it (kill {holder}), or pass another --workdir") from None
+      raise UserError(
+        f"{workdir} is in use by another fluxdigits process (pid {holder}); wait for it to end "
+        f"or stop it (kill {holder}), or pass another --workdir"
+      ) from None
     # The folder may have been moved aside (--restart) between open() and flock(): then this lock
     # guards the old run, not WORKDIR, and the new WORKDIR's lock file must be taken instead.
     try:
@@ -105,8 +118,10 @@ def _aside_name(workdir: pathlib.Path) -> pathlib.Path:
 
 def _move_aside(workdir: pathlib.Path, log) -> None:
   if pathlib.Path.cwd().resolve().is_relative_to(workdir.resolve()):
-    raise UserError(f"--restart would move {workdir}, which holds the current directory; run from elsewhere "
-                    "or pass a --workdir below the current directory")
+    raise UserError(
+      f"--restart would move {workdir}, which holds the current directory; run from elsewhere "
+      "or pass a --workdir below the current directory"
+    )
   with _locked(workdir):
     aside = _aside_name(workdir)
     try:
@@ -133,13 +148,17 @@ def read_config(path: pathlib.Path) -> dict:
 def check_same_run(saved: dict, config, where) -> None:
   """Raises unless `config` may continue a run made with the flat config `saved`."""
   new = configs.flatten(config)
-  saved = configs.with_keys_added_since(saved)
-  differing = sorted(k for k in set(saved) | set(new)
-                     if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != new.get(k, "<absent>"))
+  differing = sorted(
+    k
+    for k in set(saved) | set(new)
+    if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != new.get(k, "<absent>")
+  )
   if differing:
     shown = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})" for k in differing[:6])
-    raise UserError(f"{where} holds a run with another config: {shown}; resume with the same config, "
-                    "or pass --restart (the old run is moved aside) or another --workdir")
+    raise UserError(
+      f"{where} holds a run with another config: {shown}; resume with the same config, "
+      "or pass --restart (the old run is moved aside) or another --workdir"
+    )
 
 
 def has_checkpoints(workdir: pathlib.Path) -> bool:
@@ -171,15 +190,18 @@ def write_dataset_info(workdir: pathlib.Path, info) -> None:
 def read_dataset_info(workdir: pathlib.Path):
   """The run's data.Info, from the dataset.json its training wrote."""
   from fluxdigits import data
+
   path = workdir / DATASET_FILE
   try:
     return data.Info.from_json(json.loads(path.read_text()))
   except FileNotFoundError:
-    raise UserError(f"{path} is missing; a training run writes it when it starts: restore it, or train the run "
-                    f"again") from None
+    raise UserError(
+      f"{path} is missing; a training run writes it when it starts: restore it, or train the run again"
+    ) from None
   except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); restore the dataset.json the training run "
-                    "wrote") from None
+    raise UserError(
+      f"{path} is unreadable ({type(e).__name__}: {e}); restore the dataset.json the training run wrote"
+    ) from None
 
 
 def with_recorded_data_dir(config, workdir: pathlib.Path):
@@ -223,20 +245,26 @@ def check_population(workdir: pathlib.Path, member_dirs) -> None:
   try:
     recorded = json.loads(path.read_text())["members"] if path.is_file() else None
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it, or use --restart or another --workdir") from None
+    raise UserError(
+      f"{path} is unreadable ({type(e).__name__}); restore it, or use --restart or another --workdir"
+    ) from None
   if recorded is not None and recorded != names and not any(is_run(workdir / name) for name in recorded):
     recorded = None
   if single:
     if recorded is not None:
-      raise UserError(f"{workdir} holds a population ({path}); train it again with the same --seeds, pass one of its "
-                      "members' folders to the report or predict commands, or use another --workdir")
+      raise UserError(
+        f"{workdir} holds a population ({path}); train it again with the same --seeds, pass one of its "
+        "members' folders to the report or predict commands, or use another --workdir"
+      )
     path.unlink(missing_ok=True)
     return
   if (workdir / "config.json").is_file():
     raise UserError(f"{workdir} holds a single run, not a population; pass another --workdir (or --restart)")
   if recorded is not None and recorded != names:
-    raise UserError(f"{workdir} holds a population of {_listed(recorded)}, not {_listed(names)}; train the same "
-                    "members (e.g. the same --seeds), or pass --restart (the old one is moved aside) or another --workdir")
+    raise UserError(
+      f"{workdir} holds a population of {_listed(recorded)}, not {_listed(names)}; train the same "
+      "members (e.g. the same --seeds), or pass --restart (the old one is moved aside) or another --workdir"
+    )
   if recorded is None:
     try:
       path.write_text(json.dumps({"members": names}, indent=2) + "\n")

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
 from conftest import REPO, kill_once_written, read_summary, run_cli
 
 sys.path.insert(0, str(REPO / "tests" / "zoo"))
@@ -28,13 +27,24 @@ def digits(tmp_path_factory):
 
 
 def folder_args(digits, model, epochs):
-  return [BASE, "--config.dataset.name=folder", f"--config.dataset.data_dir={digits}", f"--config.model.name={model}",
-          f"--config.num_epochs={epochs}", "--config.ema_decay=0"]
+  return [
+    BASE,
+    "--config.dataset.name=folder",
+    f"--config.dataset.data_dir={digits}",
+    f"--config.model.name={model}",
+    f"--config.num_epochs={epochs}",
+    "--config.ema_decay=0",
+  ]
 
 
 def command(module, *args):
-  return subprocess.run([sys.executable, "-m", f"fluxdigits.{module}", *map(str, args)], capture_output=True,
-                        text=True, cwd=REPO, timeout=900)
+  return subprocess.run(
+    [sys.executable, "-m", f"fluxdigits.{module}", *map(str, args)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=900,
+  )
 
 
 def predicted_accuracy(run, digits, tmp_path) -> float:
@@ -78,8 +88,14 @@ def nnx_run(digits, tmp_path_factory):
 
 def test_an_nnx_run_resumes_exactly_after_kill_9(nnx_run, digits, tmp_path):
   workdir = tmp_path / "killed"
-  args = [sys.executable, "-m", "fluxdigits.run", *map(str, folder_args(digits, HELD_OUT["nnx"], 3)),
-          "--workdir", str(workdir)]
+  args = [
+    sys.executable,
+    "-m",
+    "fluxdigits.run",
+    *map(str, folder_args(digits, HELD_OUT["nnx"], 3)),
+    "--workdir",
+    str(workdir),
+  ]
   kill_once_written(args, workdir / "checkpoints" / "1", "the NNX run, in its second epoch,")
   resumed = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600)
   assert resumed.returncode == 0, resumed.stderr
@@ -105,13 +121,19 @@ def digits_test_file(run) -> pathlib.Path:
 
 
 def test_nnx_seeds_train_as_one_population_and_two_devices_match_one(nnx_run, digits, tmp_path):
-  seeds = run_cli(*folder_args(digits, HELD_OUT["nnx"], 3), "--workdir", tmp_path / "seeds", "--seeds", "0-1",
-                  "--config.report=false")
+  seeds = run_cli(
+    *folder_args(digits, HELD_OUT["nnx"], 3), "--workdir", tmp_path / "seeds", "--seeds", "0-1", "--config.report=false"
+  )
   assert seeds.returncode == 0, seeds.stderr
   seed_0, seed_1 = (read_summary(tmp_path / "seeds" / f"seed-{s}") for s in (0, 1))
   assert seed_0["test_accuracy"] == read_summary(nnx_run)["test_accuracy"] != seed_1["test_accuracy"]
-  two = run_cli(*folder_args(digits, HELD_OUT["nnx"], 3), "--workdir", tmp_path / "two", "--config.report=false",
-                env={"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "2"})
+  two = run_cli(
+    *folder_args(digits, HELD_OUT["nnx"], 3),
+    "--workdir",
+    tmp_path / "two",
+    "--config.report=false",
+    env={"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "2"},
+  )
   assert two.returncode == 0, two.stderr
   on_two = read_summary(tmp_path / "two")
   assert on_two["device"] == "2x cpu (cpu)"
@@ -120,18 +142,25 @@ def test_nnx_seeds_train_as_one_population_and_two_devices_match_one(nnx_run, di
 
 def test_two_nnx_tuning_trials(digits, tmp_path):
   sweep = tmp_path / "nnx_sweep.py"
-  sweep.write_text(f"from fluxdigits import config\n\n\ndef get_config():\n  c = config.load({str(BASE)!r})\n"
-                   f"  c.dataset.name = 'folder'\n  c.dataset.data_dir = {str(digits)!r}\n"
-                   f"  c.model.name = {HELD_OUT['nnx']!r}\n  c.num_epochs = 1\n  return c\n\n\ndef space(trial):\n"
-                   "  trial.suggest_float('optimizer.learning_rate', 1e-3, 3e-3, log=True)\n")
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.tune", str(sweep), "--trials", "2", "--workdir",
-                           str(tmp_path / "tune")], capture_output=True, text=True, cwd=REPO, timeout=900)
+  sweep.write_text(
+    f"from fluxdigits import config\n\n\ndef get_config():\n  c = config.load({str(BASE)!r})\n"
+    f"  c.dataset.name = 'folder'\n  c.dataset.data_dir = {str(digits)!r}\n"
+    f"  c.model.name = {HELD_OUT['nnx']!r}\n  c.num_epochs = 1\n  return c\n\n\ndef space(trial):\n"
+    "  trial.suggest_float('optimizer.learning_rate', 1e-3, 3e-3, log=True)\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.tune", str(sweep), "--trials", "2", "--workdir", str(tmp_path / "tune")],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr
   trials = sorted((tmp_path / "tune" / "trials").iterdir())
   assert len(trials) == 2 and all(read_summary(t)["best_val_accuracy"] > 0.2 for t in trials)  # chance: 0.1
 
 
-BAD_NNX = '''
+BAD_NNX = """
 from flax import nnx
 
 class NoRngs(nnx.Module):
@@ -151,21 +180,28 @@ class Fine(nnx.Module):
     self.linear = nnx.Linear(64, num_classes, rngs=rngs)
   def __call__(self, x):
     return self.linear(x.reshape(x.shape[0], -1))
-'''
+"""
 
 
-@pytest.mark.parametrize("name, kwargs, message", [
+@pytest.mark.parametrize(
+  "name, kwargs, message",
+  [
     ("net.py:NoRngs", [], "failed on a batch of (8, 8, 1) images (TypeError: "),
     ("net.py:ThreeLogits", [], "returned shape (2, 3) for a batch of 2 (8, 8, 1) images"),
-    ("net.py:Fine", ["--config.model.kwargs.widht=4"], "net.py:Fine has no field 'widht'; its "
-                                                       "fields: num_classes, width"),
+    (
+      "net.py:Fine",
+      ["--config.model.kwargs.widht=4"],
+      "net.py:Fine has no field 'widht'; its fields: num_classes, width",
+    ),
     ("net.py:Nope", [], "defines no 'Nope'; its Flax modules: Fine, NoRngs, ThreeLogits"),
-])
+  ],
+)
 def test_a_bad_nnx_model_is_one_line_and_exit_2(digits, tmp_path, name, kwargs, message):
   (tmp_path / "net.py").write_text(BAD_NNX)
   args = [*folder_args(digits, name, 1), "--workdir", tmp_path / "run", *kwargs]
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.run", *map(str, args)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.run", *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=300
+  )
   err = result.stderr.strip()
   assert result.returncode == 2 and err.startswith("error: ") and message in err and "\n" not in err, err
   assert not (tmp_path / "run" / "checkpoints").exists()
@@ -176,5 +212,6 @@ def test_the_seed_cnn_written_with_flax_s_layers_compiles_to_the_built_in_progra
   (benchmarks/flax_apis.py times them): cpu_formulated gives them the same XLA program."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   import flax_apis
+
   built_in, linen, nnx = (flax_apis.compiled_operations(model) for model in flax_apis.MODELS.values())
   assert linen == nnx == built_in, (sum(built_in.values()), sum(linen.values()), sum(nnx.values()))

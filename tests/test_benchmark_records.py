@@ -5,11 +5,11 @@ import json
 import sys
 
 import numpy as np
+from conftest import REPO
 from PIL import Image
 
 import fluxdigits
 from fluxdigits.errors import UserError
-from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 _spec = importlib.util.spec_from_file_location("experiments_script", REPO / "benchmarks" / "experiments.py")
@@ -19,32 +19,53 @@ import tables  # noqa: E402  (benchmarks/, on the path above)
 
 
 def record(name, test_accuracy, digits=None):
-  r = {"experiment": name, "date": "2026-11-24", "wall_seconds": 1.0, "source": f"python benchmarks/experiments.py {name}",
-       "summary": {"test_accuracy": test_accuracy, "test_loss": 0.1, "epochs_run": 1, "num_epochs": 1,
-                   "num_params": 10, "train_seconds": 1.0}}
+  r = {
+    "experiment": name,
+    "date": "2026-11-24",
+    "wall_seconds": 1.0,
+    "source": f"python benchmarks/experiments.py {name}",
+    "summary": {
+      "test_accuracy": test_accuracy,
+      "test_loss": 0.1,
+      "epochs_run": 1,
+      "num_epochs": 1,
+      "num_params": 10,
+      "train_seconds": 1.0,
+    },
+  }
   if digits is not None:
     r["real_digits"] = digits
   return r
 
 
 def digits(files, correct, **sources):
-  return {"files": files, "correct": correct, "top1": correct / files,
-          "sources": {s: {"files": n, "correct": c, "top1": c / n} for s, (n, c) in sources.items()}}
+  return {
+    "files": files,
+    "correct": correct,
+    "top1": correct / files,
+    "sources": {s: {"files": n, "correct": c, "top1": c / n} for s, (n, c) in sources.items()},
+  }
 
 
 def test_real_digits_table_has_a_row_per_measured_record_and_a_column_per_source():
-  records = [record("mnist_mlp", 0.9804, digits(20, 18, krisut=(10, 9), dfak0=(10, 9))),
-             record("mnist_cnn_deep", 0.9955),  # recorded before real digits were measured: no row
-             record("mnist_fast", 0.9912, digits(20, 19, krisut=(10, 9), dfak0=(10, 10)))]
+  records = [
+    record("mnist_mlp", 0.9804, digits(20, 18, krisut=(10, 9), dfak0=(10, 9))),
+    record("mnist_cnn_deep", 0.9955),  # recorded before real digits were measured: no row
+    record("mnist_fast", 0.9912, digits(20, 19, krisut=(10, 9), dfak0=(10, 10))),
+  ]
   assert experiments.digits_table(records).splitlines() == [
-      "| run | MNIST test | all 20 | dfak0 (10 drawings) | krisut (10 photos, coloured paper) |",
-      "| --- | ---: | ---: | ---: | ---: |",
-      "| `mnist_mlp` | 98.04% | 90.0% | 90.0% | 90.0% |",
-      "| `mnist_fast` | 99.12% | **95.0%** | 100.0% | 90.0% |"]
+    "| run | MNIST test | all 20 | dfak0 (10 drawings) | krisut (10 photos, coloured paper) |",
+    "| --- | ---: | ---: | ---: | ---: |",
+    "| `mnist_mlp` | 98.04% | 90.0% | 90.0% | 90.0% |",
+    "| `mnist_fast` | 99.12% | **95.0%** | 100.0% | 90.0% |",
+  ]
 
 
 def test_counts_that_differ_between_records_go_in_the_cells():
-  records = [record("a", 0.9, digits(4, 2, newsource=(4, 2))), record("b", 0.9, digits(5, 5, newsource=(3, 3), other=(2, 2)))]
+  records = [
+    record("a", 0.9, digits(4, 2, newsource=(4, 2))),
+    record("b", 0.9, digits(5, 5, newsource=(3, 3), other=(2, 2))),
+  ]
   header, _, a, b = experiments.digits_table(records).splitlines()
   assert header == "| run | MNIST test | all | newsource | other (2) |"
   assert a == "| `a` | 90.00% | 50.0% of 4 | 50.0% of 4 |  |"
@@ -55,9 +76,26 @@ def test_counts_that_differ_between_records_go_in_the_cells():
 def test_a_marked_table_is_rewritten_from_its_records_and_the_rest_kept(tmp_path, monkeypatch):
   monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
   (tmp_path / "results").mkdir()
-  (tmp_path / "results" / "r.json").write_text(json.dumps({"device": "CPU X", "date": "2026-12-01", "runs": [
-      {"experiment": "experiments/mnist_fast.py", "overrides": ["--config.num_epochs=2"], "test_accuracy": 0.99, "epochs": 2,
-       "wall_s": 12.0, "compile_s": 1.0, "train_s": 8.0, "peak_rss_mib": 600.0}]}))
+  (tmp_path / "results" / "r.json").write_text(
+    json.dumps(
+      {
+        "device": "CPU X",
+        "date": "2026-12-01",
+        "runs": [
+          {
+            "experiment": "experiments/mnist_fast.py",
+            "overrides": ["--config.num_epochs=2"],
+            "test_accuracy": 0.99,
+            "epochs": 2,
+            "wall_s": 12.0,
+            "compile_s": 1.0,
+            "train_s": 8.0,
+            "peak_rss_mib": 600.0,
+          }
+        ],
+      }
+    )
+  )
   doc = tmp_path / "docs" / "page.md"
   doc.parent.mkdir()
   doc.write_text("before\n<!-- table: time-to-accuracy r.json -->\nstale\n<!-- end of table -->\nafter\n")
@@ -66,13 +104,17 @@ def test_a_marked_table_is_rewritten_from_its_records_and_the_rest_kept(tmp_path
   assert tables.stale() == ["docs/page.md: time-to-accuracy r.json"]
   assert tables.rewrite() == [doc] and tables.stale() == []
   text = doc.read_text()
-  assert text.startswith("before\n<!-- table: time-to-accuracy r.json -->\n| experiment |") and text.endswith("<!-- end of table -->\nafter\n")
+  assert text.startswith("before\n<!-- table: time-to-accuracy r.json -->\n| experiment |") and text.endswith(
+    "<!-- end of table -->\nafter\n"
+  )
   assert "| `mnist_fast` | `num_epochs=2` | 99.00% | 2 | 12.0 s | 1.0 s | 8.0 s | 600 MiB |" in text
   assert "CPU X, 2026-12-01: [`r.json`](../results/r.json)" in text
 
 
 def test_every_table_of_the_readme_and_docs_is_the_one_its_records_give():
-  assert tables.stale() == [], "tables differ from their records in benchmarks/results/: run python benchmarks/tables.py"
+  assert tables.stale() == [], (
+    "tables differ from their records in benchmarks/results/: run python benchmarks/tables.py"
+  )
 
 
 class FakeClassifier:
@@ -95,8 +137,10 @@ def test_real_digits_scored_per_source_with_unreadable_files_as_misses(tmp_path,
   monkeypatch.setattr(fluxdigits, "load_classifier", lambda workdir: FakeClassifier())
   result = experiments.evaluate_real_digits("unused-workdir", tmp_path)
   assert (result["files"], result["correct"], result["top1"]) == (4, 2, 0.5)
-  assert result["sources"] == {"alice": {"files": 2, "correct": 1, "top1": 0.5},
-                               "bob": {"files": 2, "correct": 1, "top1": 0.5}}
+  assert result["sources"] == {
+    "alice": {"files": 2, "correct": 1, "top1": 0.5},
+    "bob": {"files": 2, "correct": 1, "top1": 0.5},
+  }
   assert [(m["file"], m["label"], m["predicted"]) for m in result["misclassified"]] == [("4_alice_2.png", "4", "9")]
   assert [e["file"] for e in result["errors"]] == ["6_bob_broken.png"]
   assert result["unlabelled"] == ["notes.png"]
@@ -111,6 +155,7 @@ def test_absent_folder_records_nothing_and_says_so(tmp_path, capsys):
 
 def test_mnist_c_corruptions_are_fixed_change_the_digits_and_keep_their_format():
   import robustness
+
   images, _ = robustness.mnist_test()
   images = images[:64]
   for name in robustness.CORRUPTIONS:
@@ -122,8 +167,10 @@ def test_mnist_c_corruptions_are_fixed_change_the_digits_and_keep_their_format()
 
 def test_robustness_table_has_a_column_per_measured_record_and_bolds_each_rows_best():
   import robustness
-  figures = lambda value: {name: value for name in ["clean", *robustness.CORRUPTIONS, "mean", "photographed",
-                                                  *robustness.WRITTEN_OTHERWISE]}
+
+  figures = lambda value: {
+    name: value for name in ["clean", *robustness.CORRUPTIONS, "mean", "photographed", *robustness.WRITTEN_OTHERWISE]
+  }
   records = [record("mnist_cnn", 0.98), record("mnist_fast", 0.99), record("mnist_handwriting", 0.993)]
   records[0]["mnist_c"], records[2]["mnist_c"] = figures(0.7), figures(0.9)
   del records[0]["mnist_c"]["closed_fours"]  # recorded before closed-top 4s were measured: its cell stays empty

@@ -4,11 +4,10 @@ import shutil
 import sys
 
 import pytest
+from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli
 
 from fluxdigits import checkpoint
 from fluxdigits.errors import UserError
-
-from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 QUICK = ["--config.dataset.max_train_examples=12800", "--config.report=false"]
@@ -82,11 +81,18 @@ def test_no_readable_checkpoint_is_a_clear_error_and_deletes_nothing(two_epoch_r
 def test_huge_learning_rate_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = tmp_path / "run"
   sgd = ["--config.optimizer.name=sgd", *QUICK]
-  assert run_cli(CNN, "--workdir", workdir, "--config.num_epochs=1", "--config.optimizer.learning_rate=0.01", *sgd).returncode == 0
+  assert (
+    run_cli(
+      CNN, "--workdir", workdir, "--config.num_epochs=1", "--config.optimizer.learning_rate=0.01", *sgd
+    ).returncode
+    == 0
+  )
   diverged = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", "--config.optimizer.learning_rate=1e30", *sgd)
   assert diverged.returncode == 1
   message = diverged.stderr.strip().splitlines()[-1]
-  assert message.startswith("error: loss became") and "at step" in message and "lower optimizer.learning_rate" in message
+  assert (
+    message.startswith("error: loss became") and "at step" in message and "lower optimizer.learning_rate" in message
+  )
   assert metrics_epochs(workdir) == [1]
   _, _, state, progress = checkpoint.load_run(workdir, "latest")
   assert progress.epoch == 1 and int(state.step) == 400
@@ -169,17 +175,3 @@ def test_num_epochs_below_the_epochs_done_is_refused(two_epoch_run):
 def test_load_run_errors(tmp_path):
   with pytest.raises(UserError, match="not a fluxdigits run"):
     checkpoint.load_run(tmp_path)
-
-
-def test_a_run_from_before_weight_averaging_still_loads_and_resumes(tmp_path):
-  workdir = tmp_path / "run"
-  assert run_cli(CNN, "--workdir", workdir, "--config.num_epochs=1", "--config.ema_decay=0", *QUICK).returncode == 0
-  config_file = workdir / "config.json"
-  config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items() if k != "ema_decay"}))
-
-  config, _, state, _ = checkpoint.load_run(workdir)
-  assert config.ema_decay == 0.0 and state.ema == {}
-  refused = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", *QUICK)
-  assert refused.returncode == 2 and "ema_decay (0.0 -> 0.999)" in refused.stderr
-  resumed = run_cli(CNN, "--workdir", workdir, "--config.num_epochs=2", "--config.ema_decay=0", *QUICK)
-  assert resumed.returncode == 0 and "resuming from epoch 1" in resumed.stdout

@@ -4,11 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import IDX_DIR, write_idx
 
 from fluxdigits import config as configs, data
 from fluxdigits.errors import UserError
-
-from conftest import IDX_DIR
 
 
 def canonical_order(split):
@@ -20,7 +19,7 @@ def canonical_order(split):
 def test_idx_source_gives_the_same_dataset_as_tfds():
   for split, size in (("train", 60_000), ("test", 10_000)):
     from_idx = data.read_idx_split(IDX_DIR, split)
-    from_tfds = data.read_tfds_split("mnist", split, None, use_cache=False)
+    from_tfds = data.read_tfds_split("mnist", split, None, use_cache=True)  # the cache holds tfds' decoded arrays
     assert len(from_idx) == len(from_tfds) == size
     assert from_idx.images.shape == from_tfds.images.shape and from_idx.images.dtype == from_tfds.images.dtype
     np.testing.assert_array_equal(canonical_order(from_idx), canonical_order(from_tfds))
@@ -38,11 +37,6 @@ def test_idx_config_loads_raw_and_gzipped_files(tmp_path):
   assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (54_000, 6_000, 10_000)
   assert dataset.train.images.shape[1:] == (28, 28, 1) and dataset.train.images.dtype == np.uint8
   assert dataset.class_names == tuple("0123456789")
-
-
-def write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-  path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture
@@ -101,6 +95,8 @@ def test_idx_missing_file_and_folder(small_idx, tmp_path):
 
 
 def test_unprepared_dataset_without_tensorflow_says_what_to_install(tmp_path, monkeypatch):
+  import tensorflow_datasets  # noqa: F401 (tfds itself loads on any machine; hiding TensorFlow first would break it)
+
   monkeypatch.setitem(sys.modules, "tensorflow", None)  # as on a machine without the [prepare] extra
   with pytest.raises(UserError, match=r"'fashion_mnist' is not prepared in .*pip install -e '.\[prepare\]'"):
     data.read_tfds_split("fashion_mnist", "train", str(tmp_path), use_cache=False)
@@ -143,12 +139,23 @@ def idx_config(folder):
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("file, array, message", [
-    ("train-labels-idx1-ubyte", np.array([1, 2, 10, 3, 4, 5]), r"train labels .* 1 values outside 0-9 \(e.g. 10 at index 2\)"),
+@pytest.mark.parametrize(
+  "file, array, message",
+  [
+    (
+      "train-labels-idx1-ubyte",
+      np.array([1, 2, 10, 3, 4, 5]),
+      r"train labels .* 1 values outside 0-9 \(e.g. 10 at index 2\)",
+    ),
     ("t10k-labels-idx1-ubyte", np.array([0, 1, 2, 255, 4, 5]), r"test labels .* outside 0-9"),
-    ("t10k-images-idx3-ubyte", np.zeros((6, 32, 32)), r"train images .* are \(28, 28, 1\) but the test images \(32, 32, 1\); set dataset.image_size"),
+    (
+      "t10k-images-idx3-ubyte",
+      np.zeros((6, 32, 32)),
+      r"train images .* are \(28, 28, 1\) but the test images \(32, 32, 1\); set dataset.image_size",
+    ),
     ("train-images-idx3-ubyte", np.zeros((6, 32, 32)), r"train images .* are \(32, 32, 1\)"),
-])
+  ],
+)
 def test_idx_labels_and_shapes_are_checked_when_loading(small_idx, file, array, message):
   write_idx(small_idx / file, array)
   with pytest.raises(UserError, match=message):
@@ -175,7 +182,7 @@ def test_idx_damaged_gzip_stream_is_a_clear_error(tmp_path):
 def test_damaged_cache_is_detected_warned_and_rebuilt(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("FLUXDIGITS_CACHE_DIR", str(tmp_path / "cache"))
   first = data.read_tfds_split("mnist", "test", None, use_cache=True)
-  cache_file, = (tmp_path / "cache").rglob("test.npz")
+  (cache_file,) = (tmp_path / "cache").rglob("test.npz")
   cache_file.write_bytes(cache_file.read_bytes()[: cache_file.stat().st_size // 2])  # a killed copy, a full disk
   capsys.readouterr()
   again = data.read_tfds_split("mnist", "test", None, use_cache=True)
@@ -191,3 +198,26 @@ def test_unwritable_cache_dir_warns_and_carries_on(tmp_path, monkeypatch, capsys
   split = data.read_tfds_split("mnist", "test", None, use_cache=True)
   assert len(split) == 10_000
   assert "cannot write the decoded-array cache" in capsys.readouterr().err
+
+
+@pytest.mark.fast
+def test_a_new_source_is_a_reader_and_its_row_in_sources(monkeypatch):
+  rng = np.random.default_rng(0)
+  split = lambda n: data.Split(rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8), np.arange(n, dtype=np.int32) % 2)
+  read = lambda name, data_dir, dataset_config, log: (split(50), split(10), ("even", "odd"))
+  monkeypatch.setitem(data.SOURCES, "parity", data.Source(lambda name, data_dir: None, read, "the parity data"))
+  c = configs.defaults()
+  c.dataset.name, c.validation_fraction = "parity", 0.2
+  data.check_source(c)
+  dataset = data.load(configs.validate(c))
+  assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (40, 10, 10)
+  assert dataset.class_names == ("even", "odd") and dataset.info.image_shape == (8, 8, 1)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("name", ["idx", "folder"])
+def test_a_source_read_from_a_folder_needs_its_data_dir(name):
+  c = configs.defaults()
+  c.dataset.name = name
+  with pytest.raises(UserError, match=f"dataset.name='{name}' needs dataset.data_dir: set --config.dataset.data_dir"):
+    data.check_source(configs.validate(c))

@@ -13,12 +13,16 @@ import sys
 import time
 
 import pytest
-
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+
 from fluxdigits import tensorboard, workdir as workdirs
 
-ARGS = [str(EXPERIMENTS / "mnist_cnn.py"), "--config.num_epochs=3", "--config.dataset.max_train_examples=2000",
-        "--config.report=false"]
+ARGS = [
+  str(EXPERIMENTS / "mnist_cnn.py"),
+  "--config.num_epochs=3",
+  "--config.dataset.max_train_examples=2000",
+  "--config.report=false",
+]
 ONE_DEVICE_EACH = {"XLA_FLAGS": "", "JAX_NUM_CPU_DEVICES": "1"}
 HEARTBEAT_SECONDS = 10
 
@@ -35,14 +39,29 @@ def start_job(workdir, hold=None):
   port = free_port()
   flags = ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", "0"]
   variables = {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-  command = [sys.executable, "-m", "fluxdigits.run", *ARGS, "--workdir", str(workdir),
-             "--heartbeat_timeout", str(HEARTBEAT_SECONDS)]
+  command = [
+    sys.executable,
+    "-m",
+    "fluxdigits.run",
+    *ARGS,
+    "--workdir",
+    str(workdir),
+    "--heartbeat_timeout",
+    str(HEARTBEAT_SECONDS),
+  ]
   # Unbuffered: a process that jax.distributed aborts still shows what it printed.
-  env_all = {**os.environ, **ONE_DEVICE_EACH, "PYTHONUNBUFFERED": "1",
-             **({workdirs.HOLD_ENV: f"checkpoint:{hold}"} if hold else {})}
-  return [subprocess.Popen(command + extra, cwd=REPO, env={**env_all, **env}, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-          for extra, env in ((flags, {}), ([], variables))]
+  env_all = {
+    **os.environ,
+    **ONE_DEVICE_EACH,
+    "PYTHONUNBUFFERED": "1",
+    **({workdirs.HOLD_ENV: f"checkpoint:{hold}"} if hold else {}),
+  }
+  return [
+    subprocess.Popen(
+      command + extra, cwd=REPO, env={**env_all, **env}, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    for extra, env in ((flags, {}), ([], variables))
+  ]
 
 
 def wait_for_checkpoint(workdir, epoch, job):
@@ -103,14 +122,18 @@ def test_a_refused_workdir_stops_every_process_with_one_line(tmp_path):
   results = finish(start_job(workdir), timeout=120)
   assert [rc for rc, _, _ in results] == [2, 2]
   assert "is not a fluxdigits run" in results[0][2].splitlines()[-1]
-  assert results[1][2].strip().splitlines()[-1] == ("error: process 0 stopped with an error (see its output); "
-                                                    "fix it and start all processes again")
+  assert results[1][2].strip().splitlines()[-1] == (
+    "error: process 0 stopped with an error (see its output); fix it and start all processes again"
+  )
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--num_processes", "two"], "num_processes must be an integer, got 'two'"),
     (["--num_processes", "2", "--process_id", "0"], "could not join the multi-process job"),
-])
+  ],
+)
 def test_a_job_that_cannot_start_is_one_line_and_exit_code_2(tmp_path, flags, message):
   result = run_cli(*ARGS, "--workdir", tmp_path / "run", *flags, env=ONE_DEVICE_EACH)
   assert result.returncode == 2

@@ -11,11 +11,18 @@ from fluxdigits import config as configs, export, registry
 from fluxdigits.errors import UserError
 
 
-@pytest.mark.parametrize("name, kwargs, shape, expected", [
-    ("cnn", {}, (28, 28, 1), {"Conv", "MaxPool"}), ("cnn_deep", {}, (28, 28, 1), {"Conv", "MaxPool"}),
-    ("resnet", {"depth": 20}, (32, 32, 3), {"Conv"}), ("airbench", {"width": 8}, (32, 32, 3), {"Conv", "MaxPool"})])
-def test_a_built_in_model_s_onnx_graph_holds_conv_and_max_pool_and_agrees_with_jax(tmp_path, name, kwargs, shape,
-                                                                                  expected):
+@pytest.mark.parametrize(
+  "name, kwargs, shape, expected",
+  [
+    ("cnn", {}, (28, 28, 1), {"Conv", "MaxPool"}),
+    ("cnn_deep", {}, (28, 28, 1), {"Conv", "MaxPool"}),
+    ("resnet", {"depth": 20}, (32, 32, 3), {"Conv"}),
+    ("airbench", {"width": 8}, (32, 32, 3), {"Conv", "MaxPool"}),
+  ],
+)
+def test_a_built_in_model_s_onnx_graph_holds_conv_and_max_pool_and_agrees_with_jax(
+  tmp_path, name, kwargs, shape, expected
+):
   config = configs.defaults()
   config.model.name = name
   config.model.kwargs.update(kwargs)

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli, signal_handlers_installed
+
 from fluxdigits import workdir as workdirs
 
 MLP = str(EXPERIMENTS / "mnist_mlp.py")
@@ -23,8 +23,14 @@ def metrics_epochs(workdir):
 
 
 def start(*args, env=None):
-  return subprocess.Popen([sys.executable, "-m", "fluxdigits.run", *map(str, args)], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+  return subprocess.Popen(
+    [sys.executable, "-m", "fluxdigits.run", *map(str, args)],
+    cwd=REPO,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    env={**os.environ, **(env or {})},
+  )
 
 
 def wait_for(condition, process, timeout=300):
@@ -101,27 +107,47 @@ def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
   disk = tmp_path / "disk"
   disk.mkdir()
-  command = [sys.executable, "-m", "fluxdigits.run", MLP, "--workdir", str(disk / "run"), "--config.num_epochs=2", *TINY]
+  command = [
+    sys.executable,
+    "-m",
+    "fluxdigits.run",
+    MLP,
+    "--workdir",
+    str(disk / "run"),
+    "--config.num_epochs=2",
+    *TINY,
+  ]
   # A 2.5 MB disk holds one MLP checkpoint (1.6 MB), not two; then the disk grows and the run resumes.
-  script = (f"mount -t tmpfs -o size=2500k tmpfs {disk} || exit 99\n"
-            f"{subprocess.list2cmdline(command)} > {tmp_path}/full.out 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc\n"
-            f"ls {disk}/run/checkpoints > {tmp_path}/kept\n"
-            f"mount -o remount,size=64m {disk}\n"
-            f"{subprocess.list2cmdline(command)} > {tmp_path}/resumed.out 2> {tmp_path}/resumed.err; echo $? > {tmp_path}/resumed.rc\n")
+  script = (
+    f"mount -t tmpfs -o size=2500k tmpfs {disk} || exit 99\n"
+    f"{subprocess.list2cmdline(command)} > {tmp_path}/full.out 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc\n"
+    f"ls {disk}/run/checkpoints > {tmp_path}/kept\n"
+    f"mount -o remount,size=64m {disk}\n"
+    f"{subprocess.list2cmdline(command)} > {tmp_path}/resumed.out 2> {tmp_path}/resumed.err; "
+    f"echo $? > {tmp_path}/resumed.rc\n"
+  )
   done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=REPO, timeout=600)
   if done.returncode == 99:
     pytest.skip("this machine allows no tmpfs mount in a user namespace")
   full_err = (tmp_path / "full.err").read_text()
   assert (tmp_path / "full.rc").read_text().strip() == "2", full_err
-  assert_one_error_line(full_err, "cannot write a checkpoint in", "No space left on device", "it needs about 2 MB",
-                        "the checkpoints kept are [1]", "re-run the same command to resume")
+  assert_one_error_line(
+    full_err,
+    "cannot write a checkpoint in",
+    "No space left on device",
+    "it needs about 2 MB",
+    "the checkpoints kept are [1]",
+    "re-run the same command to resume",
+  )
   assert (tmp_path / "kept").read_text().split()[0] == "1"
   assert (tmp_path / "resumed.rc").read_text().strip() == "0", (tmp_path / "resumed.err").read_text()
   assert "resuming from epoch 1" in (tmp_path / "resumed.out").read_text()
 
 
 def test_an_exploding_loss_stops_with_advice(tmp_path):
-  result = run_cli(MLP, "--workdir", tmp_path / "run", "--config.num_epochs=2", "--config.optimizer.learning_rate=1e4", *TINY)
+  result = run_cli(
+    MLP, "--workdir", tmp_path / "run", "--config.num_epochs=2", "--config.optimizer.learning_rate=1e4", *TINY
+  )
   assert result.returncode == 1
   assert_one_error_line(result.stderr, "error: loss", "lower optimizer.learning_rate (now 10000)")
   assert not (tmp_path / "run" / "summary.json").exists()

@@ -9,12 +9,12 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from fluxdigits import images
 from fluxdigits.errors import UserError
-from conftest import REPO
 
 
 def drawn_seven(size=(300, 400), ink=20, paper=235, width=12, offset=(0, 0)):
@@ -109,9 +109,9 @@ def test_palette_cmyk_16_bit_rgba_and_animated_gif(tmp_path):
   seven = drawn_seven()
   reference = images.read_mnist(_save(tmp_path / "ref.png", seven)).astype(int)
   variants = {
-      "palette.png": seven.convert("P"),
-      "cmyk.jpg": seven.convert("CMYK"),
-      "sixteen.png": Image.fromarray(np.asarray(seven, np.uint16) * 257),
+    "palette.png": seven.convert("P"),
+    "cmyk.jpg": seven.convert("CMYK"),
+    "sixteen.png": Image.fromarray(np.asarray(seven, np.uint16) * 257),
   }
   rgba = Image.new("RGBA", seven.size, (0, 0, 0, 0))  # transparent background: ink only
   rgba.putalpha(Image.eval(seven, lambda v: 255 - v))
@@ -157,8 +157,9 @@ def test_20000x20000_png_is_downscaled_on_load_with_bounded_memory(tmp_path):
   ImageDraw.Draw(image).line([(5000, 4000), (14000, 4000), (8500, 17000)], fill=20, width=900)  # a '7'
   image.save(path, compress_level=1)
   del image
-  result = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(path)], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+  result = subprocess.run(
+    [sys.executable, "-c", PEAK_MEMORY, str(path)], capture_output=True, text=True, timeout=300, cwd=REPO
+  )
   assert result.returncode == 0, result.stderr
   got = json.loads(result.stdout)
   check_mnist_like(np.array(got["digit"], np.uint8))
@@ -175,10 +176,17 @@ def test_reduction_keeps_every_mode_and_the_orientation(tmp_path, monkeypatch):
   rgba.putalpha(Image.eval(seven, lambda v: 255 - v))
   palette = seven.convert("P")
   palette.info["transparency"] = palette.getpixel((0, 0))
-  variants = {"l.png": seven, "one.png": seven.point(lambda v: 255 * (v > 128)).convert("1"), "palette.png": palette,
-              "rgb.png": seven.convert("RGB"), "cmyk.jpg": seven.convert("CMYK"), "alpha.png": rgba,
-              "la.png": rgba.convert("LA"), "sixteen.png": Image.fromarray(np.asarray(seven, np.uint16) * 257),
-              "float.tif": Image.fromarray(np.asarray(seven, np.float32), "F")}
+  variants = {
+    "l.png": seven,
+    "one.png": seven.point(lambda v: 255 * (v > 128)).convert("1"),
+    "palette.png": palette,
+    "rgb.png": seven.convert("RGB"),
+    "cmyk.jpg": seven.convert("CMYK"),
+    "alpha.png": rgba,
+    "la.png": rgba.convert("LA"),
+    "sixteen.png": Image.fromarray(np.asarray(seven, np.uint16) * 257),
+    "float.tif": Image.fromarray(np.asarray(seven, np.float32), "F"),
+  }
   for name, image in variants.items():
     _save(tmp_path / name, image)
   exif = Image.Exif()
@@ -200,8 +208,11 @@ def test_a_file_over_the_decoding_limit_is_refused_before_decoding(tmp_path):
   png[16:24] = struct.pack(">II", 50000, 50000)  # IHDR's width and height: 2.5 gigapixels, 2.3 GiB as L
   png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))
   (tmp_path / "bomb.png").write_bytes(png)
-  with pytest.raises(UserError, match=r"bomb.png: 50000x50000 pixels \(L\) would take 2.3 GiB to decode, "
-                                      r"over the 2 GiB limit"):
+  with pytest.raises(
+    UserError,
+    match=r"bomb.png: 50000x50000 pixels \(L\) would take 2.3 GiB to decode, "
+    r"over the 2 GiB limit",
+  ):
     images.read_mnist(tmp_path / "bomb.png")
 
 
@@ -234,6 +245,7 @@ def test_cifar_and_fashion_formats(tmp_path):
 def test_a_dataset_s_own_images_saved_as_png_are_read_back_as_they_were(tmp_path, dataset, photos):
   """What makes predict on a run's own test files give the evaluation's classes."""
   from fluxdigits import data
+
   test = data.read_tfds_split(dataset, "test", None, use_cache=True, log=lambda line: None)
   for n, image in enumerate(test.images[:300]):
     path = tmp_path / f"{n}.png"
@@ -242,9 +254,16 @@ def test_a_dataset_s_own_images_saved_as_png_are_read_back_as_they_were(tmp_path
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("photos, shape, expected", [("digit", (28, 28, 1), "digit"), ("object", (28, 28, 1), "object"),
-                                                     ("digit", (16, 16, 1), "fit"), ("digit", (28, 28, 3), "fit"),
-                                                     ("fit", (28, 28, 1), "fit")])
+@pytest.mark.parametrize(
+  "photos, shape, expected",
+  [
+    ("digit", (28, 28, 1), "digit"),
+    ("object", (28, 28, 1), "object"),
+    ("digit", (16, 16, 1), "fit"),
+    ("digit", (28, 28, 3), "fit"),
+    ("fit", (28, 28, 1), "fit"),
+  ],
+)
 def test_a_photo_preparation_applies_only_to_the_data_it_fits(photos, shape, expected):
   assert images.preparation(photos, shape) == expected
 

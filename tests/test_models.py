@@ -1,8 +1,8 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 
 from fluxdigits import config as configs, layers, registry, steps
 
@@ -18,10 +18,15 @@ def dense(n_in, n_out):
 BN = 2  # scale and bias per channel
 
 EXPECTED_PARAMS = {
-    "mlp": dense(784, 128) + dense(128, 64) + dense(64, 10),
-    "cnn": conv(3, 1, 32) + dense(13 * 13 * 32, 64) + dense(64, 10),
-    "cnn_dropout": conv(3, 1, 32) + dense(13 * 13 * 32, 64) + dense(64, 10),
-    "cnn_deep": conv(3, 1, 32) + conv(3, 32, 32) + conv(3, 32, 64) + conv(3, 64, 64) + dense(4 * 4 * 64, 128) + dense(128, 10),
+  "mlp": dense(784, 128) + dense(128, 64) + dense(64, 10),
+  "cnn": conv(3, 1, 32) + dense(13 * 13 * 32, 64) + dense(64, 10),
+  "cnn_dropout": conv(3, 1, 32) + dense(13 * 13 * 32, 64) + dense(64, 10),
+  "cnn_deep": conv(3, 1, 32)
+  + conv(3, 32, 32)
+  + conv(3, 32, 64)
+  + conv(3, 64, 64)
+  + dense(4 * 4 * 64, 128)
+  + dense(128, 10),
 }
 
 
@@ -59,10 +64,20 @@ def test_resnet_parameter_counts_match_the_published_cifar_models(depth, expecte
 
 def test_airbench_parameter_count_and_width():
   width = 8
-  expected = (conv(3, 3, 24, bias=False) + 24  # BatchNorm has a bias but no scale
-              + conv(3, 24, width, False) + width + conv(3, width, width, False) + width
-              + conv(3, width, 4 * width, False) + 4 * width + conv(3, 4 * width, 4 * width, False) + 4 * width
-              + 2 * (conv(3, 4 * width, 4 * width, False) + 4 * width) + 4 * width * 10)
+  expected = (
+    conv(3, 3, 24, bias=False)
+    + 24  # BatchNorm has a bias but no scale
+    + conv(3, 24, width, False)
+    + width
+    + conv(3, width, width, False)
+    + width
+    + conv(3, width, 4 * width, False)
+    + 4 * width
+    + conv(3, 4 * width, 4 * width, False)
+    + 4 * width
+    + 2 * (conv(3, 4 * width, 4 * width, False) + 4 * width)
+    + 4 * width * 10
+  )
   model = make("airbench", width=width)
   variables = init(model, (32, 32, 3))
   assert steps.count_params(variables["params"]) == expected
@@ -71,7 +86,9 @@ def test_airbench_parameter_count_and_width():
 
 def test_whitening_kernel_decorrelates_3x3_patches():
   noise = jax.random.normal(jax.random.key(0), (64, 18, 18, 3))
-  images = (noise[:, 1:-1, 1:-1] + noise[:, :-2, 1:-1] + noise[:, 1:-1, :-2]) * jnp.array([1.0, 2.0, 0.5])  # correlated pixels
+  images = (noise[:, 1:-1, 1:-1] + noise[:, :-2, 1:-1] + noise[:, 1:-1, :-2]) * jnp.array(
+    [1.0, 2.0, 0.5]
+  )  # correlated pixels
   kernel = layers.whitening_kernel(images, features=24, eps=0.0)
   out = layers.Conv3x3(24, use_bias=False).apply({"params": {"kernel": kernel}}, images).reshape(-1, 24)
   np.testing.assert_allclose(out[:, :12].T @ out[:, :12] / len(out), np.eye(12), atol=1e-3)
@@ -113,8 +130,10 @@ def test_dropout_matches_flax_dropout_bit_for_bit(shape):
   np.testing.assert_array_equal(traced_rate != 0, flax != 0)  # a population's rate: the same masks
   assert 0.6 < float((ours != 0).mean()) < 0.8
   with jax.threefry_partitionable(False):  # JAX's other counters: ours must follow them
-    np.testing.assert_array_equal(layers.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs),
-                                  nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs))
+    np.testing.assert_array_equal(
+      layers.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs),
+      nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=rngs),
+    )
 
 
 def test_max_pool_matches_flax_max_pool():

@@ -10,13 +10,25 @@ from fluxdigits import cpu, layers
 from fluxdigits.models import KERAS_INIT
 
 
-@pytest.mark.parametrize("channels, features, strides, padding, use_bias", [
-    (1, 32, 1, "VALID", True), (3, 8, 1, "VALID", True), (32, 64, 1, "VALID", True),
-    (3, 16, 1, "SAME", False), (16, 32, 2, "SAME", False), (4, 8, 2, "VALID", True), (16, 16, 1, "SAME", False),
-    (16, 8, 1, "VALID", True), (48, 8, 1, "SAME", True)])
+@pytest.mark.parametrize(
+  "channels, features, strides, padding, use_bias",
+  [
+    (1, 32, 1, "VALID", True),
+    (3, 8, 1, "VALID", True),
+    (32, 64, 1, "VALID", True),
+    (3, 16, 1, "SAME", False),
+    (16, 32, 2, "SAME", False),
+    (4, 8, 2, "VALID", True),
+    (16, 16, 1, "SAME", False),
+    (16, 8, 1, "VALID", True),
+    (48, 8, 1, "SAME", True),
+  ],
+)
 # Odd and even output sizes: winograd_conv3x3 crops an odd one.
 @pytest.mark.parametrize("height, width", [(11, 8), (12, 9)])
-def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, strides, padding, use_bias, height, width):
+def test_conv3x3_matches_flax_conv_with_the_same_parameters(
+  channels, features, strides, padding, use_bias, height, width
+):
   x = jax.random.normal(jax.random.key(0), (2, height, width, channels))
   fast = layers.Conv3x3(features, KERAS_INIT, strides=strides, padding=padding, use_bias=use_bias)
   reference = nn.Conv(features, (3, 3), (strides, strides), padding=padding, use_bias=use_bias, kernel_init=KERAS_INIT)
@@ -39,12 +51,15 @@ def test_conv3x3_matches_flax_conv_with_the_same_parameters(channels, features, 
   jax.tree.map(assert_close, grads, reference_grads)
 
 
-@pytest.mark.parametrize("channels, strides, padding, use_bias", [(1, 1, "VALID", True), (32, 1, "SAME", False),
-                                                                  (16, 2, "SAME", False)])
+@pytest.mark.parametrize(
+  "channels, strides, padding, use_bias", [(1, 1, "VALID", True), (32, 1, "SAME", False), (16, 2, "SAME", False)]
+)
 def test_conv3x3_on_an_accelerator_is_lax_s_convolution(monkeypatch, channels, strides, padding, use_bias):
   x = jax.random.normal(jax.random.key(0), (2, 12, 9, channels))
   reference = nn.Conv(8, (3, 3), (strides, strides), padding=padding, use_bias=use_bias)
-  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), reference.init(jax.random.key(1), x))
+  params = jax.tree.map(
+    lambda p: p + jax.random.normal(jax.random.key(2), p.shape), reference.init(jax.random.key(1), x)
+  )
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   module = layers.Conv3x3(8, strides=strides, padding=padding, use_bias=use_bias)
   jaxpr = str(jax.make_jaxpr(module.apply)(params, x))
@@ -97,13 +112,16 @@ def test_conv1x1_matches_flax_conv_with_the_same_parameters(size, strides):
   np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
   loss = lambda module, params, x: jnp.sum(jnp.sin(module.apply(params, x)))
   grads = jax.grad(loss, argnums=(1, 2))(fast, params, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads,
-               jax.grad(loss, argnums=(1, 2))(reference, params, x))
-
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    grads,
+    jax.grad(loss, argnums=(1, 2))(reference, params, x),
+  )
 
 
 class FlaxWritten(nn.Module):
   """flax's own layers, as a user writes them: what cpu_formulated rewrites."""
+
   channels: int
   strides: int
   padding: str
@@ -117,9 +135,12 @@ class FlaxWritten(nn.Module):
     return nn.avg_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)  # avg_pool: left as flax computes it
 
 
-@pytest.mark.parametrize("channels, strides, padding", [(1, 1, "VALID"), (16, 1, "SAME"), (32, 2, "SAME"),
-                                                        (24, 1, "VALID")])
-def test_cpu_formulated_computes_any_flax_model_s_convolutions_and_pools_in_the_layers_forms(channels, strides, padding):
+@pytest.mark.parametrize(
+  "channels, strides, padding", [(1, 1, "VALID"), (16, 1, "SAME"), (32, 2, "SAME"), (24, 1, "VALID")]
+)
+def test_cpu_formulated_computes_any_flax_model_s_convolutions_and_pools_in_the_layers_forms(
+  channels, strides, padding
+):
   x = jax.random.normal(jax.random.key(0), (2, 22, 21, 3))
   model = FlaxWritten(channels, strides, padding)
   params = model.init(jax.random.key(1), x)

@@ -3,9 +3,8 @@
 import json
 
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import REPO, SHARED
+from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "colab.ipynb"
 
@@ -23,13 +22,19 @@ def with_parameters(notebook, **values):
 
 def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   notebook = with_parameters(
-      nbformat.read(NOTEBOOK, as_version=4),
-      REPO_DIR=str(REPO), INSTALL=False, RUNS_DIR=str(tmp_path),
-      MNIST_OVERRIDES="--config.num_epochs=1 --config.dataset.max_train_examples=2000",
-      CIFAR10="no", TUNE_TRIALS=2,
-      TUNE_OVERRIDES="--config.num_epochs=1 --config.dataset.max_train_examples=1000",
-      PHOTO=str(sorted((SHARED / "data" / "real-digits").glob("7_*"))[0]))
-  NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.read(NOTEBOOK, as_version=4),
+    REPO_DIR=str(REPO),
+    INSTALL=False,
+    RUNS_DIR=str(tmp_path),
+    MNIST_OVERRIDES="--config.num_epochs=1 --config.dataset.max_train_examples=2000",
+    CIFAR10="no",
+    TUNE_TRIALS=2,
+    TUNE_OVERRIDES="--config.num_epochs=1 --config.dataset.max_train_examples=1000",
+    PHOTO=str(sorted((SHARED / "data" / "real-digits").glob("7_*"))[0]),
+  )
+  NotebookClient(
+    notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()
 
   summary = json.loads((tmp_path / "colab_mnist_cnn" / "summary.json").read_text())
   assert summary["epochs_run"] == 1 and summary["test_examples"] == 10_000 and summary["test_accuracy"] > 0.85

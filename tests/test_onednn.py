@@ -10,18 +10,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import EXPERIMENTS, run_cli
 
 from fluxdigits import layers
 from fluxdigits.cpu import onednn
 
-from conftest import EXPERIMENTS, run_cli
-
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="the oneDNN extension is not built or is turned off")
 
 CASES = [  # (batch, size, channels, features, kernel size, stride, padding)
-    (1, 7, 3, 5, 3, 1, "SAME"), (1, 8, 4, 6, 3, 2, "SAME"), (2, 9, 8, 4, 3, 2, "VALID"), (3, 6, 4, 6, 3, 1, "VALID"),
-    (128, 32, 16, 16, 3, 1, "SAME"), (128, 16, 16, 32, 3, 2, "SAME"), (128, 15, 32, 32, 3, 2, "SAME"),
-    (4, 8, 16, 32, 1, 2, "VALID"), (2, 28, 1, 32, 3, 1, "VALID"),
+  (1, 7, 3, 5, 3, 1, "SAME"),
+  (1, 8, 4, 6, 3, 2, "SAME"),
+  (2, 9, 8, 4, 3, 2, "VALID"),
+  (3, 6, 4, 6, 3, 1, "VALID"),
+  (128, 32, 16, 16, 3, 1, "SAME"),
+  (128, 16, 16, 32, 3, 2, "SAME"),
+  (128, 15, 32, 32, 3, 2, "SAME"),
+  (4, 8, 16, 32, 1, 2, "VALID"),
+  (2, 28, 1, 32, 3, 1, "VALID"),
 ]
 
 
@@ -52,7 +57,9 @@ def test_bfloat16_values_and_gradients_equal_lax_within_bfloat16_rounding(case):
   n, size, channels, features, window, stride, padding = case
   keys = jax.random.split(jax.random.key(sum(case[:5])), 3)
   x = jax.random.normal(keys[0], (n, size, size, channels)).astype(jnp.bfloat16)
-  kernel = (jax.random.normal(keys[1], (window, window, channels, features)) / np.sqrt(9 * channels)).astype(jnp.bfloat16)
+  kernel = (jax.random.normal(keys[1], (window, window, channels, features)) / np.sqrt(9 * channels)).astype(
+    jnp.bfloat16
+  )
   as_float = lambda *arrays: [a.astype(jnp.float32) for a in arrays]
   expected = lax_conv(*as_float(x, kernel), stride, padding)
   target = jax.random.normal(keys[2], expected.shape)
@@ -80,17 +87,23 @@ def test_vmap_over_members_equals_each_member_alone():
 def test_batch_norm_equals_flax_with_its_statistics_and_gradients(shape, relu):
   keys = jax.random.split(jax.random.key(shape[0] + relu), 4)
   x = 2 * jax.random.normal(keys[0], shape) + 1
-  variables = {"params": {"scale": 1 + jax.random.normal(keys[1], shape[-1:]), "bias": jax.random.normal(keys[2], shape[-1:])},
-               "batch_stats": {"mean": jnp.zeros(shape[-1:]), "var": jnp.ones(shape[-1:])}}
+  variables = {
+    "params": {"scale": 1 + jax.random.normal(keys[1], shape[-1:]), "bias": jax.random.normal(keys[2], shape[-1:])},
+    "batch_stats": {"mean": jnp.zeros(shape[-1:]), "var": jnp.ones(shape[-1:])},
+  }
   target = jax.random.normal(keys[3], shape)
   flax_norm = lambda x: nn.relu(x) if relu else x
-  models = {"onednn": (layers.BatchNorm(False, relu=relu), lambda y: y),
-            "flax": (nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5), flax_norm)}
+  models = {
+    "onednn": (layers.BatchNorm(False, relu=relu), lambda y: y),
+    "flax": (nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5), flax_norm),
+  }
   results = {}
   for name, (model, after) in models.items():
+
     def loss(params, x):
       y, updated = model.apply({**variables, "params": params}, x, mutable=["batch_stats"])
       return jnp.vdot(after(y), target), (after(y), updated["batch_stats"])
+
     results[name] = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables["params"], x)
   (_, (y, stats)), grads = results["onednn"]
   (_, (want_y, want_stats)), want_grads = results["flax"]
@@ -109,9 +122,16 @@ def test_batch_norm_under_vmap_equals_each_member_alone():
 
 
 def short_run(workdir, experiment, onednn_enabled, *extra):
-  args = [EXPERIMENTS / f"{experiment}.py", "--config.num_epochs=1", "--config.dataset.max_train_examples=1280",
-          "--config.ema_decay=0", "--config.report=false", "--config.tensorboard=false",
-          "--config.split_batch_over_cpu_cores=false", *extra]
+  args = [
+    EXPERIMENTS / f"{experiment}.py",
+    "--config.num_epochs=1",
+    "--config.dataset.max_train_examples=1280",
+    "--config.ema_decay=0",
+    "--config.report=false",
+    "--config.tensorboard=false",
+    "--config.split_batch_over_cpu_cores=false",
+    *extra,
+  ]
   result = run_cli(*args, "--workdir", workdir, env={onednn.DISABLE_ENV: onednn_enabled})
   assert result.returncode == 0, result.stderr
   assert ("convolutions: oneDNN" if onednn_enabled == "1" else "convolutions: XLA") in result.stdout
@@ -125,16 +145,28 @@ def short_run(workdir, experiment, onednn_enabled, *extra):
 SHORT_RUNS = {"mnist_cnn_deep": (), "mnist_resnet": ("--config.optimizer.learning_rate=0.01",)}
 
 
+@pytest.fixture(scope="module")
+def resnet_on_onednn(tmp_path_factory):
+  return short_run(tmp_path_factory.mktemp("onednn") / "resnet", "mnist_resnet", "1", *SHORT_RUNS["mnist_resnet"])
+
+
+@pytest.mark.xdist_group("resnet_on_onednn")  # one worker runs both users of the fixture (--dist loadgroup)
 @pytest.mark.parametrize("experiment", SHORT_RUNS)
-def test_a_short_run_equals_the_xla_formulations(tmp_path, experiment):
-  with_onednn, with_xla = (short_run(tmp_path / enabled, experiment, enabled, *SHORT_RUNS[experiment]) for enabled in "10")
+def test_a_short_run_equals_the_xla_formulations(tmp_path, experiment, request):
+  with_onednn = (
+    request.getfixturevalue("resnet_on_onednn")
+    if experiment == "mnist_resnet"
+    else short_run(tmp_path / "onednn", experiment, "1", *SHORT_RUNS[experiment])
+  )
+  with_xla = short_run(tmp_path / "xla", experiment, "0", *SHORT_RUNS[experiment])
   assert with_onednn["test_loss"] == pytest.approx(with_xla["test_loss"], rel=1e-3)
   assert abs(with_onednn["test_accuracy"] - with_xla["test_accuracy"]) <= 0.001
   assert experiment == "mnist_resnet" or with_xla["test_accuracy"] > 0.2
 
 
-def test_a_run_on_onednn_repeats_exactly(tmp_path):
+@pytest.mark.xdist_group("resnet_on_onednn")
+def test_a_run_on_onednn_repeats_exactly(tmp_path, resnet_on_onednn):
   """Resuming a run replays it; XLA starts independent layers' oneDNN calls at once, and the extension runs them one at
   a time so that BatchNorm's sums keep their order."""
-  first, second = (short_run(tmp_path / name, "mnist_resnet", "1") for name in ("first", "second"))
+  first, second = resnet_on_onednn, short_run(tmp_path / "again", "mnist_resnet", "1", *SHORT_RUNS["mnist_resnet"])
   assert first["test_loss"] == second["test_loss"] and first["test_accuracy"] == second["test_accuracy"]

@@ -9,11 +9,20 @@ import sys
 import jax
 import numpy as np
 import pytest
-
-from fluxdigits import checkpoint, config as configs, cpu, loop, mesh as meshes, population, registry, steps, workdir as workdirs
-from fluxdigits.errors import UserError
-
 from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
+
+from fluxdigits import (
+  checkpoint,
+  config as configs,
+  cpu,
+  loop,
+  mesh as meshes,
+  population,
+  registry,
+  steps,
+  workdir as workdirs,
+)
+from fluxdigits.errors import UserError
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 QUICK = ["--config.dataset.max_train_examples=3200", "--config.report=false"]
@@ -21,8 +30,14 @@ QUICK = ["--config.dataset.max_train_examples=3200", "--config.report=false"]
 
 def small_config(**overrides):
   config = configs.load(CNN)
-  values = {"model.name": "cnn_dropout", "augment.name": "digits", "num_epochs": 2, "report": False,
-            "dataset.max_train_examples": 3200, **overrides}
+  values = {
+    "model.name": "cnn_dropout",
+    "augment.name": "digits",
+    "num_epochs": 2,
+    "report": False,
+    "dataset.max_train_examples": 3200,
+    **overrides,
+  }
   return configs.validate(configs.override(config, [f"{k}={v}" for k, v in values.items()]))
 
 
@@ -36,9 +51,19 @@ def test_a_member_trains_exactly_as_its_single_run(tmp_path, model):
   """Members differing in every data hyperparameter, with dropout and augmentation: each equals its own run."""
   config = small_config(**{"model.name": model})
   assert steps.members_in_parallel(config, registry.create(config, 10)) == (model == "mlp")
-  members = [small_config(**{"model.name": model, "seed": 0}),
-             small_config(**{"model.name": model, "seed": 7, "optimizer.learning_rate": 2e-3,
-                             "optimizer.weight_decay": 1e-4, "model.dropout_rate": 0.4, "label_smoothing": 0.1})]
+  members = [
+    small_config(**{"model.name": model, "seed": 0}),
+    small_config(
+      **{
+        "model.name": model,
+        "seed": 7,
+        "optimizer.learning_rate": 2e-3,
+        "optimizer.weight_decay": 1e-4,
+        "model.dropout_rate": 0.4,
+        "label_smoothing": 0.1,
+      }
+    ),
+  ]
   dirs = [tmp_path / "population" / "a", tmp_path / "population" / "b"]
   together = loop.train(members, tmp_path / "population", dirs, log=lambda *_: None)
   alone = loop.train([members[1]], tmp_path / "alone", log=lambda *_: None)[0]
@@ -67,14 +92,16 @@ def test_a_cpu_population_is_split_over_one_device_per_core():
   """Three members on two lanes (padded to four): each ends its epoch exactly as the same config built alone."""
   if cpu.lanes() < 2:
     pytest.skip("one CPU device (one core, or oneDNN's convolutions): a population runs on one device")
-  members = [small_config(**{"model.name": "cnn", "seed": seed, "optimizer.learning_rate": rate})
-             for seed, rate in ((0, 1e-3), (1, 2e-3), (2, 5e-4))]
+  members = [
+    small_config(**{"model.name": "cnn", "seed": seed, "optimizer.learning_rate": rate})
+    for seed, rate in ((0, 1e-3), (1, 2e-3), (2, 5e-4))
+  ]
   trainer, state = loop.build(members, log=lambda *_: None)
   assert trainer.lanes.size == 2 and len(meshes.data_mesh().devices) == 1
   state, rows, _ = loop.train_epoch(trainer, state, 1, [True, True, False])
   assert state.params["Dense_0"]["kernel"].sharding == meshes.replicated_sharding(trainer.mesh)
   for i in range(3):
-    alone, alone_state = loop.build(members[i:i + 1], log=lambda *_: None)
+    alone, alone_state = loop.build(members[i : i + 1], log=lambda *_: None)
     assert alone.lanes is None
     if i < 2:
       alone_state, alone_rows, _ = loop.train_epoch(alone, alone_state, 1, [True])
@@ -85,8 +112,19 @@ def test_a_cpu_population_is_split_over_one_device_per_core():
 
 
 def seeds_command(workdir, *args):
-  return [sys.executable, "-m", "fluxdigits.run", CNN, "--seeds", "0-1", "--workdir", str(workdir),
-          "--config.num_epochs=2", *QUICK, *args]
+  return [
+    sys.executable,
+    "-m",
+    "fluxdigits.run",
+    CNN,
+    "--seeds",
+    "0-1",
+    "--workdir",
+    str(workdir),
+    "--config.num_epochs=2",
+    *QUICK,
+    *args,
+  ]
 
 
 def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_path):
@@ -101,7 +139,10 @@ def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_pa
   assert "resuming from epoch 1" in resumed.stdout
 
   for seed in range(2):
-    assert read_summary(workdir / f"seed-{seed}")["test_accuracy"] == read_summary(tmp_path / "whole" / f"seed-{seed}")["test_accuracy"]
+    assert (
+      read_summary(workdir / f"seed-{seed}")["test_accuracy"]
+      == read_summary(tmp_path / "whole" / f"seed-{seed}")["test_accuracy"]
+    )
     # Where the members trained: side by side, one CPU device per core (one device on a one-core machine).
     assert read_summary(workdir / f"seed-{seed}")["device"] == f"{min(cpu.lanes(), 2)}x cpu (cpu)"
     assert [row["epoch"] for row in metrics(workdir / f"seed-{seed}")] == [1, 2]
@@ -140,18 +181,42 @@ def test_members_of_another_shape_are_refused():
 
 def test_tuning_trains_trials_of_one_shape_together(tmp_path):
   sweep = tmp_path / "digits.py"
-  sweep.write_text("from fluxdigits.config import defaults\n\n\ndef get_config():\n  return defaults()\n\n\n"
-                   "def space(trial):\n"
-                   "  trial.suggest_categorical('batch_size', [32, 64])\n"
-                   "  trial.suggest_float('optimizer.learning_rate', 5e-4, 2e-3, log=True)\n"
-                   "  trial.suggest_float('model.dropout_rate', 0.0, 0.3)\n")
+  sweep.write_text(
+    "from fluxdigits.config import defaults\n\n\ndef get_config():\n  return defaults()\n\n\n"
+    "def space(trial):\n"
+    "  trial.suggest_categorical('batch_size', [32, 64])\n"
+    "  trial.suggest_float('optimizer.learning_rate', 5e-4, 2e-3, log=True)\n"
+    "  trial.suggest_float('model.dropout_rate', 0.0, 0.3)\n"
+  )
   workdir = tmp_path / "tuning"
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.tune", str(sweep), "--workdir", str(workdir),
-                           "--trials", "4", "--population", "4", "--sampler", "random", "--pruner", "none",
-                           "--config.num_epochs=1", "--config.model.name=cnn_dropout", *QUICK[:1]],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "fluxdigits.tune",
+      str(sweep),
+      "--workdir",
+      str(workdir),
+      "--trials",
+      "4",
+      "--population",
+      "4",
+      "--sampler",
+      "random",
+      "--pruner",
+      "none",
+      "--config.num_epochs=1",
+      "--config.model.name=cnn_dropout",
+      *QUICK[:1],
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr
   import optuna
+
   study = optuna.load_study(study_name="digits", storage=f"sqlite:///{workdir / 'study.db'}")
   trials = study.get_trials()
   assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -176,8 +241,11 @@ def test_a_population_too_large_for_memory_is_refused_naming_the_largest_that_fi
   # 400 MiB free: MNIST's 55 MB on the device and a few members of the seed CNN (~20 MiB each at batch 32) fit.
   monkeypatch.setattr(loop.meshes, "free_memory_bytes", lambda mesh: 400 * 2**20)
   base = small_config(**{"model.name": "cnn"})
-  with pytest.raises(UserError, match=r"a population of 256 needs about .* GiB of memory per device .* 0\.4 GiB are "
-                                      r"free; the largest population that fits is \d+: pass fewer members") as refused:
+  with pytest.raises(
+    UserError,
+    match=r"a population of 256 needs about .* GiB of memory per device .* 0\.4 GiB are "
+    r"free; the largest population that fits is \d+: pass fewer members",
+  ) as refused:
     loop.build(population.with_seeds(base, range(256)), log=lambda *_: None)
   largest = largest_that_fits(refused.value)
   assert 2 <= largest < 256
@@ -201,8 +269,11 @@ def test_a_population_that_runs_out_of_memory_while_compiling_is_refused_the_sam
 
   monkeypatch.setattr(jax.stages.Lowered, "compile", out_of_memory_once)
   base = small_config(**{"model.name": "cnn"})
-  with pytest.raises(UserError, match="a population of 256 ran out of device memory while compiling, 0.4 GiB are free; "
-                                      "the largest population that fits is") as refused:
+  with pytest.raises(
+    UserError,
+    match="a population of 256 ran out of device memory while compiling, 0.4 GiB are free; "
+    "the largest population that fits is",
+  ) as refused:
     loop.build(population.with_seeds(base, range(256)), log=lambda *_: None)
   monkeypatch.setattr(jax.stages.Lowered, "compile", compile_for_real)
   with pytest.raises(UserError) as estimated_from_256:
@@ -221,6 +292,9 @@ def test_a_population_that_never_started_gives_its_workdir_to_another(tmp_path):
   assert json.loads((workdir / "population.json").read_text())["members"] == ["seed-0", "seed-1", "seed-2"]
   (workdir / "seed-0").mkdir()
   (workdir / "seed-0" / "config.json").write_text("{}")
-  with pytest.raises(UserError, match=r"holds a population of seed-0, seed-1, seed-2, not seed-0, seed-1, seed-2, \.\.\., "
-                                      r"seed-19999 \(20000 members\); train the same members"):
+  with pytest.raises(
+    UserError,
+    match=r"holds a population of seed-0, seed-1, seed-2, not seed-0, seed-1, seed-2, \.\.\., "
+    r"seed-19999 \(20000 members\); train the same members",
+  ):
     workdirs.check_population(workdir, too_many)

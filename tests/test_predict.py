@@ -7,11 +7,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import EXPERIMENTS, REPO, SHARED, run_cli
 from PIL import Image
 
 import fluxdigits
 from fluxdigits import data
-from conftest import EXPERIMENTS, REPO, SHARED, run_cli
 
 REAL_DIGITS = SHARED / "data" / "real-digits"
 
@@ -19,7 +19,9 @@ REAL_DIGITS = SHARED / "data" / "real-digits"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("predict") / "mnist_fast"
-  result = run_cli(EXPERIMENTS / "mnist_fast.py", "--workdir", workdir, "--config.num_epochs=1", "--config.report=false")
+  result = run_cli(
+    EXPERIMENTS / "mnist_fast.py", "--workdir", workdir, "--config.num_epochs=1", "--config.report=false"
+  )
   assert result.returncode == 0, result.stderr
   return workdir
 
@@ -30,8 +32,9 @@ def classifier(run_dir):
 
 
 def predict_cli(*args):
-  return subprocess.run([sys.executable, "-m", "fluxdigits.predict", *map(str, args)], capture_output=True, text=True,
-                        timeout=300, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, "-m", "fluxdigits.predict", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=REPO
+  )
 
 
 def test_arrays_in_dataset_format_go_to_the_model_as_they_are(classifier):
@@ -54,8 +57,19 @@ def test_cli_predicts_good_files_and_names_each_bad_one(run_dir, tmp_path):
   (tmp_path / "notes.png").write_text("not an image")
   Image.new("L", (100, 100), 255).save(tmp_path / "blank.png")
   good = sorted(REAL_DIGITS.glob("3_*.png"))[:2]
-  result = predict_cli(run_dir, *good, tmp_path / "notes.png", tmp_path / "blank.png", tmp_path / "missing.png",
-                       "--csv", tmp_path / "out.csv", "--show", tmp_path / "show.png", "--top", "2")
+  result = predict_cli(
+    run_dir,
+    *good,
+    tmp_path / "notes.png",
+    tmp_path / "blank.png",
+    tmp_path / "missing.png",
+    "--csv",
+    tmp_path / "out.csv",
+    "--show",
+    tmp_path / "show.png",
+    "--top",
+    "2",
+  )
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 3 and all(name in result.stderr for name in ("notes.png", "blank.png", "missing.png"))
@@ -88,17 +102,22 @@ def test_cli_refuses_an_unfinished_run(tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "stablehlo"])
 def test_export_matches_jax_and_runs_without_fluxdigits(run_dir, tmp_path, fmt):
   pytest.importorskip("jax2onnx") if fmt == "onnx" else None
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.export", run_dir, "--format", fmt, "--out", tmp_path],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+  result = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.export", run_dir, "--format", fmt, "--out", tmp_path],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert result.returncode == 0, result.stderr
   assert "match the JAX model's" in result.stdout
   test = data.read_tfds_split("mnist", "test", os.environ["TFDS_DATA_DIR"], True)[:200]
   np.save(tmp_path / "images.npy", test.images.astype(np.float32) / 255.0)
   runner = {
-      "onnx": "import onnxruntime as ort; s = ort.InferenceSession(d + '/model.onnx'); "
-              "logits = s.run(None, {s.get_inputs()[0].name: x})[0]",
-      "stablehlo": "import jax; e = jax.export.deserialize(bytearray(open(d + '/model.jax_export', 'rb').read())); "
-                   "logits = np.asarray(e.call(x))",
+    "onnx": "import onnxruntime as ort; s = ort.InferenceSession(d + '/model.onnx'); "
+    "logits = s.run(None, {s.get_inputs()[0].name: x})[0]",
+    "stablehlo": "import jax; e = jax.export.deserialize(bytearray(open(d + '/model.jax_export', 'rb').read())); "
+    "logits = np.asarray(e.call(x))",
   }[fmt]
   script = textwrap.dedent(f"""
       import sys
@@ -114,8 +133,14 @@ def test_export_matches_jax_and_runs_without_fluxdigits(run_dir, tmp_path, fmt):
       {runner}
       np.save(d + "/logits.npy", logits)
   """)
-  ran = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+  ran = subprocess.run(
+    [sys.executable, "-c", script, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+  )
   assert ran.returncode == 0, ran.stderr
   logits = np.load(tmp_path / "logits.npy")
   assert logits.shape == (200, 10) and (logits.argmax(-1) == test.labels).mean() >= 0.95
@@ -123,11 +148,24 @@ def test_export_matches_jax_and_runs_without_fluxdigits(run_dir, tmp_path, fmt):
 
 def test_a_run_trained_across_two_devices_predicts_on_one(tmp_path):
   workdir = tmp_path / "two_devices"
-  result = run_cli(EXPERIMENTS / "mnist_mlp.py", "--workdir", workdir, "--config.num_epochs=1", "--config.report=false",
-                   "--config.dataset.max_train_examples=2000", env={"JAX_NUM_CPU_DEVICES": "2"})
+  result = run_cli(
+    EXPERIMENTS / "mnist_mlp.py",
+    "--workdir",
+    workdir,
+    "--config.num_epochs=1",
+    "--config.report=false",
+    "--config.dataset.max_train_examples=2000",
+    env={"JAX_NUM_CPU_DEVICES": "2"},
+  )
   assert result.returncode == 0 and "for 2x cpu" in result.stdout, result.stderr
   files = sorted(REAL_DIGITS.glob("7_*.png"))[:2]
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.predict", workdir, *files], capture_output=True,
-                          text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_NUM_CPU_DEVICES": "1"})
+  result = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.predict", workdir, *files],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+    env={**os.environ, "JAX_NUM_CPU_DEVICES": "1"},
+  )
   assert result.returncode == 0, result.stderr
   assert [line.split()[0] for line in result.stdout.splitlines()] == [f"{f}:" for f in files]

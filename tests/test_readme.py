@@ -26,7 +26,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import REPO, SHARED
 
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b.*?-->")
@@ -44,8 +43,9 @@ def bash_blocks(markdown: str) -> list[str]:
 
 
 def copy_of_the_repository(destination: pathlib.Path) -> pathlib.Path:
-  listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                          capture_output=True, text=True)
+  listed = subprocess.run(
+    ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+  )
   if listed.returncode != 0:  # not a git checkout: copy the folder without runs
     shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns("runs", ".git", "__pycache__"))
     return destination
@@ -57,8 +57,10 @@ def copy_of_the_repository(destination: pathlib.Path) -> pathlib.Path:
 
 
 def test_bash_blocks_and_skip_markers_are_found():
-  markdown = ("a\n```bash\necho one\n```\n<!-- readme-test: skip needs .[bench] -->\n\n```bash\necho two\n```\n"
-              "```python\nprint(3)\n```\n```bash\necho four\n```\n")
+  markdown = (
+    "a\n```bash\necho one\n```\n<!-- readme-test: skip needs .[bench] -->\n\n```bash\necho two\n```\n"
+    "```python\nprint(3)\n```\n```bash\necho four\n```\n"
+  )
   assert bash_blocks(markdown) == ["echo one\n", "echo four\n"]
 
 
@@ -77,12 +79,15 @@ def test_readme_and_docs_commands_work_as_copied(tmp_path):
     script += [f'echo "=== README block {number} of {len(blocks)}"', block]
   env = {k: v for k, v in os.environ.items() if k not in ("TFDS_DATA_DIR", "FLUXDIGITS_IDX_DIR", "PYTHONPATH")}
   env.update(FLUXDIGITS_SMOKE="1", PYTHONPATH=str(repo))
-  result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=900)
+  result = subprocess.run(
+    ["bash", "-c", "\n".join(script)], cwd=repo, env=env, capture_output=True, text=True, timeout=900
+  )
   failed = re.findall(r"=== README block (\d+)", result.stdout)  # numbered across README.md, then docs/*.md
   assert result.returncode == 0, (
-      f"README block {failed[-1] if failed else '?'} failed (exit {result.returncode}):\n"
-      f"{blocks[int(failed[-1]) - 1] if failed else ''}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}")
+    f"README block {failed[-1] if failed else '?'} failed (exit {result.returncode}):\n"
+    f"{blocks[int(failed[-1]) - 1] if failed else ''}\n--- stdout ---\n{result.stdout[-3000:]}\n"
+    f"--- stderr ---\n{result.stderr[-3000:]}"
+  )
 
 
 def test_readme_is_short():
@@ -92,8 +97,12 @@ def test_readme_is_short():
 
 def test_no_lab_history_in_the_readme_or_docs():
   words = re.compile(r"\b(issues?|sessions?|lent)\b", re.IGNORECASE)
-  found = [f"{d.relative_to(REPO)}: {line.strip()}" for d in DOCUMENTS
-           for line in FENCE.sub("", d.read_text()).splitlines() if words.search(line)]
+  found = [
+    f"{d.relative_to(REPO)}: {line.strip()}"
+    for d in DOCUMENTS
+    for line in FENCE.sub("", d.read_text()).splitlines()
+    if words.search(line)
+  ]
   assert not found, "user documents speak of issues, sessions or who lent what:\n" + "\n".join(found)
 
 

@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import EXPERIMENTS, REPO, read_summary
 from matplotlib import image as mpimg
 
 from fluxdigits import report, run
-
-from conftest import EXPERIMENTS, REPO, read_summary
 
 PICTURES = ("curves.png", "misclassified.png", "confusion_matrix.png")
 
@@ -34,8 +33,19 @@ def assert_sane_png(path, min_side=300, max_side=3000):
 def trained_run(tmp_path_factory):
   """One tiny real MNIST run (2 epochs of an MLP on 10,000 training images, the full test split)."""
   workdir = tmp_path_factory.mktemp("runs") / "mlp"
-  assert run.main([str(EXPERIMENTS / "mnist_mlp.py"), "--workdir", str(workdir), "--config.num_epochs=2",
-                   "--config.dataset.max_train_examples=10000", "--config.report=false"]) == 0
+  assert (
+    run.main(
+      [
+        str(EXPERIMENTS / "mnist_mlp.py"),
+        "--workdir",
+        str(workdir),
+        "--config.num_epochs=2",
+        "--config.dataset.max_train_examples=10000",
+        "--config.report=false",
+      ]
+    )
+    == 0
+  )
   return workdir
 
 
@@ -94,9 +104,12 @@ def test_comparing_two_runs(trained_run, report_dir, tmp_path, capsys):
   other = tmp_path / "mlp_worse"
   shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns("report"))
   rows = [json.loads(line) for line in (other / "metrics.jsonl").read_text().splitlines()]
-  (other / "metrics.jsonl").write_text("".join(
+  (other / "metrics.jsonl").write_text(
+    "".join(
       json.dumps({**row, "val_accuracy": row["val_accuracy"] - 0.05, "val_loss": row["val_loss"] + 0.1}) + "\n"
-      for row in rows))
+      for row in rows
+    )
+  )
   out = tmp_path / "comparison"
   assert report.main([str(trained_run), str(other), "--out", str(out)]) == 0
   assert_sane_png(out / "comparison.png")
@@ -107,13 +120,16 @@ def test_comparing_two_runs(trained_run, report_dir, tmp_path, capsys):
   assert str(out / "comparison.md") in printed and str(other / "report" / "index.html") in printed
 
 
-@pytest.mark.parametrize("missing, message", [
+@pytest.mark.parametrize(
+  "missing, message",
+  [
     ("everything", "does not exist"),
     ("config.json", "no config.json"),
     ("metrics.jsonl", "no metrics.jsonl"),
     ("summary.json", "no summary.json"),
     ("checkpoints", "holds no checkpoint"),
-])
+  ],
+)
 def test_a_broken_workdir_is_one_error_line_and_exit_code_2(trained_run, tmp_path, capsys, missing, message):
   broken = tmp_path / "broken"
   if missing != "everything":
@@ -124,8 +140,9 @@ def test_a_broken_workdir_is_one_error_line_and_exit_code_2(trained_run, tmp_pat
 
 
 def test_the_command_line_reports_bad_input_without_a_traceback(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.report", str(tmp_path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.report", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
 

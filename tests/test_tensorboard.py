@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
+from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fluxdigits import tensorboard
-
-from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
 
 QUICK = ["--config.dataset.max_train_examples=3000", "--config.steps_per_call=20", "--config.report=false"]
 
@@ -45,35 +44,54 @@ def assert_curves_match_the_run(run_dir, epochs: int):
     steps = [step for step, _ in curve(events, tag)]
     assert steps == sorted(set(steps)), f"{tag}: steps {steps} repeat or go back"
   for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
-    assert curve(events, f"epoch/{key}") == [(r["epoch"] * steps_per_epoch, pytest.approx(r[key], rel=1e-6)) for r in rows]
+    assert curve(events, f"epoch/{key}") == [
+      (r["epoch"] * steps_per_epoch, pytest.approx(r[key], rel=1e-6)) for r in rows
+    ]
   calls_per_epoch = -(-steps_per_epoch // 20)
   train_steps = [step for step, _ in curve(events, "train/loss")]
   assert len(train_steps) == epochs * calls_per_epoch and train_steps[-1] == summary["train_steps"]
   # The calls' mean losses average to the epoch's (the last call of an epoch may be shorter).
   first_epoch = curve(events, "train/loss")[:calls_per_epoch]
   sizes = [step - before for (step, _), before in zip(first_epoch, [0] + [s for s, _ in first_epoch])]
-  assert sum(v * n for (_, v), n in zip(first_epoch, sizes)) / steps_per_epoch == pytest.approx(rows[0]["train_loss"], rel=1e-5)
+  assert sum(v * n for (_, v), n in zip(first_epoch, sizes)) / steps_per_epoch == pytest.approx(
+    rows[0]["train_loss"], rel=1e-5
+  )
   assert curve(events, "test/accuracy") == [(summary["train_steps"], pytest.approx(summary["test_accuracy"]))]
   return events, summary
 
 
 def test_a_run_writes_its_curves_hyperparameters_and_report_pictures(tmp_path):
   workdir = tmp_path / "run"
-  result = run_cli(EXPERIMENTS / "mnist_cnn.py", "--workdir", workdir, "--config.num_epochs=2",
-                   *[q for q in QUICK if "report" not in q])
+  result = run_cli(
+    EXPERIMENTS / "mnist_cnn.py",
+    "--workdir",
+    workdir,
+    "--config.num_epochs=2",
+    *[q for q in QUICK if "report" not in q],
+  )
   assert result.returncode == 0, result.stderr
   events, summary = assert_curves_match_the_run(workdir, epochs=2)
   assert summary["test_accuracy"] > 0.9
   assert set(events.Tags()["images"]) == {"report/curves", "report/confusion_matrix", "report/misclassified"}
   hparams = session_hparams(events)
   assert hparams["seed"] == 0 and hparams["num_epochs"] == 2 and hparams["model.name"] == "cnn"
-  assert hparams["dataset.max_train_examples"] == 3000 and "_hparams_/session_end_info" in events.PluginTagToContent("hparams")
+  assert hparams["dataset.max_train_examples"] == 3000 and "_hparams_/session_end_info" in events.PluginTagToContent(
+    "hparams"
+  )
 
 
 def test_a_killed_run_resumes_its_curves_without_repeated_steps(tmp_path):
   workdir = tmp_path / "run"
-  command = [sys.executable, "-m", "fluxdigits.run", str(EXPERIMENTS / "mnist_cnn.py"), "--workdir", str(workdir),
-             "--config.num_epochs=3", *QUICK]
+  command = [
+    sys.executable,
+    "-m",
+    "fluxdigits.run",
+    str(EXPERIMENTS / "mnist_cnn.py"),
+    "--workdir",
+    str(workdir),
+    "--config.num_epochs=3",
+    *QUICK,
+  ]
   kill_once_written(command, workdir / "checkpoints" / "1", "the run, in its second epoch,")
   # What a killed run may have written after its checkpoint (its next calls and epoch): points the resumed run must
   # hide. TensorBoard's Python loader drops them at the resumed run's restart event; its Rust data server when the
@@ -81,7 +99,9 @@ def test_a_killed_run_resumes_its_curves_without_repeated_steps(tmp_path):
   checkpointed = curve(read_events(workdir), "train/loss")[-1][0]
   tbx = tensorboard._tensorboardx()
   stale = tbx.event_file_writer.EventsWriter(str(workdir / tensorboard.FOLDER / "events"), ".stale")
-  points = [(checkpointed + 20 * k, "train/loss", 99.0) for k in (1, 2, 3)] + [(2 * checkpointed, "epoch/val_accuracy", 0.01)]
+  points = [(checkpointed + 20 * k, "train/loss", 99.0) for k in (1, 2, 3)] + [
+    (2 * checkpointed, "epoch/val_accuracy", 0.01)
+  ]
   for step, tag, value in points:
     stale.write_event(tbx.proto.event_pb2.Event(step=step, summary=tbx.summary.scalar(tag, value)))
   stale.close()
@@ -95,7 +115,9 @@ def test_a_killed_run_resumes_its_curves_without_repeated_steps(tmp_path):
 
 def test_each_seed_of_a_population_is_its_own_run_with_its_seed(tmp_path):
   workdir = tmp_path / "seeds"
-  result = run_cli(EXPERIMENTS / "mnist_cnn.py", "--workdir", workdir, "--seeds", "0-1", "--config.num_epochs=1", *QUICK)
+  result = run_cli(
+    EXPERIMENTS / "mnist_cnn.py", "--workdir", workdir, "--seeds", "0-1", "--config.num_epochs=1", *QUICK
+  )
   assert result.returncode == 0, result.stderr
   for seed in (0, 1):
     events, _ = assert_curves_match_the_run(workdir / f"seed-{seed}", epochs=1)
@@ -105,14 +127,34 @@ def test_each_seed_of_a_population_is_its_own_run_with_its_seed(tmp_path):
 
 def test_tuning_trials_carry_their_parameters(tmp_path):
   import optuna
+
   sweep = tmp_path / "sweep.py"
-  sweep.write_text("from fluxdigits.config import defaults\n\n\ndef get_config():\n  return defaults()\n\n\n"
-                   "def space(trial):\n  trial.suggest_categorical('batch_size', [32, 64])\n"
-                   "  trial.suggest_float('optimizer.learning_rate', 5e-4, 2e-3, log=True)\n")
+  sweep.write_text(
+    "from fluxdigits.config import defaults\n\n\ndef get_config():\n  return defaults()\n\n\n"
+    "def space(trial):\n  trial.suggest_categorical('batch_size', [32, 64])\n"
+    "  trial.suggest_float('optimizer.learning_rate', 5e-4, 2e-3, log=True)\n"
+  )
   workdir = tmp_path / "tuning"
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.tune", str(sweep), "--workdir", str(workdir), "--trials", "2",
-                           "--sampler", "random", "--config.num_epochs=1", *QUICK], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "fluxdigits.tune",
+      str(sweep),
+      "--workdir",
+      str(workdir),
+      "--trials",
+      "2",
+      "--sampler",
+      "random",
+      "--config.num_epochs=1",
+      *QUICK,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr
   study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{workdir / 'study.db'}")
   for trial in study.trials:
@@ -122,11 +164,13 @@ def test_tuning_trials_carry_their_parameters(tmp_path):
 
 def test_profile_steps_traces_train_calls_and_tensorboard_false_writes_no_events(tmp_path):
   traced, off = tmp_path / "traced", tmp_path / "off"
-  result = run_cli(EXPERIMENTS / "mnist_cnn.py", "--workdir", traced, "--config.num_epochs=1",
-                   "--config.profile_steps=20", *QUICK)
+  result = run_cli(
+    EXPERIMENTS / "mnist_cnn.py", "--workdir", traced, "--config.num_epochs=1", "--config.profile_steps=20", *QUICK
+  )
   assert result.returncode == 0, result.stderr
   assert list((traced / tensorboard.FOLDER / "plugins" / "profile").glob("*/*.xplane.pb"))
-  result = run_cli(EXPERIMENTS / "mnist_cnn.py", "--workdir", off, "--config.num_epochs=1",
-                   "--config.tensorboard=false", *QUICK)
+  result = run_cli(
+    EXPERIMENTS / "mnist_cnn.py", "--workdir", off, "--config.num_epochs=1", "--config.tensorboard=false", *QUICK
+  )
   assert result.returncode == 0, result.stderr
   assert not (off / tensorboard.FOLDER).exists() and (off / "summary.json").is_file()

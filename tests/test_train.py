@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
-from fluxdigits import augment, config as configs, cpu, data, loop, mesh as meshes, registry, optim, run, steps
-
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+
+from fluxdigits import augment, config as configs, cpu, data, loop, mesh as meshes, optim, registry, run, steps
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 
@@ -27,8 +26,19 @@ def mnist():
 def jitted_train_step(dataset, config):
   preprocess = steps.Preprocess(dataset.mean, dataset.std, jnp.float32)
   hyperparams = steps.hyperparams_of(config)
-  return jax.jit(lambda s, x, y: steps.train_step(s, jnp.arange(len(x)), images=x, labels=y, hyperparams=hyperparams,
-                                                  config=config, num_classes=10, preprocess=preprocess, augment_fn=None))
+  return jax.jit(
+    lambda s, x, y: steps.train_step(
+      s,
+      jnp.arange(len(x)),
+      images=x,
+      labels=y,
+      hyperparams=hyperparams,
+      config=config,
+      num_classes=10,
+      preprocess=preprocess,
+      augment_fn=None,
+    )
+  )
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(mnist):
@@ -68,13 +78,15 @@ def test_evaluated_weights_are_the_warmed_up_moving_average(mnist, model_name):
   step = jitted_train_step(mnist, config)
   expected = state.evaluated_variables()
   for i in range(1, 41):
-    state, _ = step(state, mnist.train.images[8 * i:8 * i + 8], mnist.train.labels[8 * i:8 * i + 8])
+    state, _ = step(state, mnist.train.images[8 * i : 8 * i + 8], mnist.train.labels[8 * i : 8 * i + 8])
     decay = min(0.9, (1 + i) / (10 + i))
     expected = jax.tree.map(lambda a, v: decay * a + (1 - decay) * v, expected, (state.params, state.batch_stats))
   for average, want in zip(jax.tree.leaves(state.evaluated_variables()), jax.tree.leaves(expected)):
     np.testing.assert_allclose(average, want, rtol=1e-4, atol=1e-6)
-  assert any(not np.allclose(a, r) for a, r in zip(jax.tree.leaves(state.evaluated_variables()),
-                                                   jax.tree.leaves((state.params, state.batch_stats))))
+  assert any(
+    not np.allclose(a, r)
+    for a, r in zip(jax.tree.leaves(state.evaluated_variables()), jax.tree.leaves((state.params, state.batch_stats)))
+  )
 
 
 def test_ema_decay_zero_evaluates_the_raw_weights(mnist):
@@ -92,8 +104,14 @@ def test_eval_counts_every_example_exactly_once(mnist):
   preprocess = steps.Preprocess(mnist.mean, mnist.std, jnp.float32)
   mesh = meshes.data_mesh()
   images = mnist.test.images[:1003]
-  logits = steps.predict_split(steps.make_predict(model.apply, preprocess), (state.params, state.batch_stats),
-                               meshes.replicate(images, mesh), len(images), 100, mesh)
+  logits = steps.predict_split(
+    steps.make_predict(model.apply, preprocess),
+    (state.params, state.batch_stats),
+    meshes.replicate(images, mesh),
+    len(images),
+    100,
+    mesh,
+  )
   assert logits.shape == (1003, 10)
   expected = model.apply({"params": state.params}, preprocess(jnp.asarray(images)), train=False)
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
@@ -157,8 +175,9 @@ def test_learning_rate_in_the_state_changes_the_step_without_recompiling():
 
 def test_augmentations_keep_shapes_and_change_images():
   images = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
-  distort = lambda **keys: augment.make(mnist_config(**{"augment.name": "digits", **keys}))(jax.random.key(1), images,
-                                                                                          jnp.zeros(4, jnp.int32))
+  distort = lambda **keys: augment.make(mnist_config(**{"augment.name": "digits", **keys}))(
+    jax.random.key(1), images, jnp.zeros(4, jnp.int32)
+  )
   shifted = distort()
   assert shifted.shape == images.shape and not np.allclose(shifted, images)
   identity = distort(**{"augment.max_shift": 0, "augment.max_rotation": 0.0})
@@ -168,15 +187,28 @@ def test_augmentations_keep_shapes_and_change_images():
   assert cropped.shape == rgb.shape and not np.allclose(cropped, rgb)
 
 
-@pytest.mark.parametrize("key, amount", [("max_scale", 0.2), ("max_aspect", 0.2), ("max_shear", 0.3), ("elastic", 1.5),
-                                         ("max_stroke", 0.8), ("max_blur", 1.0), ("min_contrast", 0.4), ("max_noise", 0.2),
-                                         ("european_ones", 1.0), ("closed_fours", 1.0)])
+@pytest.mark.parametrize(
+  "key, amount",
+  [
+    ("max_scale", 0.2),
+    ("max_aspect", 0.2),
+    ("max_shear", 0.3),
+    ("elastic", 1.5),
+    ("max_stroke", 0.8),
+    ("max_blur", 1.0),
+    ("min_contrast", 0.4),
+    ("max_noise", 0.2),
+    ("european_ones", 1.0),
+    ("closed_fours", 1.0),
+  ],
+)
 def test_each_handwriting_distortion_changes_digits_within_range(mnist, key, amount):
   images = jnp.asarray(mnist.train.images[:8], jnp.float32) / 255
   still = {"augment.name": "digits", "augment.max_shift": 0, "augment.max_rotation": 0.0}
   drawn_over = jnp.asarray(mnist.train.labels[:8] == {"european_ones": 1, "closed_fours": 4}.get(key, -1))
-  distorted = augment.make(mnist_config(**still, **{f"augment.{key}": amount}))(jax.random.key(3), images,
-                                                                                 jnp.asarray(mnist.train.labels[:8]))
+  distorted = augment.make(mnist_config(**still, **{f"augment.{key}": amount}))(
+    jax.random.key(3), images, jnp.asarray(mnist.train.labels[:8])
+  )
   if drawn_over.any():  # only that class changes, and gains ink
     assert np.allclose(distorted[~drawn_over], images[~drawn_over])
     assert float(distorted[drawn_over].sum()) > 1.1 * float(images[drawn_over].sum())
@@ -200,7 +232,15 @@ def test_short_real_mnist_training_reaches_97_percent(tmp_path, capsys):
   assert {"train_seconds", "best_val_accuracy", "dataset", "model"} <= set(summary)
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert len(rows) == 1
-  assert set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"}
+  assert set(rows[0]) == {
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "epoch_seconds",
+  }
   assert rows[0]["val_accuracy"] >= 0.96 and rows[0]["learning_rate"] == pytest.approx(1e-3)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["num_epochs"] == 1 and saved["model.name"] == "cnn"
@@ -208,9 +248,18 @@ def test_short_real_mnist_training_reaches_97_percent(tmp_path, capsys):
 
 
 def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
-  config = configs.override(configs.load(str(EXPERIMENTS / "cifar10_resnet.py")),
-                            ["num_epochs=1", "schedule.warmup_epochs=0.5", "batch_size=8", "eval_batch_size=8", "dataset.cache=false",
-                             "dataset.max_train_examples=24", "report=false"])
+  config = configs.override(
+    configs.load(str(EXPERIMENTS / "cifar10_resnet.py")),
+    [
+      "num_epochs=1",
+      "schedule.warmup_epochs=0.5",
+      "batch_size=8",
+      "eval_batch_size=8",
+      "dataset.cache=false",
+      "dataset.max_train_examples=24",
+      "report=false",
+    ],
+  )
   config = configs.validate(config)
   with tfds.testing.mock_data(num_examples=24):
     summary = loop.train([config], tmp_path)[0]
@@ -222,6 +271,7 @@ def test_long_step_models_split_their_batches_over_the_cpu_cores():
   """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core; short steps and wide nets keep to one."""
   if cpu.lanes() < 2:
     pytest.skip("one CPU device: one core, or oneDNN's convolutions (FLUXDIGITS_ONEDNN=0 runs this)")
+
   def devices(config):
     return loop.data_mesh_for(config, registry.create(config, 10)).devices.size
 
@@ -244,27 +294,48 @@ def test_long_step_models_split_their_batches_over_the_cpu_cores():
 def test_four_devices_match_one_device(tmp_path):
   args = ["--config.num_epochs=1", "--config.dataset.max_train_examples=6400", "--config.report=false"]
   one = run_cli(CNN, "--workdir", tmp_path / "one", *args)
-  four = run_cli(CNN, "--workdir", tmp_path / "four", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  four = run_cli(
+    CNN, "--workdir", tmp_path / "four", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  )
   assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
   a, b = read_summary(tmp_path / "one"), read_summary(tmp_path / "four")
   assert a["device"].startswith("1x") and b["device"].startswith("4x")
   assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-3)
   assert abs(b["test_accuracy"] - a["test_accuracy"]) <= 0.0005  # at most 5 of 10,000 predictions flip
-  bad = run_cli(CNN, "--workdir", tmp_path / "bad", "--config.batch_size=30",
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  bad = run_cli(
+    CNN,
+    "--workdir",
+    tmp_path / "bad",
+    "--config.batch_size=30",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [
-      "error: batch_size=30 is not divisible by the 4 devices; use a multiple of 4, e.g. --config.batch_size=28"]
+    "error: batch_size=30 is not divisible by the 4 devices; use a multiple of 4, e.g. --config.batch_size=28"
+  ]
 
 
 def test_a_new_metric_is_one_function_that_reaches_every_output(tmp_path, monkeypatch, capsys):
-  """Top-5 accuracy added to metrics.METRICS, and nothing else: metrics.jsonl, the epoch line, the summary, the report."""
+  """Top-5 accuracy added to metrics.METRICS, and nothing else: metrics.jsonl, the epoch line, the summary,
+  the report."""
   from fluxdigits import metrics
+
   top5 = lambda logits, labels: (logits.argsort(-1)[:, -5:] == labels[:, None]).any(-1)
   monkeypatch.setitem(metrics.METRICS, "top5_accuracy", top5)
   workdir = tmp_path / "run"
-  assert run.main([CNN, "--workdir", str(workdir), "--config.num_epochs=1", "--config.dataset.max_train_examples=3000",
-                   "--config.steps_per_call=20"]) == 0
+  assert (
+    run.main(
+      [
+        CNN,
+        "--workdir",
+        str(workdir),
+        "--config.num_epochs=1",
+        "--config.dataset.max_train_examples=3000",
+        "--config.steps_per_call=20",
+      ]
+    )
+    == 0
+  )
   assert "top5_accuracy" in capsys.readouterr().out
   row = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
   assert row["train_accuracy"] <= row["train_top5_accuracy"] <= 1 and row["val_accuracy"] <= row["val_top5_accuracy"]
@@ -277,15 +348,30 @@ def test_digits_written_otherwise_in_training_teach_the_cnn_to_read_them(tmp_pat
   """MNIST has few 1s with a flag and base stroke and few 4s with a closed top; one epoch with augment.european_ones
   and augment.closed_fours reads test digits drawn so (by benchmarks/robustness.py's own renderers) as 1s and 4s."""
   sys.path.insert(0, str(REPO / "benchmarks"))
-  import fluxdigits
   import robustness
+
+  import fluxdigits
+
   images, labels = robustness.mnist_test()
   read = {}
   for share in (0.0, 1.0):
     workdir = tmp_path / f"share-{share}"
-    assert run.main([CNN, "--workdir", str(workdir), "--config.num_epochs=1", "--config.report=false",
-                     "--config.tensorboard=false", "--config.augment.name=digits", f"--config.augment.european_ones={share}",
-                     f"--config.augment.closed_fours={share}"]) == 0
+    assert (
+      run.main(
+        [
+          CNN,
+          "--workdir",
+          str(workdir),
+          "--config.num_epochs=1",
+          "--config.report=false",
+          "--config.tensorboard=false",
+          "--config.augment.name=digits",
+          f"--config.augment.european_ones={share}",
+          f"--config.augment.closed_fours={share}",
+        ]
+      )
+      == 0
+    )
     classifier = fluxdigits.load_classifier(workdir)
     for name, (digit, draw) in robustness.WRITTEN_OTHERWISE.items():
       read[name, share] = float((classifier.predict(draw(images, labels)).argmax(-1) == digit).mean())

@@ -10,18 +10,17 @@ import time
 
 import optuna
 import pytest
+from conftest import REPO, kill_once_written
 
 from fluxdigits import config as configs, tune, workdir as workdirs
 
-from conftest import REPO, kill_once_written
-
 # A narrow space where every trial learns: the figures below can be asserted.
-GOOD_SPACE = '''
+GOOD_SPACE = """
 def space(trial):
   trial.suggest_categorical("batch_size", [32, 64])
   trial.suggest_categorical("optimizer.name", ["adam", "rmsprop"])
   trial.suggest_float("optimizer.learning_rate", 5e-4, 2e-3, log=True)
-'''
+"""
 QUICK = ["--config.dataset.max_train_examples=8000", "--config.checkpoint.keep=1"]
 
 
@@ -88,8 +87,9 @@ def test_sweep_end_to_end_chooses_on_validation_and_tests_only_the_chosen_trial(
 def test_killed_tuning_resumes_the_interrupted_trial_from_its_checkpoint(tmp_path):
   sweep, workdir = write_sweep(tmp_path, GOOD_SPACE), tmp_path / "tuning"
   args = ["--trials", 2, "--pruner", "none", "--config.num_epochs=3"]
-  kill_once_written(tune_command(sweep, workdir, *args), workdir / "trials" / "0001" / "checkpoints" / "1",
-                    "tuning, in trial 1,")
+  kill_once_written(
+    tune_command(sweep, workdir, *args), workdir / "trials" / "0001" / "checkpoints" / "1", "tuning, in trial 1,"
+  )
   assert not (workdir / "trials" / "0001" / "summary.json").exists()
 
   result = run_tune(sweep, workdir, *args)
@@ -111,8 +111,10 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path):
   hold = tmp_path / "hold"
   hold.touch()
   env = {**os.environ, workdirs.HOLD_ENV: f"lock:{hold}"}
-  workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-             for _ in range(2)]
+  workers = [
+    subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    for _ in range(2)
+  ]
   holders = lambda: {lock.read_text().strip() for lock in (workdir / "trials").glob("*/.lock")}
   deadline = time.time() + 300
   while holders() != {str(worker.pid) for worker in workers}:
@@ -135,10 +137,13 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path):
 
 
 def test_pruning_stops_a_hopeless_trial(tmp_path):
-  sweep = write_sweep(tmp_path, '''
+  sweep = write_sweep(
+    tmp_path,
+    """
 def space(trial):
   trial.suggest_float("optimizer.learning_rate", 1e-7, 1e-2, log=True)
-''')
+""",
+  )
   workdir = tmp_path / "tuning"
   workdir.mkdir()
   # Known configurations can be queued into the study before tuning: a good one, then a hopeless one.
@@ -156,17 +161,23 @@ def space(trial):
 
 
 BAD_INPUTS = {
-    "unknown_key": ('def space(trial):\n  trial.suggest_float("model.dropout", 0.0, 0.5)\n',
-                    [], "unknown config key 'model.dropout'; known keys: augment.closed_fours, augment.crop_padding"),
-    "refused_value": ('def space(trial):\n  trial.suggest_float("model.dropout_rate", 0.0, 1.0)\n',
-                      [], "'model.dropout_rate' can take 1.0, which the config refuses"),
-    "empty_space": ("def space(trial):\n  pass\n", [], "the search space is empty"),
-    "no_space": ("", [], "has no space(trial) function"),
-    "grid_of_a_range": (GOOD_SPACE, ["--sampler", "grid"], "--sampler grid needs categorical or stepped parameters"),
-    "bad_storage": (GOOD_SPACE, ["--storage", "sqlite:////no/such/folder/study.db"], "cannot open the storage"),
-    "unreachable_server": (GOOD_SPACE, ["--storage", "postgresql://tuner@127.0.0.1:9/study"], "cannot open the storage"),
-    "no_validation": (GOOD_SPACE, ["--config.validation_fraction=0.0"], "tuning chooses on validation accuracy"),
-    "no_trials": (GOOD_SPACE, ["--trials", "0"], "--trials must be at least 1"),
+  "unknown_key": (
+    'def space(trial):\n  trial.suggest_float("model.dropout", 0.0, 0.5)\n',
+    [],
+    "unknown config key 'model.dropout'; known keys: augment.closed_fours, augment.crop_padding",
+  ),
+  "refused_value": (
+    'def space(trial):\n  trial.suggest_float("model.dropout_rate", 0.0, 1.0)\n',
+    [],
+    "'model.dropout_rate' can take 1.0, which the config refuses",
+  ),
+  "empty_space": ("def space(trial):\n  pass\n", [], "the search space is empty"),
+  "no_space": ("", [], "has no space(trial) function"),
+  "grid_of_a_range": (GOOD_SPACE, ["--sampler", "grid"], "--sampler grid needs categorical or stepped parameters"),
+  "bad_storage": (GOOD_SPACE, ["--storage", "sqlite:////no/such/folder/study.db"], "cannot open the storage"),
+  "unreachable_server": (GOOD_SPACE, ["--storage", "postgresql://tuner@127.0.0.1:9/study"], "cannot open the storage"),
+  "no_validation": (GOOD_SPACE, ["--config.validation_fraction=0.0"], "tuning chooses on validation accuracy"),
+  "no_trials": (GOOD_SPACE, ["--trials", "0"], "--trials must be at least 1"),
 }
 
 

@@ -9,11 +9,10 @@ import os
 import pathlib
 
 import pytest
+from conftest import EXPERIMENTS, run_cli
 
 from fluxdigits import config as configs, workdir as workdirs
 from fluxdigits.errors import UserError
-
-from conftest import EXPERIMENTS, run_cli
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 
@@ -81,9 +80,11 @@ def test_a_folder_that_is_not_a_run_is_left_untouched(tmp_path, restart):
 
 def test_impossible_workdirs_are_one_line_errors(tmp_path):
   (tmp_path / "a-file").write_text("")
-  for workdir, message in ((tmp_path / "a-file", "is a file, not a folder"),
-                           (tmp_path / "a-file" / "run", "cannot create the workdir"),
-                           (pathlib.Path("/proc/fluxdigits-run"), "cannot create the workdir")):
+  for workdir, message in (
+    (tmp_path / "a-file", "is a file, not a folder"),
+    (tmp_path / "a-file" / "run", "cannot create the workdir"),
+    (pathlib.Path("/proc/fluxdigits-run"), "cannot create the workdir"),
+  ):
     with pytest.raises(UserError, match=message):
       with workdirs.open_run(workdir, cnn_config()):
         pass
@@ -106,13 +107,16 @@ def test_another_config_is_refused_when_checkpoints_exist(tmp_path):
     pass
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(
+  "content, message",
+  [
     (b"\x89PNG\r\n\x1a\n\x00\xff", "is unreadable (UnicodeDecodeError"),
     (b"[1, 2]", "holds list, not a JSON object"),
     (b"null", "holds NoneType, not a JSON object"),
     (b"{broken", "is unreadable (JSONDecodeError"),
     (None, "is a folder"),
-])
+  ],
+)
 def test_a_damaged_config_json_is_a_one_line_error(tmp_path, content, message):
   run = fake_run(tmp_path / "run")
   (run / "config.json").unlink()
@@ -130,5 +134,7 @@ def test_cli_refuses_a_non_run_folder_in_one_line(tmp_path):
   result = run_cli(CNN, "--workdir", tmp_path, "--restart")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
-      f"error: {tmp_path} is not a fluxdigits run (it holds notes.txt) and is left untouched; pass a new or empty --workdir"]
+    f"error: {tmp_path} is not a fluxdigits run (it holds notes.txt) and is left untouched; "
+    "pass a new or empty --workdir"
+  ]
   assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

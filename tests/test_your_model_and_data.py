@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, kill_once_written, read_summary, run_cli
 from PIL import Image
 
-from conftest import REPO, kill_once_written, read_summary, run_cli
 from fluxdigits import config as configs, models, registry, run
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -55,8 +55,16 @@ def test_a_user_model_learns_a_folder_of_real_images(trained, folder):
 
 def test_the_run_resumes_exactly_after_kill_9(trained, folder, tmp_path):
   workdir = tmp_path / "killed"
-  command = [sys.executable, "-m", "fluxdigits.run", str(EXPERIMENT), "--workdir", str(workdir),
-             f"--config.dataset.data_dir={folder}", *QUICK]
+  command = [
+    sys.executable,
+    "-m",
+    "fluxdigits.run",
+    str(EXPERIMENT),
+    "--workdir",
+    str(workdir),
+    f"--config.dataset.data_dir={folder}",
+    *QUICK,
+  ]
   kill_once_written(command, workdir / "checkpoints" / "1", "the run, in its second epoch,")
   assert not (workdir / "summary.json").exists()
   resumed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)  # another folder
@@ -69,24 +77,49 @@ def test_the_run_resumes_exactly_after_kill_9(trained, folder, tmp_path):
 
 def test_predict_and_onnx_export_work_from_another_folder(trained, folder, tmp_path):
   classes = ("Sneaker", "Trouser", "Bag")
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.predict", str(trained),
-                           *(str(folder / "test" / name) for name in classes), "--csv", str(tmp_path / "p.csv")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "fluxdigits.predict",
+      str(trained),
+      *(str(folder / "test" / name) for name in classes),
+      "--csv",
+      str(tmp_path / "p.csv"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   with open(tmp_path / "p.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3 * 60
   right = [pathlib.Path(row["file"]).parent.name == row["predicted"] for row in rows]
   assert sum(right) / len(rows) > 0.8, rows[:3]
-  exported = subprocess.run([sys.executable, "-m", "fluxdigits.export", str(trained), "--format", "onnx", "--out",
-                             str(tmp_path / "export")], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+  exported = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.export", str(trained), "--format", "onnx", "--out", str(tmp_path / "export")],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=600,
+  )
   assert exported.returncode == 0, exported.stderr
   assert json.loads((tmp_path / "export" / "model.json").read_text())["class_names"][0] == "Ankle boot"
 
 
 def test_seeds_train_as_one_population(folder, tmp_path):
-  result = run_cli(EXPERIMENT, "--workdir", tmp_path / "seeds", "--seeds", "0-1", f"--config.dataset.data_dir={folder}",
-                   "--config.num_epochs=1", "--config.report=false")
+  result = run_cli(
+    EXPERIMENT,
+    "--workdir",
+    tmp_path / "seeds",
+    "--seeds",
+    "0-1",
+    f"--config.dataset.data_dir={folder}",
+    "--config.num_epochs=1",
+    "--config.report=false",
+  )
   assert result.returncode == 0, result.stderr
   accuracies = [read_summary(tmp_path / "seeds" / f"seed-{s}")["test_accuracy"] for s in (0, 1)]
   assert all(a > 0.6 for a in accuracies) and accuracies[0] != accuracies[1]
@@ -94,13 +127,20 @@ def test_seeds_train_as_one_population(folder, tmp_path):
 
 def test_tuning_two_trials(folder, tmp_path):
   sweep = tmp_path / "folder_sweep.py"
-  sweep.write_text(f"from fluxdigits import config\n\n\ndef get_config():\n"
-                   f"  c = config.load({str(EXPERIMENT)!r})\n  c.dataset.data_dir = {str(folder)!r}\n"
-                   "  c.num_epochs = 1\n  return c\n\n\ndef space(trial):\n"
-                   "  trial.suggest_float('optimizer.learning_rate', 1e-3, 3e-3, log=True)\n"
-                   "  trial.suggest_categorical('model.kwargs.features', [8, 16])\n")
-  result = subprocess.run([sys.executable, "-m", "fluxdigits.tune", str(sweep), "--trials", "2", "--workdir",
-                           str(tmp_path / "tune")], capture_output=True, text=True, cwd=REPO, timeout=900)
+  sweep.write_text(
+    f"from fluxdigits import config\n\n\ndef get_config():\n"
+    f"  c = config.load({str(EXPERIMENT)!r})\n  c.dataset.data_dir = {str(folder)!r}\n"
+    "  c.num_epochs = 1\n  return c\n\n\ndef space(trial):\n"
+    "  trial.suggest_float('optimizer.learning_rate', 1e-3, 3e-3, log=True)\n"
+    "  trial.suggest_categorical('model.kwargs.features', [8, 16])\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-m", "fluxdigits.tune", str(sweep), "--trials", "2", "--workdir", str(tmp_path / "tune")],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr
   trials = sorted((tmp_path / "tune" / "trials").iterdir())
   assert len(trials) == 2 and all(read_summary(t)["best_val_accuracy"] > 0.6 for t in trials)
@@ -108,7 +148,7 @@ def test_tuning_two_trials(folder, tmp_path):
   assert "config.model.kwargs.features = " in chosen and "my_cnn.py:SmallCNN" in chosen
 
 
-MODEL_FILE = '''
+MODEL_FILE = """
 import flax.linen as nn
 
 class ThreeLogits(nn.Module):
@@ -125,25 +165,40 @@ class Fine(nn.Module):
 
 def not_a_module(x):
   return x
-'''
+"""
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("name, kwargs, message", [
+@pytest.mark.parametrize(
+  "name, kwargs, message",
+  [
     ("missing.py:Net", [], "missing.py not found; in model.name=FILE.py:CLASS give FILE relative to"),
     ("net.py:Nope", [], "defines no 'Nope'; its Flax modules: Fine, ThreeLogits"),
     ("net.py:not_a_module", [], "is a function, not a flax.linen.Module or flax.nnx.Module class"),
-    ("net.py:ThreeLogits", [], "returned shape (2, 3) for a batch of 2 (28, 28, 1) images; it must return logits of "
-                               "shape (N, num_classes) = (2, 10)"),
+    (
+      "net.py:ThreeLogits",
+      [],
+      "returned shape (2, 3) for a batch of 2 (28, 28, 1) images; it must return logits of "
+      "shape (N, num_classes) = (2, 10)",
+    ),
     ("net.py:Fine", ["--config.model.kwargs.widht=4"], "model.kwargs.widht: "),
     ("no_such_package.nets:Net", [], "model module 'no_such_package.nets' cannot be imported"),
     ("vgg", [], "unknown model.name 'vgg'"),
-])
+  ],
+)
 def test_a_bad_model_reference_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, name, kwargs, message):
   (tmp_path / "net.py").write_text(MODEL_FILE)
   monkeypatch.chdir(tmp_path)
-  code = run.main([str(REPO / "experiments" / "mnist_mlp.py"), "--workdir", str(tmp_path / "run"),
-                   f"--config.model.name={name}", "--config.dataset.max_train_examples=500", *kwargs])
+  code = run.main(
+    [
+      str(REPO / "experiments" / "mnist_mlp.py"),
+      "--workdir",
+      str(tmp_path / "run"),
+      f"--config.model.name={name}",
+      "--config.dataset.max_train_examples=500",
+      *kwargs,
+    ]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2 and err.startswith("error: ") and message in err and "\n" not in err, err
   assert not (tmp_path / "run" / "checkpoints").exists()
@@ -190,7 +245,9 @@ def bad_folder(tmp_path, case) -> pathlib.Path:
   return root
 
 
-@pytest.mark.parametrize("case, message", [
+@pytest.mark.parametrize(
+  "case, message",
+  [
     ("no train", "has no train/ folder; it needs train/<class>/ and test/<class>/ folders"),
     ("one class", "holds 1 class folder; a classifier needs at least two"),
     ("unreadable", "1.png: not an image Pillow can read"),
@@ -198,17 +255,26 @@ def bad_folder(tmp_path, case) -> pathlib.Path:
     ("colours", "holds grayscale and colour images (1, 3); set dataset.channels=1 or 3"),
     ("extra test class", "has class folder 'bird', which train/ lacks"),
     ("no test images", "test holds no images"),
-])
+  ],
+)
 def test_a_bad_folder_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   root = bad_folder(tmp_path, case)
-  code = run.main([str(EXPERIMENT), "--workdir", str(tmp_path / "run"), f"--config.dataset.data_dir={root}",
-                   "--config.dataset.cache=false"])
+  code = run.main(
+    [
+      str(EXPERIMENT),
+      "--workdir",
+      str(tmp_path / "run"),
+      f"--config.dataset.data_dir={root}",
+      "--config.dataset.cache=false",
+    ]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2 and err.startswith("error: ") and message in err and "\n" not in err, err
 
 
 def test_image_size_and_channels_bring_a_mixed_folder_to_one_shape(tmp_path):
   from fluxdigits import data
+
   root = bad_folder(tmp_path, "sizes")
   write_png(root / "train" / "cat" / "2.png", (40, 20), mode="RGB")
   split = data.read_folder_split(root, "train", ("cat", "dog"), 16, 3, use_cache=False, log=lambda line: None)
@@ -223,12 +289,14 @@ def test_the_step_and_the_loop_name_no_model():
 
 def test_importing_fluxdigits_changes_no_global_state():
   """A notebook's `import fluxdigits` (and its modules) leaves JAX's devices, signals and warnings as they were."""
-  probe = ("import signal, sys, warnings; import jax, flax, optax, orbax.checkpoint, optuna, scipy.ndimage, "
-           "tensorflow_datasets, tqdm.auto; before = (signal.getsignal(signal.SIGTERM), sys.excepthook, "
-           "len(warnings.filters)); import fluxdigits, fluxdigits.loop, fluxdigits.predict, fluxdigits.tune, "
-           "fluxdigits.report, fluxdigits.export, fluxdigits.data; import jax; "
-           "after = (signal.getsignal(signal.SIGTERM), sys.excepthook, len(warnings.filters)); "
-           "print(jax.device_count(), before == after)")
+  probe = (
+    "import signal, sys, warnings; import jax, flax, optax, orbax.checkpoint, optuna, scipy.ndimage, "
+    "tensorflow_datasets, tqdm.auto; before = (signal.getsignal(signal.SIGTERM), sys.excepthook, "
+    "len(warnings.filters)); import fluxdigits, fluxdigits.loop, fluxdigits.predict, fluxdigits.tune, "
+    "fluxdigits.report, fluxdigits.export, fluxdigits.data; import jax; "
+    "after = (signal.getsignal(signal.SIGTERM), sys.excepthook, len(warnings.filters)); "
+    "print(jax.device_count(), before == after)"
+  )
   result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == ["1", "True"]

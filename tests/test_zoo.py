@@ -10,10 +10,10 @@ import pathlib
 import numpy as np
 import onnx
 import pytest
-
 from conftest import REPO, read_summary
-from fluxdigits import export, predict, run
 from test_any_flax_model import digits, folder_args  # noqa: F401 (a fixture)
+
+from fluxdigits import export, predict, run
 
 ZOO = REPO / "tests" / "zoo"
 MODELS = ["PooledCNN", "ResidualNet", "NormNet", "GeluSwishNet", "SequentialNet"]
@@ -23,7 +23,7 @@ QUIET = ["--config.report=false", "--config.tensorboard=false"]
 
 @pytest.mark.parametrize("kind", ["linen", "nnx"])
 @pytest.mark.parametrize("name", MODELS)
-def test_a_zoo_model_trains_predicts_and_exports(kind, name, digits, tmp_path):
+def test_a_zoo_model_trains_predicts_and_exports(kind, name, digits, tmp_path):  # noqa: F811 (the imported fixture)
   model = f"{ZOO / f'{kind}_models.py'}:{name}"
   run_dir = tmp_path / "run"
   assert run.main([*map(str, folder_args(digits, model, 2)), "--workdir", str(run_dir), *QUIET]) == 0

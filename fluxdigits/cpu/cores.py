@@ -28,8 +28,13 @@ def claim() -> int:
 def user_device_count() -> int | None:
   """The CPU device count the user chose with JAX_NUM_CPU_DEVICES or XLA_FLAGS, or None."""
   count = os.environ.get("JAX_NUM_CPU_DEVICES") or next(
-      (flag.split("=")[1] for flag in os.environ.get("XLA_FLAGS", "").split()
-       if flag.startswith("--xla_force_host_platform_device_count=")), None)
+    (
+      flag.split("=")[1]
+      for flag in os.environ.get("XLA_FLAGS", "").split()
+      if flag.startswith("--xla_force_host_platform_device_count=")
+    ),
+    None,
+  )
   return None if count is None else int(count)
 
 

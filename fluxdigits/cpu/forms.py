@@ -91,7 +91,7 @@ def _patches(x, strides, padding, with_ones):
     x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
   else:
     out_h, out_w = (h - 3) // s + 1, (w - 3) // s + 1
-  patches = [x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s] for i in range(3) for j in range(3)]
+  patches = [x[:, i : i + (out_h - 1) * s + 1 : s, j : j + (out_w - 1) * s + 1 : s] for i in range(3) for j in range(3)]
   if with_ones:
     patches.append(jnp.ones((n, out_h, out_w, 1), x.dtype))
   return jnp.concatenate(patches, axis=-1)
@@ -136,8 +136,9 @@ def _conv_stride1_backward(padding, residuals, grad):
   x, kernel, bias = residuals
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
   input_grad = _conv(grad, flipped, "SAME" if padding == "SAME" else ((2, 2), (2, 2)))
-  kernel_grad = _conv(x.transpose(3, 1, 2, 0), grad.transpose(1, 2, 0, 3),
-                      ((1, 1), (1, 1)) if padding == "SAME" else "VALID").transpose(1, 2, 0, 3)
+  kernel_grad = _conv(
+    x.transpose(3, 1, 2, 0), grad.transpose(1, 2, 0, 3), ((1, 1), (1, 1)) if padding == "SAME" else "VALID"
+  ).transpose(1, 2, 0, 3)
   return input_grad, kernel_grad, None if bias is None else grad.sum((0, 1, 2))
 
 
@@ -146,7 +147,7 @@ conv_stride1.defvjp(_conv_stride1_forward, _conv_stride1_backward)
 # Winograd F(2x2, 3x3) (Lavin and Gray 2015): input tiles of 4x4 map to outputs of 2x2 through
 # V = B^T d B, M = V U (U = G g G^T, one matmul per tile position), Y = A^T M A.
 _WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
-_WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
 
@@ -163,8 +164,11 @@ def _tile_parts(blocks, axis: int):
   """The four parts k = 0..3 of each 4-pixel tile along `axis`, where the padded image is split into
   (blocks, 2) at `axis`: part s of tile t is position s of block t, part 2 + s position s of block t + 1."""
   tiles = blocks.shape[axis] - 1
-  return [lax.index_in_dim(lax.slice_in_dim(blocks, start, start + tiles, axis=axis), s, axis + 1, keepdims=False)
-          for start in (0, 1) for s in (0, 1)]
+  return [
+    lax.index_in_dim(lax.slice_in_dim(blocks, start, start + tiles, axis=axis), s, axis + 1, keepdims=False)
+    for start in (0, 1)
+    for s in (0, 1)
+  ]
 
 
 def _overlap_add(tile_parts, axis: int):
@@ -173,7 +177,7 @@ def _overlap_add(tile_parts, axis: int):
   pad = lambda a, before: jnp.pad(a, [(before, 1 - before) if d == axis else (0, 0) for d in range(a.ndim)])
   phases = [pad(tile_parts[s], 0) + pad(tile_parts[2 + s], 1) for s in (0, 1)]
   stacked = jnp.stack(phases, axis=axis + 1)
-  return stacked.reshape(*stacked.shape[:axis], -1, *stacked.shape[axis + 2:])
+  return stacked.reshape(*stacked.shape[:axis], -1, *stacked.shape[axis + 2 :])
 
 
 def _winograd_input_tiles(x, tiles_h: int, tiles_w: int):
@@ -196,8 +200,9 @@ def _winograd_input_tiles_backward(tiles_h, tiles_w, _, grad):
 
 
 winograd_input_tiles = jax.custom_vjp(_winograd_input_tiles, nondiff_argnums=(1, 2))
-winograd_input_tiles.defvjp(lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x, tiles_h, tiles_w), None),
-                            _winograd_input_tiles_backward)
+winograd_input_tiles.defvjp(
+  lambda x, tiles_h, tiles_w: (_winograd_input_tiles(x, tiles_h, tiles_w), None), _winograd_input_tiles_backward
+)
 
 
 def winograd_conv3x3(x, kernel, padding):
@@ -276,7 +281,7 @@ def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
   one-trip loop keeps it computed once (benchmarks/NOTES.md, "Dropout's masks").
   """
   size = math.prod(shape)
-  if bit_width != 32 or size >= 2 ** 32 or not jax.config.jax_threefry_partitionable:
+  if bit_width != 32 or size >= 2**32 or not jax.config.jax_threefry_partitionable:
     return _THREEFRY.random_bits(key_data, bit_width, shape)
 
   def one_pass(state):
@@ -291,10 +296,14 @@ def _threefry_bits_in_one_pass(key_data, bit_width: int, shape):
 
 _THREEFRY = jax.extend.random.threefry_prng_impl
 _THREEFRY_IN_ONE_PASS = jax.extend.random.define_prng_impl(
-    key_shape=_THREEFRY.key_shape, seed=_THREEFRY.seed, split=_THREEFRY.split, fold_in=_THREEFRY.fold_in,
-    random_bits=_threefry_bits_in_one_pass, name="threefry2x32_in_one_pass", tag="fd1")
-
-
+  key_shape=_THREEFRY.key_shape,
+  seed=_THREEFRY.seed,
+  split=_THREEFRY.split,
+  fold_in=_THREEFRY.fold_in,
+  random_bits=_threefry_bits_in_one_pass,
+  name="threefry2x32_in_one_pass",
+  tag="fd1",
+)
 
 
 def batch_norm(x, scale, bias, epsilon: float, relu: bool):

@@ -1,8 +1,8 @@
 """oneDNN's CPU primitives, called from XLA through its FFI (the extension fluxdigits/cpu/onednn_kernels.cc).
 
-`available()` says whether the extension was built and loads; `conv` is a float32 or bfloat16 NHWC x HWIO convolution and
-`batch_norm` a training-mode batch normalisation with an optional fused ReLU, each with its gradients (a custom_vjp
-over FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
+`available()` says whether the extension was built and loads; `conv` is a float32 or bfloat16 NHWC x HWIO
+convolution and `batch_norm` a training-mode batch normalisation with an optional fused ReLU, each with its
+gradients (a custom_vjp over FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
 FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulations. With it, a CPU run keeps one JAX
 device (cores.claim): oneDNN's OpenMP threads use every core within each call.
 """
@@ -20,8 +20,13 @@ import numpy as np
 from fluxdigits.cpu import cores
 
 DISABLE_ENV = "FLUXDIGITS_ONEDNN"
-TARGETS = ("fluxdigits_conv_forward", "fluxdigits_conv_backward_data", "fluxdigits_conv_backward_kernel",
-           "fluxdigits_batch_norm_forward", "fluxdigits_batch_norm_backward")
+TARGETS = (
+  "fluxdigits_conv_forward",
+  "fluxdigits_conv_backward_data",
+  "fluxdigits_conv_backward_kernel",
+  "fluxdigits_batch_norm_forward",
+  "fluxdigits_batch_norm_backward",
+)
 
 
 def extension() -> pathlib.Path | None:
@@ -78,7 +83,8 @@ def native_bf16() -> bool:
 
 def _call(target, shape, a, b, stride, pad_top, pad_left):
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="sequential")(
-      a, b, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
+    a, b, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -121,7 +127,12 @@ def _batch_norm_forward(x, scale, shift, epsilon, relu):
   # The fused ReLU keeps a mask for the backward pass, in a buffer of the size oneDNN asks for.
   workspace = _library().fluxdigits_batch_norm_workspace_bytes(n, h, w, c, epsilon) if relu else 1
   channel = jax.ShapeDtypeStruct((c,), jnp.float32)
-  outputs = (jax.ShapeDtypeStruct(x.shape, jnp.float32), channel, channel, jax.ShapeDtypeStruct((workspace,), jnp.uint8))
+  outputs = (
+    jax.ShapeDtypeStruct(x.shape, jnp.float32),
+    channel,
+    channel,
+    jax.ShapeDtypeStruct((workspace,), jnp.uint8),
+  )
   y, mean, variance, mask = _norm_call(TARGETS[3], outputs, x, scale, shift, epsilon=epsilon, relu=relu)
   return (y, mean, variance), (x, scale, mean, variance, mask)
 

@@ -57,14 +57,24 @@ def _formulation(eqn, inputs, made: dict) -> list | None:
   kind = lambda var: "" if isinstance(var, jax.extend.core.Literal) else made.get(var, ("",))[0]
   if eqn.primitive is lax.conv_general_dilated_p:
     x, kernel = inputs
-    plain = (p["dimension_numbers"] == _NHWC_HWIO and p["feature_group_count"] == p["batch_group_count"] == 1
-             and p["lhs_dilation"] == p["rhs_dilation"] == (1, 1) and p["preferred_element_type"] is None
-             and x.dtype == kernel.dtype and p["window_strides"][0] == p["window_strides"][1])
+    plain = (
+      p["dimension_numbers"] == _NHWC_HWIO
+      and p["feature_group_count"] == p["batch_group_count"] == 1
+      and p["lhs_dilation"] == p["rhs_dilation"] == (1, 1)
+      and p["preferred_element_type"] is None
+      and x.dtype == kernel.dtype
+      and p["window_strides"][0] == p["window_strides"][1]
+    )
     strides = p["window_strides"][0]
     if plain and kernel.shape[:2] == (3, 3):
-      padding = next((name for name in ("VALID", "SAME")
-                      if tuple(p["padding"]) == tuple(lax.padtype_to_pads(x.shape[1:3], (3, 3), (strides,) * 2, name))),
-                     None)
+      padding = next(
+        (
+          name
+          for name in ("VALID", "SAME")
+          if tuple(p["padding"]) == tuple(lax.padtype_to_pads(x.shape[1:3], (3, 3), (strides,) * 2, name))
+        ),
+        None,
+      )
       if padding is not None:
         made[output] = ("conv3x3", (x, kernel, strides, padding))
         return [conv3x3(x, kernel, None, strides, padding)]
@@ -81,9 +91,11 @@ def _formulation(eqn, inputs, made: dict) -> list | None:
   elif name == "custom_jvp_call" and _is_relu(p["call_jaxpr"].jaxpr):
     made[output] = ("relu", inputs[0])
   elif eqn.primitive is lax.reduce_window_max_p:
-    pooled_2x2 = (p["window_dimensions"] == p["window_strides"] == (1, 2, 2, 1)
-                  and p["base_dilation"] == p["window_dilation"] == (1, 1, 1, 1)
-                  and all(pair == (0, 0) for pair in p["padding"]))
+    pooled_2x2 = (
+      p["window_dimensions"] == p["window_strides"] == (1, 2, 2, 1)
+      and p["base_dilation"] == p["window_dilation"] == (1, 1, 1, 1)
+      and all(pair == (0, 0) for pair in p["padding"])
+    )
     if pooled_2x2 and kind(eqn.invars[0]) == "relu":
       return [jax.nn.relu(max_pool_2x2(made[eqn.invars[0]][1]))]
     return [max_pool_2x2(inputs[0])] if pooled_2x2 else None
@@ -92,4 +104,6 @@ def _formulation(eqn, inputs, made: dict) -> list | None:
 
 def _is_relu(jaxpr) -> bool:
   """Whether a custom_jvp function is jax.nn.relu (a jit named relu inside)."""
-  return len(jaxpr.eqns) == 1 and jaxpr.eqns[0].primitive.name in ("jit", "pjit") and jaxpr.eqns[0].params["name"] == "relu"
+  return (
+    len(jaxpr.eqns) == 1 and jaxpr.eqns[0].primitive.name in ("jit", "pjit") and jaxpr.eqns[0].params["name"] == "relu"
+  )

@@ -13,8 +13,10 @@ EXPERIMENTS = PACKAGE.parent / "experiments"
 
 def import_graph() -> dict[str, set[str]]:
   """Each fluxdigits module -> the fluxdigits modules it imports anywhere in its text (inside functions too)."""
-  files = {".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): f
-           for f in PACKAGE.rglob("*.py")}
+  files = {
+    ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): f
+    for f in PACKAGE.rglob("*.py")
+  }
   graph = {}
   for name, file in files.items():
     imported = set()
@@ -35,7 +37,7 @@ def test_no_module_of_the_package_imports_itself_back():
   def visit(module):
     path.append(module)
     for imported in sorted(graph[module]):
-      assert imported not in path, f"import circle: {' -> '.join(path[path.index(imported):] + [imported])}"
+      assert imported not in path, f"import circle: {' -> '.join(path[path.index(imported) :] + [imported])}"
       if imported not in done:
         visit(imported)
     path.pop()
@@ -59,8 +61,17 @@ def test_a_single_run_reaches_its_train_step_within_seven_frames(idx_folder, tmp
 
   monkeypatch.setattr(steps, "train_step", probed_train_step)
   workdir = tmp_path / "run"
-  code = run.main([str(EXPERIMENTS / "mnist_mlp.py"), "--workdir", str(workdir), "--config.dataset.name=idx",
-                   f"--config.dataset.data_dir={idx_folder}", "--config.num_epochs=1", "--config.report=false"])
+  code = run.main(
+    [
+      str(EXPERIMENTS / "mnist_mlp.py"),
+      "--workdir",
+      str(workdir),
+      "--config.dataset.name=idx",
+      f"--config.dataset.data_dir={idx_folder}",
+      "--config.num_epochs=1",
+      "--config.report=false",
+    ]
+  )
   assert code == 0
   assert json.loads((workdir / "summary.json").read_text())["epochs_run"] == 1
   chain = ["train_step"] + depths[0][1:]  # the probe's frame stands for the step's

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import synthetic_digits
 
 from fluxdigits import config as configs, optim, registry, steps
 from fluxdigits.population import member
-from conftest import synthetic_digits
 
 EXPERIMENTS = pathlib.Path(steps.__file__).parents[1] / "experiments"
 BATCH, STEPS = 32, 8
@@ -32,16 +32,20 @@ def mlp_config(**changes):
 
 def fixed(config, **more):
   """The step's static arguments."""
-  return dict(config=config, num_classes=10, preprocess=steps.Preprocess((0.0,), (1.0,), jnp.float32),
-              augment_fn=None, **more)
+  return dict(
+    config=config, num_classes=10, preprocess=steps.Preprocess((0.0,), (1.0,), jnp.float32), augment_fn=None, **more
+  )
 
 
 def test_the_train_step_learns_synthetic_digits(digits):
   config = mlp_config()
   model = registry.create(config, 10)
   state = steps.create_state(config, model, (28, 28, 1), STEPS)
-  step = jax.jit(functools.partial(steps.train_step, hyperparams=steps.hyperparams_of(config),
-                                   images=digits[0], labels=digits[1], **fixed(config)))
+  step = jax.jit(
+    functools.partial(
+      steps.train_step, hyperparams=steps.hyperparams_of(config), images=digits[0], labels=digits[1], **fixed(config)
+    )
+  )
   losses, accuracies = [], []
   for i in range(3 * STEPS):
     state, figures = step(state, jnp.arange(BATCH) + BATCH * (i % STEPS))
@@ -66,7 +70,12 @@ def test_a_population_steps_each_member_as_it_would_alone_and_an_inactive_one_no
   assert int(member(together, 2).step) == 0
   chex.assert_trees_all_equal(member(together, 2).params, member(start, 2).params)
   for i, config in enumerate(members[:2]):
-    alone, alone_figures = train(steps.create_states([config], model, (28, 28, 1), tx), *digits, order[i:i + 1],
-                                 steps.member_hyperparams([config]), jnp.array([True]))
+    alone, alone_figures = train(
+      steps.create_states([config], model, (28, 28, 1), tx),
+      *digits,
+      order[i : i + 1],
+      steps.member_hyperparams([config]),
+      jnp.array([True]),
+    )
     np.testing.assert_allclose(alone_figures["loss"][0], figures["loss"][i], rtol=1e-4)
     chex.assert_trees_all_close(member(alone, 0).params, member(together, i).params, rtol=1e-4, atol=1e-6)

@@ -12,6 +12,7 @@ TEST_IMAGES = 360
 
 def write(root) -> pathlib.Path:
   from sklearn.datasets import load_digits
+
   digits = load_digits()
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)
   root = pathlib.Path(root)

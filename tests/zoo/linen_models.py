@@ -7,6 +7,7 @@ import flax.linen as nn
 
 class PooledCNN(nn.Module):
   """max_pool and avg_pool called positionally, as Flax's docs call them, and Dropout."""
+
   num_classes: int
   dropout_rate: float = 0.1
 
@@ -22,6 +23,7 @@ class PooledCNN(nn.Module):
 
 class ResidualNet(nn.Module):
   """Strided convolutions, BatchNorm and a residual add."""
+
   num_classes: int
 
   @nn.compact
@@ -36,6 +38,7 @@ class ResidualNet(nn.Module):
 
 class NormNet(nn.Module):
   """LayerNorm and GroupNorm; the mode argument named `training`."""
+
   num_classes: int
 
   @nn.compact
@@ -47,6 +50,7 @@ class NormNet(nn.Module):
 
 class GeluSwishNet(nn.Module):
   """gelu and swish activations, no dropout and no mode argument."""
+
   num_classes: int
 
   @nn.compact
@@ -58,10 +62,18 @@ class GeluSwishNet(nn.Module):
 
 class SequentialNet(nn.Module):
   """nn.Sequential of layers and activations."""
+
   num_classes: int
 
   @nn.compact
   def __call__(self, x):
-    features = nn.Sequential([nn.Conv(16, (3, 3)), nn.relu, nn.Conv(32, (3, 3), strides=2), nn.relu,
-                              partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))])
+    features = nn.Sequential(
+      [
+        nn.Conv(16, (3, 3)),
+        nn.relu,
+        nn.Conv(32, (3, 3), strides=2),
+        nn.relu,
+        partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2)),
+      ]
+    )
     return nn.Dense(self.num_classes)(features(x).mean((1, 2)))

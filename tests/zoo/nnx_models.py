@@ -71,9 +71,13 @@ class SequentialNet(nnx.Module):
   """nnx.Sequential of layers and activations, and Dropout given its rngs at the call."""
 
   def __init__(self, num_classes: int, channels: int = 1, *, rngs: nnx.Rngs):
-    self.features = nnx.Sequential(nnx.Conv(channels, 16, (3, 3), rngs=rngs), nnx.relu,
-                                   nnx.Conv(16, 32, (3, 3), strides=2, rngs=rngs), nnx.relu,
-                                   partial(nnx.max_pool, window_shape=(2, 2), strides=(2, 2)))
+    self.features = nnx.Sequential(
+      nnx.Conv(channels, 16, (3, 3), rngs=rngs),
+      nnx.relu,
+      nnx.Conv(16, 32, (3, 3), strides=2, rngs=rngs),
+      nnx.relu,
+      partial(nnx.max_pool, window_shape=(2, 2), strides=(2, 2)),
+    )
     self.dropout = nnx.Dropout(0.1)
     self.head = nnx.Linear(32, num_classes, rngs=rngs)
 
