@@ -5,9 +5,9 @@ The convention, for everyone who writes a README section:
 - Every ```bash block is run, README.md first and then docs/*.md by name, in ONE bash session (`set -eo pipefail`), as a
   user pastes them into one terminal: an `export` in an earlier block holds for the later ones. The
   session starts in a fresh temporary copy of the repository (git's tracked files and untracked files
-  that are not ignored; no runs/), with `../shared` beside it, and without TFDS_DATA_DIR or
-  FLUXDIGITS_IDX_DIR set: blocks must work from a fresh clone. (The machine's decoded-array cache
-  in ~/.cache/fluxdigits is used, as a user's would be.)
+  that are not ignored, and the extension `pip install -e .` built; no runs/), with `../shared` beside
+  it, and without TFDS_DATA_DIR or FLUXDIGITS_IDX_DIR set: blocks must work from a fresh clone. (The
+  machine's decoded-array cache in ~/.cache/fluxdigits is used, as a user's would be.)
 - FLUXDIGITS_SMOKE=1 is set: `python -m fluxdigits.run` (and every command that calls
   `fluxdigits.config.smoke_budget` on its configs, as a tuner's or another tool's command line should)
   trains 1 epoch on at most 2,000 examples, so the whole README runs in about a minute.
@@ -53,6 +53,8 @@ def copy_of_the_repository(destination: pathlib.Path) -> pathlib.Path:
     if (REPO / name).is_file():
       (destination / name).parent.mkdir(parents=True, exist_ok=True)
       shutil.copy2(REPO / name, destination / name)
+  for built in REPO.glob("fluxdigits/**/*.so"):  # the extension `pip install -e .` built, as a user's checkout has it
+    shutil.copy2(built, destination / built.relative_to(REPO))
   return destination
 
 
