@@ -11,16 +11,13 @@ Each (model, batch) runs in a fresh process; the models alternate --repeats time
 
 import argparse
 import datetime
-import json
 import pathlib
 import statistics
-import subprocess
 import sys
-import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from step_throughput import TRAIN_IMAGES, device_name, write_record  # noqa: E402
+from step_throughput import TRAIN_IMAGES, device_name, run_fluxdigits, write_record  # noqa: E402
 
 MODELS = {
   "built-in cnn (Linen, fluxdigits.layers)": "cnn",
@@ -30,32 +27,7 @@ MODELS = {
 
 
 def train(model: str, batch_size: int, epochs: int) -> dict:
-  with tempfile.TemporaryDirectory() as workdir:
-    subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "fluxdigits.run",
-        str(ROOT / "experiments" / "mnist_cnn.py"),
-        "--workdir",
-        workdir,
-        f"--config.model.name={model}",
-        f"--config.batch_size={batch_size}",
-        f"--config.num_epochs={epochs}",
-        "--config.report=false",
-        "--config.tensorboard=false",
-      ],
-      check=True,
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-    )
-    summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
-  images = TRAIN_IMAGES // batch_size * batch_size * epochs
-  return {
-    "train_images_per_s": images / summary["train_seconds"],
-    "compile_s": summary["compile_seconds"],
-    "test_accuracy": summary["test_accuracy"],
-  }
+  return run_fluxdigits(batch_size, epochs, f"--config.model.name={model}", "--config.tensorboard=false")
 
 
 def compiled_operations(model: str) -> dict:

@@ -41,7 +41,8 @@ def mnist():
   return scale(dataset.train.images), dataset.train.labels, scale(dataset.test.images), dataset.test.labels
 
 
-def run_fluxdigits(batch_size, epochs):
+def run_fluxdigits(batch_size, epochs, *overrides):
+  """The seed CNN's experiment through the command line; `overrides` are more --config.KEY=VALUE arguments."""
   with tempfile.TemporaryDirectory() as workdir:
     subprocess.run(
       [
@@ -54,6 +55,7 @@ def run_fluxdigits(batch_size, epochs):
         f"--config.batch_size={batch_size}",
         f"--config.num_epochs={epochs}",
         "--config.report=false",
+        *overrides,
       ],
       check=True,
       cwd=ROOT,
