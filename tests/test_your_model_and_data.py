@@ -290,7 +290,7 @@ def test_the_step_and_the_loop_name_no_model():
 def test_importing_fluxdigits_changes_no_global_state():
   """A notebook's `import fluxdigits` (and its modules) leaves JAX's devices, signals and warnings as they were."""
   probe = (
-    "import signal, sys, warnings; import jax, flax, optax, orbax.checkpoint, optuna, scipy.ndimage, "
+    "import signal, sys, warnings; import jax, flax, flax.nnx, optax, orbax.checkpoint, optuna, scipy.ndimage, "
     "tensorflow_datasets, tqdm.auto; before = (signal.getsignal(signal.SIGTERM), sys.excepthook, "
     "len(warnings.filters)); import fluxdigits, fluxdigits.loop, fluxdigits.predict, fluxdigits.tune, "
     "fluxdigits.report, fluxdigits.export, fluxdigits.data; import jax; "
