@@ -55,7 +55,7 @@ def measure(model: str, members: int, examples: int, overrides: list[str]) -> di
     "batch_size": base.batch_size,
     "member_images_per_s": members * trainer.steps_per_epoch * base.batch_size / seconds,
     "epoch_s": seconds,
-    "compile_s": trainer.compile_seconds,
+    "compile_s": trainer.calls.compile_seconds,
     "state_mib_per_member": member_bytes / 2**20,
     "train_accuracy": float(np.mean([r["train_accuracy"] for r in rows])),
     "peak_memory": "device" if "peak_bytes_in_use" in device_stats else "host RSS",

@@ -18,6 +18,7 @@ import sys
 import traceback
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -106,6 +107,31 @@ class Progress:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Place:
+  """How far an epoch got: `step` of its steps trained, each metric's values at each of them ({name: (members,
+  step)}), and each member's divergence (None or why) and whether it still trains."""
+
+  epoch: int
+  step: int
+  values: dict
+  diverged: tuple
+  active: tuple
+
+  def as_json(self) -> dict:
+    values = {k: v.tolist() for k, v in self.values.items()}
+    return {**dataclasses.asdict(self), "values": values, "active": [bool(a) for a in self.active]}
+
+  @classmethod
+  def from_json(cls, saved: dict) -> "Place":
+    values = {k: np.asarray(v, np.float32).reshape(len(saved["active"]), -1) for k, v in saved["values"].items()}
+    return cls(saved["epoch"], saved["step"], values, tuple(saved["diverged"]), tuple(saved["active"]))
+
+
+# The run's folder of the place saved within an epoch (a stop, or checkpoint.every_minutes).
+WITHIN_EPOCH = "checkpoint-within-epoch"
+
+
 @dataclasses.dataclass
 class _KeepBest(policies.PreservationPolicy):
   """Keeps the checkpoints the newest one names: each member's best epoch, and the last epoch of a stopped member."""
@@ -118,23 +144,25 @@ class _KeepBest(policies.PreservationPolicy):
     return [c.step in kept for c in checkpoints]
 
 
-def manager(workdir, config, create: bool = True, this_process_only: bool = False) -> ocp.CheckpointManager:
-  """The run's checkpoints, used by every process of a job, or by this one alone
-  (`this_process_only`: reading a run)."""
+def manager(
+  workdir, config, create: bool = True, this_process_only: bool = False, within_epoch: bool = False
+) -> ocp.CheckpointManager:
+  """The run's checkpoints of finished epochs (or, `within_epoch`, the one place saved within an epoch: WITHIN_EPOCH),
+  used by every process of a job, or by this one alone (`this_process_only`: reading a run)."""
   processes = ocp.options.MultiprocessingOptions()
   if this_process_only:
     processes = ocp.options.MultiprocessingOptions(
       primary_host=jax.process_index(), active_processes={jax.process_index()}
     )
+  kept = [policies.LatestN(1)] if within_epoch else [policies.LatestN(config.checkpoint.keep), _KeepBest()]
   options = ocp.CheckpointManagerOptions(
-    preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(config.checkpoint.keep), _KeepBest()]),
+    preservation_policy=policies.AnyPreservationPolicy(kept),
     enable_async_checkpointing=True,
     create=create,
     multiprocessing_options=processes,
   )
-  mngr = ocp.CheckpointManager(
-    pathlib.Path(workdir).absolute() / "checkpoints", item_names=("state", "progress"), options=options
-  )
+  folder = pathlib.Path(workdir).absolute() / (WITHIN_EPOCH if within_epoch else "checkpoints")
+  mngr = ocp.CheckpointManager(folder, item_names=("state", "progress"), options=options)
   signals.finish_saves_before_exit(mngr)
   _quiet_orbax_echoes()
   return mngr
@@ -175,21 +203,36 @@ def save(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple)
   The progress carries the config, so checkpoints never resume under another one, config.json or not.
   A failed earlier save surfaces here, before more epochs are trained on top of it.
   """
-  if len(progresses) == 1:
-    state, saved = member(state, 0), {**dataclasses.asdict(progresses[0]), "config": configs.flatten(configs_[0])}
-  else:
-    saved = {
-      "epoch": max(p.epoch for p in progresses),
-      "members": [dataclasses.asdict(p) for p in progresses],
-      "configs": [configs.flatten(c) for c in configs_],
-    }
   keep = {p.best_epoch for p in progresses} | {p.epoch for p in progresses if p.stopped}
+  metrics = {"best_epoch": progresses[0].best_epoch, "keep_epochs": sorted(keep)}
+  _save(mngr, max(p.epoch for p in progresses), state, _saved_progress(progresses, configs_), metrics)
+
+
+def save_place(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple, place: Place):
+  """Saves the state within an epoch, with the progress of the epochs before it and its `place` (in WITHIN_EPOCH)."""
+  saved = {**_saved_progress(progresses, configs_), "place": place.as_json()}
+  _save(mngr, (place.epoch - 1) * 10**9 + place.step, state, saved)
+
+
+def _saved_progress(progresses: tuple, configs_: tuple) -> dict:
+  if len(progresses) == 1:
+    return {**dataclasses.asdict(progresses[0]), "config": configs.flatten(configs_[0])}
+  return {
+    "epoch": max(p.epoch for p in progresses),
+    "members": [dataclasses.asdict(p) for p in progresses],
+    "configs": [configs.flatten(c) for c in configs_],
+  }
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, state, saved: dict, metrics=None):
+  if population_size(state) == 1:
+    state = member(state, 0)
   with _disk_errors_as_user_errors(mngr, state), signals.deferred():
     mngr.wait_until_finished()
     mngr.save(
-      max(p.epoch for p in progresses),
+      step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(saved)),
-      metrics={"best_epoch": progresses[0].best_epoch, "keep_epochs": sorted(keep)},
+      metrics=metrics,
     )
 
 
@@ -269,6 +312,24 @@ def restore_latest(mngr: ocp.CheckpointManager, template, configs_=None):
   return None
 
 
+def restore_place(mngr: ocp.CheckpointManager, template, configs_) -> tuple | None:
+  """(stacked state, each member's Progress, Place) saved within an epoch, or None when there is none, or it is
+  damaged (a warning: the run resumes from its last finished epoch instead)."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  try:
+    state, saved = _restore(mngr, step, template)
+    place = Place.from_json(saved.pop("place"))
+    progresses, saved_configs = _progresses(saved, saved["epoch"], population_size(template))
+  except Exception as e:  # damaged files: see restore_latest
+    warn(f"the place saved within an epoch is unreadable ({type(e).__name__}); resuming from the last finished epoch")
+    return None
+  for saved_config, config in zip(saved_configs, configs_):
+    workdirs.check_same_run(saved_config, config, mngr.directory)
+  return state, progresses, place
+
+
 def restore_epochs(mngr: ocp.CheckpointManager, state, state_epoch: int, epochs) -> dict:
   """{epoch: stacked state of that epoch's checkpoint} for each of `epochs` (`state` itself for `state_epoch`);
   an epoch whose checkpoint is damaged is left out."""
@@ -281,10 +342,11 @@ def restore_epochs(mngr: ocp.CheckpointManager, state, state_epoch: int, epochs)
   return restored
 
 
-def restore_best(mngr: ocp.CheckpointManager, state, progresses: tuple):
+def restore_best(mngr: ocp.CheckpointManager, state, progresses: tuple, within_epoch: bool = False):
   """(stacked state of each member's best epoch, progresses); a member whose best checkpoint is damaged gets its
-  latest state as the best, with a warning."""
-  epochs = restore_epochs(mngr, state, max(p.epoch for p in progresses), [p.best_epoch for p in progresses])
+  latest state as the best, with a warning. `state` is its progresses' last epoch's, or (`within_epoch`) later."""
+  state_epoch = -1 if within_epoch else max(p.epoch for p in progresses)
+  epochs = restore_epochs(mngr, state, state_epoch, [p.best_epoch for p in progresses])
   best, fixed = [], []
   for i, p in enumerate(progresses):
     if p.best_epoch in epochs:

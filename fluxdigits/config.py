@@ -40,8 +40,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.batch_size = 32
   c.eval_batch_size = 1000
   c.validation_fraction = 0.1
-  # Training steps fused into one compiled call (a lax.scan): removes per-step dispatch cost.
+  # Training steps fused into one compiled call (a lax.scan), which removes per-step dispatch cost: as many as take
+  # about seconds_per_call (a power of two, measured as the run goes), at most steps_per_call. A signal is answered
+  # and the progress bar moves between calls.
   c.steps_per_call = 200
+  c.seconds_per_call = 1.0
   # Compute each batch's gradient in this many equal slices, one after another, and average them:
   # the same gradient (dropout masks aside), with a working set that fits a CPU's cache. Not for
   # BatchNorm models, whose statistics would be each slice's (benchmarks/NOTES.md, "Microbatches").
@@ -138,6 +141,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_epochs = 1
   c.checkpoint.keep = 3
+  # Also save the place within an epoch this often (long epochs of large datasets); 0 saves it only when stopped.
+  c.checkpoint.every_minutes = 0.0
   return c
 
 
@@ -281,6 +286,8 @@ RULES = {
     )
   },
   "profile_steps": (lambda value: value >= 0, ">= 0 (0 traces nothing)"),
+  "seconds_per_call": (lambda value: value > 0, "> 0"),
+  "checkpoint.every_minutes": (lambda value: value >= 0, ">= 0 (0 saves within an epoch only when stopped)"),
   "validation_fraction": _within(0, 1),
   "dataset.max_train_examples": (lambda value: value >= 0, ">= 0 (0 uses every example)"),
   "dataset.image_size": (lambda value: value >= 0, ">= 0 (0 keeps the images' own)"),

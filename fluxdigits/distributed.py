@@ -117,3 +117,11 @@ def entered_on_primary(context):
     if failed:
       raise UserError("process 0 stopped with an error (see its output); fix it and start all processes again")
     yield
+
+
+def agreed_max(*values: float) -> tuple:
+  """Each value's largest over the job's processes (the values themselves in one process): what they decide
+  together, such as stopping or the next call's length."""
+  if not is_multiprocess():
+    return values
+  return tuple(float(v) for v in multihost_utils.process_allgather(np.asarray(values, np.float64)).max(0))

@@ -10,13 +10,13 @@ import dataclasses
 import functools
 import json
 import pathlib
+import shutil
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from fluxdigits import (
   augment,
@@ -30,8 +30,10 @@ from fluxdigits import (
   metrics,
   optim,
   population,
+  progressbar,
   registry,
   report,
+  signals,
   steps,
   tensorboard,
   workdir as workdirs,
@@ -73,27 +75,31 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
       else:
         trainer, state = build(members, log)
         manager = checkpoint.manager(workdir, trainer.config)
+        within_manager = checkpoint.manager(workdir, trainer.config, within_epoch=True)
         profiler = (
           tensorboard.Profiler(workdir / tensorboard.FOLDER, trainer.config.profile_steps)
           if (trainer.config.profile_steps and distributed.is_primary())
           else None
         )
         try:
-          state, progresses = resume(trainer, state, manager, workdir, log)
+          state, progresses, place = resume(trainer, state, manager, within_manager, workdir, log)
           if distributed.is_primary():
             for member_dir, member_config in zip(member_dirs, trainer.members):
               member_dir.mkdir(exist_ok=True)
               workdirs.write_config(member_dir, member_config)
               workdirs.write_dataset_info(member_dir, trainer.dataset.info)
           state, progresses, best_variables = fit(
-            trainer, state, progresses, manager, member_dirs, log, on_epoch, boards, profiler
+            trainer, state, progresses, (manager, within_manager), member_dirs, log, on_epoch, boards, profiler, place
           )
           if not single:
             checkpoint.write_member_checkpoints(manager, state, progresses, trainer.members, member_dirs)
         finally:
           if profiler:
             profiler.stop()
+          checkpoint.close(within_manager, state)
           checkpoint.close(manager, state)
+        if distributed.is_primary():  # the finished epochs' checkpoints hold all of it now
+          shutil.rmtree(workdir / checkpoint.WITHIN_EPOCH, ignore_errors=True)
         summaries = [
           summarize(trainer, state, i, progress, best_variables[i], test, boards)
           for i, progress in enumerate(progresses)
@@ -133,7 +139,7 @@ def summarize(trainer, state, i: int, progress, best_variables, test: bool, boar
       "num_epochs": trainer.config.num_epochs,
       "train_steps": progress.epoch * trainer.steps_per_epoch,
       "train_seconds": sum(row["epoch_seconds"] for row in progress.history),
-      "compile_seconds": trainer.compile_seconds,
+      "compile_seconds": trainer.calls.compile_seconds,
       "num_params": steps.count_params(member(state.params, i)),
       "dataset": trainer.config.dataset.name,
       "model": trainer.config.model.name,
@@ -195,16 +201,12 @@ class Trainer:
   mesh: Any
   model: Any
   steps_per_epoch: int
-  steps_per_call: int
-  train_chunks: (
-    dict  # steps per call -> the compiled lax.scan of train steps (the last call of an epoch may be shorter)
-  )
+  calls: "TrainCalls"  # the compiled lax.scans of train steps, and how many steps the next one fuses
   relative_rate: Any  # step -> multiplier of the peak learning rate
   predict: Any
   device_images: dict  # split name -> its images on the devices ('train' with its labels, on train_mesh)
   hyperparams: dict  # member_hyperparams() on train_mesh
   lanes: Any  # the CPU devices the members are split over (mesh.member_lanes), or None: the train calls run on mesh
-  compile_seconds: float
 
   @property
   def train_mesh(self):
@@ -254,7 +256,6 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
   # before its states are made.
   member_state = jax.eval_shape(lambda: steps.create_states(members[:1], model, image_shape, tx))
   calls = train_calls(config, model, num_classes, preprocess, augment.make(config), lanes)
-  chunk = min(config.steps_per_call, steps_per_epoch)
 
   def arguments(length, population):
     """The abstract arguments of a call of `length` steps for `population` members (a smaller population's: for
@@ -269,6 +270,7 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
       *device_images["train"],
       indices,
       *jax.tree.map(lambda x: x[:population], (hyperparams, active)),
+      jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
     )
 
   log(
@@ -278,11 +280,10 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
     + (f" (convolutions: {cpu.describe()})" if jax.default_backend() == "cpu" else "")
   )
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
+  capacity = min(config.steps_per_call, steps_per_epoch)
   compile_start = time.perf_counter()
-  train_chunks = {}  # steps per call -> its compiled call (an epoch's last call may be shorter)
   try:
-    for length in sorted({chunk, steps_per_epoch % chunk} - {0}):
-      train_chunks[length] = calls.lower(*arguments(length, len(members))).compile()
+    compiled = calls.lower(*arguments(capacity, len(members))).compile()
   except jax.errors.JaxRuntimeError as e:
     # A GPU's compiler runs the largest operations while it autotunes them, so a population too large for memory
     # fails there, before any memory analysis: smaller populations' compiled calls (2 and 4 members a device) tell
@@ -290,13 +291,13 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     smaller = sorted({min(k * (lanes.size if lanes else 1), len(members) - 1) for k in (2, 4)} - {0})
-    needs = {k: _memory_needed(calls.lower(*arguments(chunk, k)).compile()) for k in smaller}
+    needs = {k: _memory_needed(calls.lower(*arguments(capacity, k)).compile()) for k in smaller}
     _refuse_too_large(needs, len(members), available, e)
   compile_seconds = time.perf_counter() - compile_start
-  needed = _memory_needed(train_chunks[chunk])
+  needed = _memory_needed(compiled)
   if needed is not None and available is not None and needed > available:
     half = len(members) // 2
-    needs = {half: _memory_needed(calls.lower(*arguments(chunk, half)).compile())} if len(members) > 1 else {}
+    needs = {half: _memory_needed(calls.lower(*arguments(capacity, half)).compile())} if len(members) > 1 else {}
     _refuse_too_large({len(members): needed, **needs}, len(members), available)
 
   state = steps.create_states(members, model, image_shape, tx)
@@ -311,16 +312,32 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
     mesh,
     model,
     steps_per_epoch,
-    chunk,
-    train_chunks,
+    TrainCalls(compiled, capacity, config.seconds_per_call, compile_seconds),
     optim.schedule(config, steps_per_epoch),
     steps.make_predict(model.apply, preprocess, config.test_time_flip),
     device_images,
     hyperparams,
     lanes,
-    compile_seconds,
   )
   return trainer, state
+
+
+class TrainCalls:
+  """The compiled train call (up to `capacity` steps, the number run given at each call) and how many steps the next
+  call runs: about `seconds` worth by the fastest step measured so far (one, before any), so that a signal is
+  answered and the progress moves every second or two while the per-call cost stays a small part of each call."""
+
+  def __init__(self, compiled, capacity: int, seconds: float, compile_seconds: float):
+    self.compiled, self.capacity, self.seconds, self.compile_seconds = compiled, capacity, seconds, compile_seconds
+    self._fastest_step = None
+
+  def proposed(self, remaining: int) -> int:
+    in_time = 1 if self._fastest_step is None else int(self.seconds / self._fastest_step)
+    return max(1, min(self.capacity, remaining, in_time))
+
+  def measured(self, steps: int, seconds: float):
+    step = seconds / steps
+    self._fastest_step = step if self._fastest_step is None else min(self._fastest_step, step)
 
 
 def train_calls(config, model, num_classes, preprocess, augment_fn, lanes=None):
@@ -379,76 +396,84 @@ def _refuse_too_large(needed: dict, members: int, available: int | None, compile
 
 
 def train_epoch(
-  trainer: Trainer, state: steps.TrainState, epoch: int, active, after_call=None, profiler=None
+  trainer: Trainer,
+  state: steps.TrainState,
+  epoch: int,
+  active,
+  after_call=None,
+  profiler=None,
+  place: checkpoint.Place | None = None,
+  at_safe_point=None,
 ) -> tuple[steps.TrainState, list, list]:
-  """One epoch of the `active` members' steps, each in its (seed, epoch) order; the running loss and accuracy in a
-  progress bar. Returns the state, each member's {train_loss, train_accuracy} and why it diverged (None if it did not).
+  """One epoch of the `active` members' steps, each in its (seed, epoch) order, from its start or from `place` (an
+  epoch stopped part way); its progress shown. Returns the state, each member's {train_loss, train_accuracy} and why
+  it diverged (None if it did not).
 
-  `after_call(step, {member: its means over the call})` runs after each compiled call; `profiler` (a
-  tensorboard.Profiler) may trace calls."""
+  `at_safe_point(state, place, signal)` runs before each compiled call with where the epoch is and the signal that
+  asks the job to stop (0 if none): it may save the place, or stop. `after_call(step, {member: its means over the
+  call})` runs after each call; `profiler` (a tensorboard.Profiler) may trace calls."""
   config, members = trainer.config, trainer.members
+  spe = trainer.steps_per_epoch
   n = len(trainer.dataset.train)
   batches = np.stack([data.train_batches(m.seed, epoch, n, config.batch_size) for m in members])
   classes = len(trainer.dataset.class_names)
-  active = np.array(active, bool)
-  diverged = [None] * len(members)
-  sums = None  # {'loss': each member's sum of step losses, metric: each member's sum over examples}
+  if place is None:
+    place = checkpoint.Place(epoch, 0, {}, (None,) * len(members), tuple(bool(a) for a in active))
+  values = {name: [v] for name, v in place.values.items()}  # name -> the calls' (members, steps) values
+  diverged, active, step = list(place.diverged), np.array(place.active, bool), place.step
   if trainer.lanes:
     state = meshes.replicate(state, trainer.lanes)
-  with tqdm(
-    total=trainer.steps_per_epoch,
-    desc=f"epoch {epoch}/{config.num_epochs}",
-    unit="step",
-    leave=False,
-    dynamic_ncols=True,
-    mininterval=0.5,
-    disable=not distributed.is_primary(),
-  ) as bar:
-    for start in range(0, trainer.steps_per_epoch, trainer.steps_per_call):
-      idx = batches[:, start : start + trainer.steps_per_call]
+  shown = progressbar.Epoch(
+    epoch, config.num_epochs, spe, step, config.batch_size * len(members), enabled=distributed.is_primary()
+  )
+  with shown:
+    while step < spe and active.any():
+      # Every process of a job stops if one is asked to, and runs as many steps as the slowest proposes.
+      signum, minus_length = distributed.agreed_max(signals.requested() or 0, -trainer.calls.proposed(spe - step))
+      if at_safe_point:
+        so_far = {name: np.concatenate(v, axis=1) for name, v in values.items()}
+        at_safe_point(state, checkpoint.Place(epoch, step, so_far, tuple(diverged), tuple(active)), int(signum))
+      length = int(-minus_length)
+      idx = batches[:, step : step + length]
+      padded = np.zeros((len(members), trainer.calls.capacity, config.batch_size), idx.dtype)
+      padded[:, :length] = idx
       if profiler:
         profiler.before_call()
-      state, per_step = trainer.train_chunks[idx.shape[1]](
+      began = time.perf_counter()
+      state, per_step = trainer.calls.compiled(
         state,
         *trainer.device_images["train"],
-        _place_batches(idx, trainer.mesh, trainer.lanes),
+        _place_batches(padded, trainer.mesh, trainer.lanes),
         trainer.hyperparams,
         meshes.replicate(active, trainer.train_mesh),
+        meshes.replicate(np.int32(length), trainer.train_mesh),
       )
-      per_step = {name: np.asarray(values) for name, values in per_step.items()}  # (members, steps) each
-      first_step = start + (epoch - 1) * trainer.steps_per_epoch
+      per_step = {name: np.asarray(v)[:, :length] for name, v in per_step.items()}  # (members, steps) each
+      trainer.calls.measured(length, time.perf_counter() - began)
+      first_step = step + (epoch - 1) * spe
       for i in np.flatnonzero(active):
         diverged[i] = _divergence(per_step["loss"][i], first_step, epoch, members[i], classes)
         active[i] = diverged[i] is None
-      chunk_sums = {name: values.sum(1) for name, values in per_step.items()}
-      sums = chunk_sums if sums is None else {name: sums[name] + chunk_sums[name] for name in sums}
-      done = start + idx.shape[1]
+      for name, v in per_step.items():
+        values.setdefault(name, []).append(v)
+      step += length
       if profiler:
-        profiler.after_call(idx.shape[1])
+        profiler.after_call(length)
       if after_call:
-        members_mask = np.arange(len(members))
-        after_call(
-          first_step + idx.shape[1],
-          {
-            i: _epoch_means(chunk_sums, members_mask == i, idx.shape[1], config.batch_size)
-            for i in np.flatnonzero(active)
-          },
-        )
-      bar.update(idx.shape[1])
-      if not active.any():
-        break
-      bar.set_postfix(
-        {name: f"{value:.4f}" for name, value in _epoch_means(sums, active, done, config.batch_size).items()}
-      )
+        chunk_sums = {name: v.sum(1) for name, v in per_step.items()}
+        one = np.arange(len(members))
+        means = {i: _epoch_means(chunk_sums, one == i, length, config.batch_size) for i in np.flatnonzero(active)}
+        after_call(first_step + length, means)
+      if active.any():
+        shown.update(length, _epoch_means(_sums(values), active, step, config.batch_size))
   if trainer.lanes:
     state = meshes.replicate(state, trainer.mesh)
+  sums = _sums(values)
   rows = []
   for i, m in enumerate(members):
     row = {
       f"train_{name}": float(value)
-      for name, value in _epoch_means(
-        sums, np.arange(len(members)) == i, trainer.steps_per_epoch, config.batch_size
-      ).items()
+      for name, value in _epoch_means(sums, np.arange(len(members)) == i, spe, config.batch_size).items()
     }
     rows.append(row)
     # A whole epoch at chance with a loss ten times a uniform guess's: exploded without reaching inf.
@@ -459,6 +484,11 @@ def train_epoch(
         f"(now {m.optimizer.learning_rate:g})"
       )
   return state, rows, diverged
+
+
+def _sums(values: dict) -> dict:
+  """Each metric's sum over the steps so far, per member: the same however the steps were split into calls."""
+  return {name: np.concatenate(v, axis=1).sum(1, dtype=np.float64) for name, v in values.items()}
 
 
 def _epoch_means(sums: dict, members, steps: int, batch_size: int) -> dict:
@@ -513,24 +543,44 @@ def fit(
   trainer: Trainer,
   state: steps.TrainState,
   progresses: tuple,
-  manager,
+  managers,
   member_dirs,
   log=print,
   on_epoch=None,
   boards=tensorboard.OFF,
   profiler=None,
+  place: checkpoint.Place | None = None,
 ):
-  """Trains every member from its progress to the last epoch or its stop, checkpointing and logging each epoch.
+  """Trains every member from its progress (and the `place` within the next epoch, if any) to the last epoch or its
+  stop, checkpointing and logging each epoch; a signal stops it at the next call, its place saved.
 
-  Returns (state, progresses, each member's best evaluated variables). `on_epoch(member, row)` runs after each
-  member's epoch; it returns why that member should stop (a tuner's pruning) or None. `boards` receive the train
-  figures of every call and each epoch's row; `profiler` may trace train calls.
+  `managers` are the checkpoint managers of finished epochs and of the place within an epoch. Returns (state,
+  progresses, each member's best evaluated variables). `on_epoch(member, row)` runs after each member's epoch; it
+  returns why that member should stop (a tuner's pruning) or None. `boards` receive the train figures of every call
+  and each epoch's row; `profiler` may trace train calls.
   """
   config, members = trainer.config, trainer.members
   single = len(members) == 1
   spe = trainer.steps_per_epoch
-  for i, progress in enumerate(progresses):
-    boards.start(i, progress.epoch * spe)
+  manager, within_manager = managers
+  last_save = time.monotonic()
+
+  def at_safe_point(state, place, signum):
+    nonlocal last_save
+    minutes = config.checkpoint.every_minutes
+    if signum or (minutes and time.monotonic() - last_save >= 60 * minutes):
+      checkpoint.save_place(within_manager, state, tuple(progresses), members, place)
+      last_save = time.monotonic()
+    if signum:
+      try:
+        within_manager.wait_until_finished()
+        kept = f"epoch {place.epoch} is saved at its step {place.step} of {spe}"
+      except Exception as e:  # the finished epochs' checkpoints are still there
+        kept = f"saving epoch {place.epoch}'s place failed ({type(e).__name__}); finished epochs' checkpoints are kept"
+      signals.stop(signum, kept)
+
+  for i, member_progress in enumerate(progresses):
+    boards.start(i, member_progress.epoch * spe)
 
   def after_call(step, means):
     for i, values in means.items():
@@ -546,7 +596,7 @@ def fit(
   best_variables = [None] * len(members)
   first_epoch = max(p.epoch for p in progresses) + 1
   if first_epoch > 1:
-    best, progresses = checkpoint.restore_best(manager, state, progresses)
+    best, progresses = checkpoint.restore_best(manager, state, progresses, within_epoch=place is not None)
     best = meshes.replicate(best.evaluated_variables(), trainer.mesh)
     best_variables = [member(best, i) for i in range(len(members))]
   # Checkpoints of older versions did not record an early stop.
@@ -556,7 +606,10 @@ def fit(
     if not any(active):
       break
     epoch_start = time.perf_counter()
-    state, rows, diverged = train_epoch(trainer, state, epoch, active, after_call, profiler)
+    with signals.stoppable():
+      state, rows, diverged = train_epoch(
+        trainer, state, epoch, active, after_call, profiler, place if epoch == first_epoch else None, at_safe_point
+      )
     trained = []
     for i in np.flatnonzero(active):
       if diverged[i] is not None:
@@ -599,18 +652,29 @@ def fit(
       if progresses[i].stopped:
         say(i, progresses[i].stopped)
     stopped_now = any(progresses[i].stopped for i in np.flatnonzero(active))
-    if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs or stopped_now:
+    (signum,) = distributed.agreed_max(signals.requested() or 0)
+    if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs or stopped_now or signum:
       checkpoint.save(manager, state, tuple(progresses), members)
       workdirs.held_for_tests("checkpoint", first=manager.wait_until_finished)
+      (signum,) = distributed.agreed_max(signals.requested() or 0)
+    if signum:
+      signals.stop(int(signum), f"epoch {epoch} is saved")
   return state, tuple(progresses), best_variables
 
 
-def resume(trainer: Trainer, state: steps.TrainState, manager, workdir, log=print):
-  """(stacked state, each member's Progress): the newest readable checkpoint's, with the configs' learning rates and
-  weight decays, or a fresh start."""
+def resume(trainer: Trainer, state: steps.TrainState, manager, within_manager, workdir, log=print):
+  """(stacked state, each member's Progress, the Place within the next epoch or None): the newest readable
+  checkpoint's, within an epoch or after one, with the configs' learning rates and weight decays; or a fresh start."""
   restored = checkpoint.restore_latest(manager, state, trainer.members)
+  within = checkpoint.restore_place(within_manager, state, trainer.members)
+  finished_epochs = 0 if restored is None else max(p.epoch for p in restored[1])
+  if within is not None and within[2].epoch > finished_epochs:  # else its epoch finished and was saved since
+    state, progresses, place = within
+    state = state.replace(opt_state=optim.with_members_hyperparams(state.opt_state, trainer.members))
+    log(f"resuming epoch {place.epoch} at its step {place.step} of {trainer.steps_per_epoch} in {workdir}")
+    return meshes.replicate(state, trainer.mesh), progresses, place
   if restored is None:
-    return state, (checkpoint.Progress(),) * len(trainer.members)
+    return state, (checkpoint.Progress(),) * len(trainer.members), None
   state, progresses = restored
   epoch = max(p.epoch for p in progresses)
   if epoch > trainer.config.num_epochs:
@@ -621,7 +685,7 @@ def resume(trainer: Trainer, state: steps.TrainState, manager, workdir, log=prin
     )
   state = state.replace(opt_state=optim.with_members_hyperparams(state.opt_state, trainer.members))
   log(f"resuming from epoch {epoch} (step {int(state.step.max())}) in {workdir}")
-  return meshes.replicate(state, trainer.mesh), progresses
+  return meshes.replicate(state, trainer.mesh), progresses, None
 
 
 def _epoch_line(row, num_epochs):

@@ -42,20 +42,21 @@ def member_lanes(members: int) -> Mesh | None:
 
 
 def in_lanes(fn, lanes: Mesh):
-  """fn(stacked state, images, labels, (members, steps, batch) indices, hyperparams, active) compiled with the
+  """fn(stacked state, images, labels, (members, steps, batch) indices, hyperparams, active, count) compiled with the
   members split evenly over the lanes, which run at once: each lane's share is padded with inactive copies of member
   0, whose results are dropped."""
   split = P("members")
   sharded = jax.shard_map(
-    fn, mesh=lanes, in_specs=(split, P(), P(), split, split, split), out_specs=split, check_vma=False
+    fn, mesh=lanes, in_specs=(split, P(), P(), split, split, split, P()), out_specs=split, check_vma=False
   )
 
-  def padded(state, images, labels, batch_indices, hyperparams, active):
+  def padded(state, images, labels, batch_indices, hyperparams, active, count):
     members = active.shape[0]
     padding = -members % lanes.size
     pad = lambda x, fill=None: jax.numpy.concatenate([x, jax.numpy.repeat(x[:1] if fill is None else fill, padding, 0)])
     state, batch_indices, hyperparams = jax.tree.map(pad, (state, batch_indices, hyperparams))
-    trained, outputs = sharded(state, images, labels, batch_indices, hyperparams, pad(active, jax.numpy.zeros(1, bool)))
+    active = pad(active, jax.numpy.zeros(1, bool))
+    trained, outputs = sharded(state, images, labels, batch_indices, hyperparams, active, count)
     return jax.tree.map(lambda x: x[:members], (trained, outputs))
 
   return jax.jit(padded, donate_argnums=0, out_shardings=replicated_sharding(lanes))

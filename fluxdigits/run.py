@@ -157,5 +157,5 @@ def _silent(*args, **kwargs):
 
 if __name__ == "__main__":
   # First of all: Ctrl-C or SIGTERM during the imports and compiling below is a clean stop too.
-  signals.install(f"stopped; the checkpoints of finished epochs are kept: resume with {resume_command(sys.argv[1:])}")
+  signals.install(f"resume with {resume_command(sys.argv[1:])}")
   sys.exit(main())

@@ -2,7 +2,7 @@
 under vmap), and the predict step. Each takes its state and data and returns new ones; nothing here touches a file,
 prints, or knows a run's folder (loop.py does).
 
-Many steps run inside one compiled call, `train_steps`: a lax.scan over `steps_per_call` batches gathered from the
+Many steps run inside one compiled call, `train_steps`: a loop over up to `steps_per_call` batches gathered from the
 dataset already on the devices, so the host only starts a call per chunk and reads back its per-step figures. A
 population is K configs that differ only in what can be data (seed, learning rate, weight decay, dropout rate, label
 smoothing: population.py); their states are stacked along a leading member axis and the same steps run for each.
@@ -190,11 +190,38 @@ def members_in_parallel(config, model) -> bool:
   )
 
 
+def steps_loop(step, state, indices, count):
+  """lax.scan's (state, stacked outputs) of `step` over the first `count` rows of `indices`, `count` known only when
+  the call runs: one compiled call serves calls of any length, each computing its steps exactly alike (XLA compiles a
+  loop of a known length to other code for other lengths, which moves the last bits of the results)."""
+  _, shapes = jax.eval_shape(step, state, indices[0])
+  outputs = jax.tree.map(lambda s: jnp.zeros((len(indices), *s.shape), s.dtype), shapes)
+
+  def body(i, carry):
+    state, outputs = carry
+    state, out = step(state, indices[i])
+    return state, jax.tree.map(lambda buffer, value: buffer.at[i].set(value), outputs, out)
+
+  return jax.lax.fori_loop(0, count, body, (state, outputs))
+
+
 def train_steps(
-  state, images, labels, batch_indices, hyperparams, active, *, config, model, num_classes, preprocess, augment_fn
+  state,
+  images,
+  labels,
+  batch_indices,
+  hyperparams,
+  active,
+  count,
+  *,
+  config,
+  model,
+  num_classes,
+  preprocess,
+  augment_fn,
 ):
-  """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams(), active members)
-  -> (stacked state, each member's per-step figures): the steps of one compiled call.
+  """(stacked state, images, labels, (members, steps, batch) indices, member_hyperparams(), active members, how many
+  of the steps to run) -> (stacked state, each member's per-step figures, zero past `count`): one compiled call.
 
   A population of one runs its steps as they are; a larger one runs them for every member (`members_in_parallel`),
   and members no longer active (stopped early, pruned, diverged) keep their state.
@@ -209,12 +236,12 @@ def train_steps(
     augment_fn=augment_fn,
   )
   if population_size(state) == 1:
-    one, outputs = jax.lax.scan(
-      functools.partial(step, hyperparams=member(hyperparams, 0)), member(state, 0), batch_indices[0]
+    one, outputs = steps_loop(
+      functools.partial(step, hyperparams=member(hyperparams, 0)), member(state, 0), batch_indices[0], count
     )
     return stack([one]), jax.tree.map(lambda x: x[None], outputs)
-  member_steps = lambda state, indices, hyperparams: jax.lax.scan(
-    functools.partial(step, hyperparams=hyperparams), state, indices
+  member_steps = lambda state, indices, hyperparams: steps_loop(
+    functools.partial(step, hyperparams=hyperparams), state, indices, count
   )
   if members_in_parallel(config, model):
     trained, outputs = jax.vmap(member_steps)(state, batch_indices, hyperparams)

@@ -25,7 +25,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fluxdigits import cli, config as configs, loop, tune_report
+from fluxdigits import cli, config as configs, loop, signals, tune_report
 from fluxdigits.errors import TrainingDiverged, UserError
 from fluxdigits.tune_report import FINISHED, best_value, count, directory_number
 
@@ -495,4 +495,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  signals.install("re-run the same command to resume")  # first: a signal while JAX loads is a clean stop too
   sys.exit(main())

@@ -16,7 +16,7 @@ import os
 import pathlib
 import time
 
-from fluxdigits import config as configs
+from fluxdigits import config as configs, signals
 from fluxdigits.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -39,6 +39,9 @@ RESUMABLE_CHANGES = (
   "microbatches",
   "tensorboard",
   "profile_steps",
+  "steps_per_call",
+  "seconds_per_call",
+  "checkpoint.every_minutes",
 )
 
 
@@ -302,5 +305,5 @@ def held_for_tests(point: str, first=None) -> None:
   if first is not None:
     first()
   after = os.environ.get(HOLD_AFTER_ENV)
-  while os.path.exists(path) and (not after or os.path.exists(after)):
+  while os.path.exists(path) and (not after or os.path.exists(after)) and signals.requested() is None:
     time.sleep(0.02)
