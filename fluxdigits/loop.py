@@ -466,6 +466,7 @@ def train_epoch(
         after_call(first_step + length, means)
       if active.any():
         shown.update(length, _epoch_means(_sums(values), active, step, config.batch_size))
+      workdirs.held_for_tests("call")
   if trainer.lanes:
     state = meshes.replicate(state, trainer.mesh)
   sums = _sums(values)
@@ -595,7 +596,8 @@ def fit(
       checkpoint.write_history(path, progress.history)
   best_variables = [None] * len(members)
   first_epoch = max(p.epoch for p in progresses) + 1
-  if first_epoch > 1:
+  # Without validation every epoch is the best so far: the one resumed within sets it.
+  if first_epoch > 1 and (place is None or len(trainer.dataset.validation)):
     best, progresses = checkpoint.restore_best(manager, state, progresses, within_epoch=place is not None)
     best = meshes.replicate(best.evaluated_variables(), trainer.mesh)
     best_variables = [member(best, i) for i in range(len(members))]

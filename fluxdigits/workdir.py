@@ -291,19 +291,22 @@ def open_run(workdir, config, restart: bool = False, log=print):
 
 
 # Tests that race another process or a signal against a run set HOLD_ENV to POINT:FILE: at POINT ('lock': once the
-# run holds its workdir; 'checkpoint': once a checkpoint save is committed) the run waits while FILE exists, provably
-# alive, so that no test hopes a run outlives another's start-up or a signal's delivery. With HOLD_AFTER_ENV set to a
-# path, only once that path exists (the checkpoint a test waits for).
+# run holds its workdir; 'checkpoint': once a checkpoint save is committed; 'call': after each train call) the run
+# waits while FILE exists, provably alive, so that no test hopes a run outlives another's start-up or a signal's
+# delivery. With HOLD_AFTER_ENV set to a path, only once that path exists (the checkpoint a test waits for).
 HOLD_ENV, HOLD_AFTER_ENV = "FLUXDIGITS_TEST_HOLD", "FLUXDIGITS_TEST_HOLD_AFTER"
 
 
 def held_for_tests(point: str, first=None) -> None:
-  """Waits as HOLD_ENV says at `point`, after calling `first` (committing a save)."""
+  """Waits as HOLD_ENV says at `point`, after calling `first` (committing a save); PATH.held exists while it waits."""
   where, _, path = os.environ.get(HOLD_ENV, "").partition(":")
   if where != point:
     return
   if first is not None:
     first()
   after = os.environ.get(HOLD_AFTER_ENV)
+  held = pathlib.Path(f"{path}.held")
+  held.touch()
   while os.path.exists(path) and (not after or os.path.exists(after)) and signals.requested() is None:
     time.sleep(0.02)
+  held.unlink(missing_ok=True)

@@ -3,6 +3,7 @@ a full disk, an exploding loss. Each must end in one clear line and lose nothing
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 import pytest
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli, signal_handlers_installed
 
-from fluxdigits import workdir as workdirs
+from fluxdigits import checkpoint, workdir as workdirs
 
 MLP = str(EXPERIMENTS / "mnist_mlp.py")
 TINY = ["--config.dataset.max_train_examples=2000", "--config.report=false"]
@@ -80,6 +81,40 @@ def test_sigterm_mid_training_stops_cleanly_and_the_same_command_resumes(tmp_pat
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from epoch" in resumed.stdout
   assert metrics_epochs(workdir) == list(range(1, 13))
+
+
+def test_sigterm_mid_epoch_stops_within_seconds_and_resumes_to_the_uninterrupted_summary(tmp_path):
+  """A model slow per step, its epoch once a single compiled call (steps_per_call as cifar10_fast's): the signal is
+  answered at the next call, a second or so, with the place in the epoch saved, and the resumed run ends as if never
+  stopped."""
+  args = [
+    str(EXPERIMENTS / "mnist_resnet.py"),
+    "--config.num_epochs=1",
+    "--config.dataset.max_train_examples=12000",
+    "--config.steps_per_call=2000",
+    *TINY[1:],
+  ]
+  hold = tmp_path / "hold"
+  hold.touch()  # the run waits after its first call while this exists: trained, compiled, and alive
+  run = start(*args, "--workdir", tmp_path / "cut", env={workdirs.HOLD_ENV: f"call:{hold}"})
+  wait_for(lambda: pathlib.Path(f"{hold}.held").exists(), run)
+  hold.unlink()
+  time.sleep(3)
+  asked = time.perf_counter()
+  run.send_signal(signal.SIGTERM)
+  _, err = run.communicate(timeout=120)
+  waited = time.perf_counter() - asked
+  assert run.returncode == 143, err
+  assert waited < 10, f"stopped {waited:.1f}s after SIGTERM"
+  assert_one_error_line(err, "SIGTERM: stopped; epoch 1 is saved at its step", "resume with python -m fluxdigits.run")
+  resumed = run_cli(*args, "--workdir", tmp_path / "cut")
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming epoch 1 at its step" in resumed.stdout
+  whole = run_cli(*args, "--workdir", tmp_path / "whole")
+  assert whole.returncode == 0, whole.stderr
+  figures = lambda summary: {k: v for k, v in summary.items() if not k.endswith("seconds")}
+  assert figures(read_summary(tmp_path / "cut")) == figures(read_summary(tmp_path / "whole"))
+  assert not (tmp_path / "cut" / checkpoint.WITHIN_EPOCH).exists()  # the finished run holds all of it
 
 
 def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):

@@ -66,7 +66,8 @@ def test_a_population_steps_each_member_as_it_would_alone_and_an_inactive_one_no
   order = jnp.stack([forward, forward[::-1], forward])  # each member its own batches
   train = jax.jit(functools.partial(steps.train_steps, **fixed(members[0], model=model)))
   start = steps.create_states(members, model, (28, 28, 1), tx)
-  together, figures = train(start, *digits, order, steps.member_hyperparams(members), jnp.array([True, True, False]))
+  hyperparams, active = steps.member_hyperparams(members), jnp.array([True, True, False])
+  together, figures = train(start, *digits, order, hyperparams, active, STEPS)
   assert int(member(together, 2).step) == 0
   chex.assert_trees_all_equal(member(together, 2).params, member(start, 2).params)
   for i, config in enumerate(members[:2]):
@@ -76,6 +77,29 @@ def test_a_population_steps_each_member_as_it_would_alone_and_an_inactive_one_no
       order[i : i + 1],
       steps.member_hyperparams([config]),
       jnp.array([True]),
+      STEPS,
     )
     np.testing.assert_allclose(alone_figures["loss"][0], figures["loss"][i], rtol=1e-4)
     chex.assert_trees_all_close(member(alone, 0).params, member(together, i).params, rtol=1e-4, atol=1e-6)
+
+
+def test_a_call_of_any_length_computes_its_steps_exactly_alike(digits):
+  """What a stop within an epoch and calls sized by time rest on: the steps split over calls of any lengths end
+  bit for bit where one call of all of them ends, and a call runs only the steps it is given."""
+  config = mlp_config(seed=0)
+  model = registry.create(config, 10)
+  tx = optim.create(config, STEPS)
+  order = jnp.arange(BATCH * STEPS).reshape(1, STEPS, BATCH)
+  train = jax.jit(functools.partial(steps.train_steps, **fixed(config, model=model)), donate_argnums=0)
+  arguments = lambda indices, count: (*digits, indices, steps.member_hyperparams([config]), jnp.array([True]), count)
+  start = lambda: steps.create_states([config], model, (28, 28, 1), tx)
+  whole, figures = train(start(), *arguments(order, STEPS))
+  state, losses = start(), []
+  for first, count in [(0, 1), (1, 2), (3, STEPS - 3)]:
+    indices = jnp.zeros_like(order).at[:, :count].set(order[:, first : first + count])
+    state, part = train(state, *arguments(indices, count))
+    assert not part["loss"][0, count:].any()  # the steps past `count` did not run
+    losses.extend(part["loss"][0, :count])
+  assert int(member(state, 0).step) == STEPS
+  chex.assert_trees_all_equal(state, whole)
+  np.testing.assert_array_equal(np.array(losses), figures["loss"][0])
