@@ -6,6 +6,7 @@ files and prints; the others compute with it.
 """
 
 import contextlib
+import signal
 import dataclasses
 import os
 
@@ -62,6 +63,9 @@ def initialize(spec: JobSpec):
   """Connects this process to the job's others; nothing when the job is one process. Before any JAX computation."""
   if not spec.wanted:
     return
+  # JAX's preemption notifier takes SIGTERM; it is given back to fluxdigits' handler (signals.py), which stops every
+  # process of the job together at the next train call (agreed_max), and answers Ctrl-C alike.
+  handler = signal.getsignal(signal.SIGTERM)
   try:
     jax.distributed.initialize(
       spec.coordinator,
@@ -78,6 +82,8 @@ def initialize(spec: JobSpec):
       f"(or ${' $'.join(ENVIRONMENT.values())}), or --distributed on a TPU pod slice, SLURM or Open MPI, "
       "and start all N processes"
     ) from None
+  if handler is not None:
+    signal.signal(signal.SIGTERM, handler)
 
 
 def is_primary() -> bool:

@@ -6,6 +6,7 @@ The processes talk over localhost (jax.distributed, gloo collectives); the figur
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -33,9 +34,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_job(workdir, hold=None):
+def start_job(workdir, hold=None, point="checkpoint", args=ARGS):
   """Both processes of the job: process 0 told by flags, process 1 by environment variables. With `hold`, each
-  waits after its checkpoint saves while that file exists (workdir.HOLD_ENV)."""
+  waits at `point` (after its checkpoint saves) while that file exists (workdir.HOLD_ENV)."""
   port = free_port()
   flags = ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", "0"]
   variables = {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
@@ -43,7 +44,7 @@ def start_job(workdir, hold=None):
     sys.executable,
     "-m",
     "fluxdigits.run",
-    *ARGS,
+    *args,
     "--workdir",
     str(workdir),
     "--heartbeat_timeout",
@@ -54,7 +55,7 @@ def start_job(workdir, hold=None):
     **os.environ,
     **ONE_DEVICE_EACH,
     "PYTHONUNBUFFERED": "1",
-    **({workdirs.HOLD_ENV: f"checkpoint:{hold}"} if hold else {}),
+    **({workdirs.HOLD_ENV: f"{point}:{hold}"} if hold else {}),
   }
   return [
     subprocess.Popen(
@@ -113,6 +114,31 @@ def test_two_processes_match_one_process_with_two_devices_across_a_kill_and_a_re
   assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-3)
   assert abs(b["test_accuracy"] - a["test_accuracy"]) <= 0.0005  # at most 5 of 10,000 predictions flip
   assert b["best_val_accuracy"] == pytest.approx(a["best_val_accuracy"], abs=0.003)
+
+
+def test_sigterm_to_one_process_stops_the_job_together_and_it_resumes_to_the_same_figures(tmp_path):
+  args = [*ARGS, "--config.num_epochs=1"]
+  whole = finish(start_job(tmp_path / "whole", args=args))
+  assert [rc for rc, _, _ in whole] == [0, 0], whole[0][2][-2000:]
+
+  workdir, hold = tmp_path / "job", tmp_path / "hold"
+  hold.touch()  # both processes wait after their first train call: compiled and training when the signal comes
+  job = start_job(workdir, hold, "call", args)
+  deadline = time.time() + 300
+  while not pathlib.Path(f"{hold}.held").exists():
+    assert time.time() < deadline and all(p.poll() is None for p in job), [p.communicate() for p in job]
+    time.sleep(0.01)
+  job[1].send_signal(signal.SIGTERM)  # the process that does not speak for the job
+  hold.unlink()
+  (rc0, _, err0), (rc1, _, _) = finish(job, timeout=60)
+  assert rc0 == rc1 == 143, err0[-2000:]
+  assert "SIGTERM: stopped; epoch 1 is saved at its step" in err0
+
+  resumed = finish(start_job(workdir, args=args))
+  assert [rc for rc, _, _ in resumed] == [0, 0], resumed[0][2][-2000:]
+  assert "resuming epoch 1 at its step" in resumed[0][1]
+  figures = lambda summary: {k: v for k, v in summary.items() if not k.endswith("seconds")}
+  assert figures(read_summary(workdir)) == figures(read_summary(tmp_path / "whole"))
 
 
 def test_a_refused_workdir_stops_every_process_with_one_line(tmp_path):
