@@ -6,9 +6,9 @@ files and prints; the others compute with it.
 """
 
 import contextlib
-import signal
 import dataclasses
 import os
+import signal
 
 import jax
 import numpy as np
