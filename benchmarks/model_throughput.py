@@ -106,18 +106,19 @@ def run_fluxdigits(row: Row) -> dict:
   chunk = loop.train_calls(config, model, len(dataset.class_names), preprocess, augment.make(config))
   images, labels = meshes.replicate((dataset.train.images, dataset.train.labels), mesh)
   hyperparams, active = meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh)
-  # Chunks of equal length, so one compiled program serves the warm-up and the timed steps.
+  # Calls of equal length, as the training loop's calls of about a second each.
   length = np.gcd(row.warmup_steps, row.timed_steps)
+  count = meshes.replicate(np.int32(length), mesh)
   start = time.perf_counter()
   compiled = chunk.lower(
-    state, images, labels, meshes.shard_batches(batches[None, :length], mesh), hyperparams, active
+    state, images, labels, meshes.shard_batches(batches[None, :length], mesh), hyperparams, active, count
   ).compile()
   compile_s = time.perf_counter() - start
 
   def train_steps(state, steps):
     for i in range(0, len(steps), length):
       state, sums = compiled(
-        state, images, labels, meshes.shard_batches(steps[None, i : i + length], mesh), hyperparams, active
+        state, images, labels, meshes.shard_batches(steps[None, i : i + length], mesh), hyperparams, active, count
       )
     jax.block_until_ready(sums)
     return state
