@@ -117,6 +117,25 @@ def test_sigterm_mid_epoch_stops_within_seconds_and_resumes_to_the_uninterrupted
   assert not (tmp_path / "cut" / checkpoint.WITHIN_EPOCH).exists()  # the finished run holds all of it
 
 
+def test_checkpoint_every_minutes_saves_the_place_a_kill_9_resumes_from(tmp_path):
+  workdir, hold = tmp_path / "run", tmp_path / "hold"
+  # Calls of a few steps, the place saved before each: a kill lands mid-epoch, after a save.
+  args = [MLP, "--workdir", workdir, "--config.num_epochs=1", "--config.dataset.max_train_examples=20000"]
+  args += ["--config.seconds_per_call=0.02", "--config.checkpoint.every_minutes=0.0001", "--config.report=false"]
+  hold.touch()
+  run = start(*args, env={workdirs.HOLD_ENV: f"call:{hold}"})
+  wait_for(lambda: pathlib.Path(f"{hold}.held").exists(), run)
+  hold.unlink()
+  saved = workdir / checkpoint.WITHIN_EPOCH
+  wait_for(lambda: any(p.name.isdigit() for p in saved.iterdir()), run)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  resumed = run_cli(*args)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming epoch 1 at its step" in resumed.stdout
+  assert metrics_epochs(workdir) == [1] and not saved.exists()
+
+
 def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):
   args = [MLP, "--workdir", tmp_path / "run", "--config.num_epochs=1", *TINY]
   early = start(*args)
