@@ -4,13 +4,14 @@ two workers on one storage, pruning, and bad input refused before anything train
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
 
 import optuna
 import pytest
-from conftest import REPO, kill_once_written
+from conftest import REPO
 
 from fluxdigits import config as configs, tune, workdir as workdirs
 
@@ -84,18 +85,29 @@ def test_sweep_end_to_end_chooses_on_validation_and_tests_only_the_chosen_trial(
   assert configs.flatten(configs.load(workdir / "best_experiment.py")) == {**chosen_config, "dataset.data_dir": ""}
 
 
-def test_killed_tuning_resumes_the_interrupted_trial_from_its_checkpoint(tmp_path):
+def test_a_tuning_worker_stopped_mid_epoch_resumes_the_trial_from_that_step(tmp_path):
   sweep, workdir = write_sweep(tmp_path, GOOD_SPACE), tmp_path / "tuning"
   args = ["--trials", 2, "--pruner", "none", "--config.num_epochs=3"]
-  kill_once_written(
-    tune_command(sweep, workdir, *args), workdir / "trials" / "0001" / "checkpoints" / "1", "tuning, in trial 1,"
-  )
+  hold = tmp_path / "hold"
+  hold.touch()  # the worker waits after a train call of trial 1's second epoch: alive when the signal comes
+  env = {
+    **os.environ,
+    workdirs.HOLD_ENV: f"call:{hold}",
+    workdirs.HOLD_AFTER_ENV: str(workdir / "trials" / "0001" / "checkpoints" / "1"),
+  }
+  worker = subprocess.Popen(tune_command(sweep, workdir, *args), cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not pathlib.Path(f"{hold}.held").exists():
+    assert time.time() < deadline and worker.poll() is None, "the worker ended before trial 1's second epoch"
+    time.sleep(0.02)
+  worker.send_signal(signal.SIGTERM)
+  assert worker.wait(timeout=60) == 143
   assert not (workdir / "trials" / "0001" / "summary.json").exists()
 
   result = run_tune(sweep, workdir, *args)
   assert result.returncode == 0, result.stderr
   assert "resumes trial 0001" in result.stdout
-  assert "resuming from epoch" in (workdir / "trials" / "0001" / "train.log").read_text()
+  assert "resuming epoch 2 at its step" in (workdir / "trials" / "0001" / "train.log").read_text()
   trials = finished_trials(workdir)
   assert len(trials) == 2
   assert sorted(p.name for p in (workdir / "trials").iterdir()) == ["0000", "0001"]
