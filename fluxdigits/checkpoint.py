@@ -211,7 +211,7 @@ def save(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple)
 def save_place(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple, place: Place):
   """Saves the state within an epoch, with the progress of the epochs before it and its `place` (in WITHIN_EPOCH)."""
   saved = {**_saved_progress(progresses, configs_), "place": place.as_json()}
-  _save(mngr, (place.epoch - 1) * 10**9 + place.step, state, saved)
+  _save(mngr, (place.epoch - 1) * 10**9 + place.step, state, saved)  # orbax names a save by one growing integer
 
 
 def _saved_progress(progresses: tuple, configs_: tuple) -> dict:
