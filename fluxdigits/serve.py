@@ -229,18 +229,18 @@ def parse_args(argv):
 
 def serve(args) -> int:
   try:
-    import multipart  # noqa: F401 (Starlette's forms need it)
+    import python_multipart  # noqa: F401 (Starlette's forms need it)
     import starlette  # noqa: F401
     import uvicorn
   except ImportError as e:
     raise UserError(f"python -m fluxdigits.serve needs the serve extra ({e.name} is missing): {EXTRA}") from None
-  model = Model(args.run, args.top)
-  sock = listening_socket(args.host, args.port)
-  host, port = sock.getsockname()[:2]
-  shown = f"[{host}]" if ":" in host else host
-  config = uvicorn.Config(app(model, int(args.max_mb * 2**20)), log_level="warning", access_log=False)
-  print(f"serving {model.name} ({model.classifier.dataset}) at http://{shown}:{port}/ ; Ctrl-C stops", flush=True)
-  uvicorn.Server(config).run(sockets=[sock])
+  with listening_socket(args.host, args.port) as sock:  # first: a busy port is said before the model loads
+    model = Model(args.run, args.top)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    config = uvicorn.Config(app(model, int(args.max_mb * 2**20)), log_level="warning", access_log=False)
+    print(f"serving {model.name} ({model.classifier.dataset}) at http://{shown}:{port}/ ; Ctrl-C stops", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
   return 0
 
 
@@ -380,10 +380,12 @@ async function send() {
   if (busy || !changed || !inked) return;
   busy = true;
   changed = false;
+  document.body.dataset.drawing = "sent";
   const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
   await predict(blob, "drawing.png");
   busy = false;
-  send();
+  if (changed) send();
+  else document.body.dataset.drawing = "answered";
 }
 pad.addEventListener("pointerdown", (event) => {
   drawing = true;
