@@ -268,9 +268,11 @@ PAGE = """<!doctype html>
   #drop img { max-width: 100%; max-height: 100%; }
   #seen { width: 140px; height: 140px; image-rendering: pixelated; background: #000; border: 1px solid #888; }
   #answer { font-size: 2.2rem; font-weight: bold; min-height: 2.6rem; }
-  .bar { display: flex; align-items: center; gap: .4rem; margin: .15rem 0; font-variant-numeric: tabular-nums; }
-  .bar .name { width: 6rem; text-align: right; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-  .bar .track { width: 160px; height: .9rem; background: #eee; }
+  #bars { display: grid; grid-template-columns: max-content 160px max-content; gap: .3rem .4rem; align-items: center;
+    font-variant-numeric: tabular-nums; }
+  .bar { display: contents; }
+  .bar .name { max-width: 10rem; text-align: right; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+  .bar .track { height: .9rem; background: #eee; }
   .bar .fill { height: 100%; background: #0072B2; }
   #error { color: #b00020; min-height: 1.2rem; }
   button { width: 6rem; }

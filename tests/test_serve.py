@@ -216,7 +216,7 @@ def test_the_page_draws_and_reads_files_in_chromium(server, classifier, tmp_path
   with sync_playwright() as playwright:
     executable = CHROMIUM if pathlib.Path(CHROMIUM).exists() else shutil.which("chromium")
     browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-    page = browser.new_page(viewport={"width": 900, "height": 520})
+    page = browser.new_page(viewport={"width": 900, "height": 440})
     page.goto(url)
     page.wait_for_selector("body[data-ready]")
     assert page.get_attribute("#about a", "href") == "report/index.html"
