@@ -17,6 +17,7 @@ import os
 import pathlib
 import socket
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -102,17 +103,21 @@ class Model:
 
 
 def _check_pixels(upload: Upload):
+  """Refuses an image whose header promises more than MAX_PIXELS, before anything decodes it."""
+  limit = f"over this server's limit of {MAX_PIXELS // 1_000_000} megapixels"
   try:
-    with Image.open(upload) as image:
-      width, height = image.size
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(upload) as image:
+        width, height = image.size
+  except Image.DecompressionBombError:
+    raise UserError(f"{upload}: {limit}") from None
   except Exception:  # not an image: prepare() says so in its own words
     return
   finally:
     upload.seek(0)
   if width * height > MAX_PIXELS:
-    raise UserError(
-      f"{upload}: {width}x{height} pixels, over this server's limit of {MAX_PIXELS // 1_000_000} megapixels"
-    )
+    raise UserError(f"{upload}: {width}x{height} pixels, {limit}")
 
 
 def png_data_url(model_input: np.ndarray) -> str:

@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 
 import numpy as np
 import pytest
@@ -169,6 +171,7 @@ def test_bad_uploads_get_one_line_and_4xx_while_others_are_answered(server, clas
       "truncated": pool.submit(post_files, url, [("cut.png", good[0].read_bytes()[:400])]),
       "blank": pool.submit(post_files, url, [("blank.png", _png(Image.new("L", (64, 64), 255)))]),
       "pixels": pool.submit(post_files, url, [("huge.png", huge.getvalue())]),
+      "bomb": pool.submit(post_files, url, [("bomb.png", png_header(40_000, 40_000))]),
       "no file": pool.submit(post_files, url, [], extra=b""),
       "a path": pool.submit(
         post_files, url, [], extra=b'--BOUNDARY\r\nContent-Disposition: form-data; name="file"\r\n\r\n/etc/passwd\r\n'
@@ -184,9 +187,15 @@ def test_bad_uploads_get_one_line_and_4xx_while_others_are_answered(server, clas
       status, answer = future.result()
       assert status == 200 and answer["predictions"][0]["class"] == klass
   assert "notes.txt: not an image" in bad["text"].result()[1]["error"]
-  assert "megapixels" in bad["pixels"].result()[1]["error"]
+  assert "megapixels" in bad["pixels"].result()[1]["error"] and "megapixels" in bad["bomb"].result()[1]["error"]
   assert "no ink" in bad["blank"].result()[1]["error"]
   assert process.poll() is None
+
+
+def png_header(width, height) -> bytes:
+  """A PNG's signature, header and an empty first data chunk: what an image that decodes to gigapixels shows first."""
+  chunk = lambda kind, data=b"": struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IDAT")
 
 
 def _png(image) -> bytes:
