@@ -58,8 +58,7 @@ class Model:
     self.name = self.workdir.resolve().name
     self.top = min(top, len(self.classifier.class_names))
     self.summary = report.read_run(self.workdir).summary
-    photos, shape = self.classifier.config.dataset.photos, self.classifier.image_shape
-    self.draws_digits = image_files.preparation(photos, shape) == "digit"
+    self.photos = image_files.preparation(self.classifier.config.dataset.photos, self.classifier.image_shape)
     folder = self.workdir / "report"
     # Fixed at start: a request picks one of these names, never a path of its own.
     self.report_files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
@@ -71,8 +70,8 @@ class Model:
       "classes": list(self.classifier.class_names),
       "input_shape": list(self.classifier.image_shape),
       "test_accuracy": self.summary.get("test_accuracy"),
-      "photos": image_files.preparation(self.classifier.config.dataset.photos, self.classifier.image_shape),
-      "draw": self.draws_digits,
+      "photos": self.photos,
+      "draw": self.photos == "digit",  # the page's canvas: digits drawn are read as MNIST was made
       "top": self.top,
       "max_upload_bytes": max_bytes,
       "max_files": MAX_FILES,
