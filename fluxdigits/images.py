@@ -45,7 +45,8 @@ class NoInk(UserError):
 
 
 def load_image(path) -> Image.Image:
-  """An L or RGB image: EXIF orientation applied, transparency on white; one line naming the file if unreadable."""
+  """An L or RGB image: EXIF orientation applied, transparency on white; one line naming the file if unreadable.
+  `path` may also be an open binary file (an upload), whose str() names it in that line."""
   return _load(path)
 
 
@@ -71,7 +72,7 @@ def _no_bomb_check():
 
 
 def _load(path) -> Image.Image:
-  path = pathlib.Path(path)
+  path = path if hasattr(path, "read") else pathlib.Path(path)
   try:
     with _no_bomb_check(), warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -344,8 +345,9 @@ def _as_made(image: Image.Image, image_shape) -> bool:
 
 
 def read_photo(path, photos: str, image_shape) -> np.ndarray:
-  """One image file as a run's input, uint8 `image_shape`, made as `preparation(photos, image_shape)` says; a file
-  already in the dataset's format is taken as it is, so that predict reads a test image as evaluation did."""
+  """One image file (a path or an open binary file) as a run's input, uint8 `image_shape`, made as
+  `preparation(photos, image_shape)` says; a file already in the dataset's format is taken as it is, so that predict
+  reads a test image as evaluation did."""
   height, width, channels = image_shape
   image = load_image(path)
   how = preparation(photos, image_shape)

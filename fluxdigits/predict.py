@@ -48,7 +48,7 @@ class Classifier:
     self.apply_fn = state.apply_fn
 
   def prepare(self, path) -> np.ndarray:
-    """One image file in the dataset's format, uint8 `image_shape`."""
+    """One image file (a path, or an open binary file: an upload) in the dataset's format, uint8 `image_shape`."""
     return image_files.read_photo(path, self.config.dataset.photos, self.image_shape)
 
   def predict(self, images) -> np.ndarray:
