@@ -128,10 +128,6 @@ class Place:
     return cls(saved["epoch"], saved["step"], values, tuple(saved["diverged"]), tuple(saved["active"]))
 
 
-# The run's folder of the place saved within an epoch (a stop, or checkpoint.every_minutes).
-WITHIN_EPOCH = "checkpoint-within-epoch"
-
-
 @dataclasses.dataclass
 class _KeepBest(policies.PreservationPolicy):
   """Keeps the checkpoints the newest one names: each member's best epoch, and the last epoch of a stopped member."""
@@ -147,7 +143,7 @@ class _KeepBest(policies.PreservationPolicy):
 def manager(
   workdir, config, create: bool = True, this_process_only: bool = False, within_epoch: bool = False
 ) -> ocp.CheckpointManager:
-  """The run's checkpoints of finished epochs (or, `within_epoch`, the one place saved within an epoch: WITHIN_EPOCH),
+  """The run's checkpoints of finished epochs (or, `within_epoch`, the one place saved within an epoch),
   used by every process of a job, or by this one alone (`this_process_only`: reading a run)."""
   processes = ocp.options.MultiprocessingOptions()
   if this_process_only:
@@ -161,7 +157,7 @@ def manager(
     create=create,
     multiprocessing_options=processes,
   )
-  folder = pathlib.Path(workdir).absolute() / (WITHIN_EPOCH if within_epoch else "checkpoints")
+  folder = pathlib.Path(workdir).absolute() / (workdirs.WITHIN_EPOCH if within_epoch else "checkpoints")
   mngr = ocp.CheckpointManager(folder, item_names=("state", "progress"), options=options)
   signals.finish_saves_before_exit(mngr)
   _quiet_orbax_echoes()
@@ -209,7 +205,7 @@ def save(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple)
 
 
 def save_place(mngr: ocp.CheckpointManager, state, progresses: tuple, configs_: tuple, place: Place):
-  """Saves the state within an epoch, with the progress of the epochs before it and its `place` (in WITHIN_EPOCH)."""
+  """Saves the state within an epoch, with the progress of the epochs before it and its `place`."""
   saved = {**_saved_progress(progresses, configs_), "place": place.as_json()}
   _save(mngr, (place.epoch - 1) * 10**9 + place.step, state, saved)  # orbax names a save by one growing integer
 

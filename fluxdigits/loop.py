@@ -99,7 +99,7 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
           checkpoint.close(within_manager, state)
           checkpoint.close(manager, state)
         if distributed.is_primary():  # the finished epochs' checkpoints hold all of it now
-          shutil.rmtree(workdir / checkpoint.WITHIN_EPOCH, ignore_errors=True)
+          shutil.rmtree(workdir / workdirs.WITHIN_EPOCH, ignore_errors=True)
         summaries = [
           summarize(trainer, state, i, progress, best_variables[i], test, boards)
           for i, progress in enumerate(progresses)

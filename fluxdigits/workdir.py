@@ -20,10 +20,21 @@ from fluxdigits import config as configs, signals
 from fluxdigits.errors import UserError
 
 LOCK_FILE = ".lock"
+# The folder of the place saved within an epoch (a stop, or checkpoint.every_minutes).
+WITHIN_EPOCH = "checkpoint-within-epoch"
 # What a fluxdigits run writes (train.log: a tuning trial's output, opened before the trial's run starts);
 # a non-empty folder with none of these is someone else's.
 # population.json: a population's folder (its members' runs are in subfolders).
-RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl", "summary.json", "train.log", "population.json", LOCK_FILE)
+RUN_FILES = (
+  "config.json",
+  "checkpoints",
+  WITHIN_EPOCH,
+  "metrics.jsonl",
+  "summary.json",
+  "train.log",
+  "population.json",
+  LOCK_FILE,
+)
 POPULATION_FILE = "population.json"
 # Keys a resumed run may change: they do not alter what was computed up to the last checkpoint.
 # The learning rate and weight decay live in the optimizer state and are set anew on resume, so
@@ -165,8 +176,8 @@ def check_same_run(saved: dict, config, where) -> None:
 
 
 def has_checkpoints(workdir: pathlib.Path) -> bool:
-  folder = workdir / "checkpoints"
-  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+  folders = [workdir / "checkpoints", workdir / WITHIN_EPOCH]
+  return any(folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()) for folder in folders)
 
 
 def write_config(workdir: pathlib.Path, config) -> None:

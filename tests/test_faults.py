@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli, signal_handlers_installed
 
-from fluxdigits import checkpoint, workdir as workdirs
+from fluxdigits import workdir as workdirs
 
 MLP = str(EXPERIMENTS / "mnist_mlp.py")
 TINY = ["--config.dataset.max_train_examples=2000", "--config.report=false"]
@@ -114,7 +114,7 @@ def test_sigterm_mid_epoch_stops_within_seconds_and_resumes_to_the_uninterrupted
   assert whole.returncode == 0, whole.stderr
   figures = lambda summary: {k: v for k, v in summary.items() if not k.endswith("seconds")}
   assert figures(read_summary(tmp_path / "cut")) == figures(read_summary(tmp_path / "whole"))
-  assert not (tmp_path / "cut" / checkpoint.WITHIN_EPOCH).exists()  # the finished run holds all of it
+  assert not (tmp_path / "cut" / workdirs.WITHIN_EPOCH).exists()  # the finished run holds all of it
 
 
 def test_checkpoint_every_minutes_saves_the_place_a_kill_9_resumes_from(tmp_path):
@@ -126,7 +126,7 @@ def test_checkpoint_every_minutes_saves_the_place_a_kill_9_resumes_from(tmp_path
   run = start(*args, env={workdirs.HOLD_ENV: f"call:{hold}"})
   wait_for(lambda: pathlib.Path(f"{hold}.held").exists(), run)
   hold.unlink()
-  saved = workdir / checkpoint.WITHIN_EPOCH
+  saved = workdir / workdirs.WITHIN_EPOCH
   wait_for(lambda: any(p.name.isdigit() for p in saved.iterdir()), run)
   run.send_signal(signal.SIGKILL)
   run.wait()
