@@ -51,7 +51,13 @@ def compiled_operations(model: str) -> dict:
   indices = meshes.shard_batches(np.zeros((1, 4, config.batch_size), np.int32), meshes.data_mesh())
   text = (
     chunk.lower(
-      state, dataset.train.images, dataset.train.labels, indices, steps.member_hyperparams([config]), np.ones(1, bool)
+      state,
+      dataset.train.images,
+      dataset.train.labels,
+      indices,
+      steps.member_hyperparams([config]),
+      np.ones(1, bool),
+      np.int32(4),
     )
     .compile()
     .as_text()

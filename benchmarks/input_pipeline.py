@@ -44,11 +44,12 @@ def epoch_seconds(batch_size):
   chunk = min(config.steps_per_call, n_steps)
   chunk_starts = range(0, n_steps // chunk * chunk, chunk)  # whole chunks only: one compiled shape for both loops
 
-  hyperparams, active = meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh)
+  hyperparams, active, count = meshes.replicate(
+    (steps.member_hyperparams([config]), np.ones(1, bool), np.int32(chunk)), mesh
+  )
   gathered = loop.train_calls(config, model, len(dataset.class_names), preprocess, augment.make(config))
-  gathered = gathered.lower(
-    state, images, labels, meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh), hyperparams, active
-  ).compile()
+  indices = meshes.shard_batches(np.zeros((1, chunk, batch_size), np.int32), mesh)
+  gathered = gathered.lower(state, images, labels, indices, hyperparams, active, count).compile()
   step = functools.partial(
     steps.train_step,
     hyperparams=steps.hyperparams_of(config),
@@ -77,9 +78,8 @@ def epoch_seconds(batch_size):
 
   def pipeline_epoch(state):
     for start in chunk_starts:
-      state, sums = gathered(
-        state, images, labels, meshes.shard_batches(batches[None, start : start + chunk], mesh), hyperparams, active
-      )
+      indices = meshes.shard_batches(batches[None, start : start + chunk], mesh)
+      state, sums = gathered(state, images, labels, indices, hyperparams, active, count)
       float(np.asarray(sums["loss"]).sum()), int(np.asarray(sums["accuracy"]).sum())
     return state
 

@@ -71,7 +71,7 @@ def main():
   inputs = (
     *meshes.replicate((dataset.train.images, dataset.train.labels), mesh),
     meshes.shard_batches(model_throughput.order(row, len(dataset.train))[None, : args.steps], mesh),
-    *meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool)), mesh),
+    *meshes.replicate((steps.member_hyperparams([config]), np.ones(1, bool), np.int32(args.steps)), mesh),
   )
   compiled = chunk.lower(state, *inputs).compile()
   hlo = compiled.as_text()

@@ -75,7 +75,7 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
       else:
         trainer, state = build(members, log)
         manager = checkpoint.manager(workdir, trainer.config)
-        within_manager = checkpoint.manager(workdir, trainer.config, within_epoch=True)
+        within_manager = checkpoint.manager(workdir, trainer.config, create=False, within_epoch=True)
         profiler = (
           tensorboard.Profiler(workdir / tensorboard.FOLDER, trainer.config.profile_steps)
           if (trainer.config.profile_steps and distributed.is_primary())

@@ -63,6 +63,8 @@ def server(run_dir):
     stdout=subprocess.PIPE,
     stderr=stderr,
     text=True,
+    # Ctrl-C's default action, as in a user's terminal: a child inherits an ignored SIGINT (CI's run exited 0).
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   deadline, line = time.time() + 300, ""
   while not line and process.poll() is None and time.time() < deadline:
