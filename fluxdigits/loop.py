@@ -201,7 +201,7 @@ class Trainer:
   mesh: Any
   model: Any
   steps_per_epoch: int
-  calls: "TrainCalls"  # the compiled lax.scans of train steps, and how many steps the next one fuses
+  calls: "TrainCalls"  # the compiled loop of train steps, and how many steps the next call runs
   relative_rate: Any  # step -> multiplier of the peak learning rate
   predict: Any
   device_images: dict  # split name -> its images on the devices ('train' with its labels, on train_mesh)
@@ -419,7 +419,7 @@ def train_epoch(
   classes = len(trainer.dataset.class_names)
   if place is None:
     place = checkpoint.Place(epoch, 0, {}, (None,) * len(members), tuple(bool(a) for a in active))
-  values = {name: [v] for name, v in place.values.items()}  # name -> the calls' (members, steps) values
+  values = dict(place.values)  # name -> (members, steps so far) values
   diverged, active, step = list(place.diverged), np.array(place.active, bool), place.step
   if trainer.lanes:
     state = meshes.replicate(state, trainer.lanes)
@@ -431,8 +431,7 @@ def train_epoch(
       # Every process of a job stops if one is asked to, and runs as many steps as the slowest proposes.
       signum, minus_length = distributed.agreed_max(signals.requested() or 0, -trainer.calls.proposed(spe - step))
       if at_safe_point:
-        so_far = {name: np.concatenate(v, axis=1) for name, v in values.items()}
-        at_safe_point(state, checkpoint.Place(epoch, step, so_far, tuple(diverged), tuple(active)), int(signum))
+        at_safe_point(state, checkpoint.Place(epoch, step, values, tuple(diverged), tuple(active)), int(signum))
       length = int(-minus_length)
       idx = batches[:, step : step + length]
       padded = np.zeros((len(members), trainer.calls.capacity, config.batch_size), idx.dtype)
@@ -454,8 +453,7 @@ def train_epoch(
       for i in np.flatnonzero(active):
         diverged[i] = _divergence(per_step["loss"][i], first_step, epoch, members[i], classes)
         active[i] = diverged[i] is None
-      for name, v in per_step.items():
-        values.setdefault(name, []).append(v)
+      values = {name: np.concatenate([values.get(name, v[:, :0]), v], axis=1) for name, v in per_step.items()}
       step += length
       if profiler:
         profiler.after_call(length)
@@ -489,7 +487,7 @@ def train_epoch(
 
 def _sums(values: dict) -> dict:
   """Each metric's sum over the steps so far, per member: the same however the steps were split into calls."""
-  return {name: np.concatenate(v, axis=1).sum(1, dtype=np.float64) for name, v in values.items()}
+  return {name: v.sum(1, dtype=np.float64) for name, v in values.items()}
 
 
 def _epoch_means(sums: dict, members, steps: int, batch_size: int) -> dict:
