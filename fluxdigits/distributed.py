@@ -125,6 +125,13 @@ def entered_on_primary(context):
     yield
 
 
+def leave() -> None:
+  """Leaves the job together with its other processes, which stop at the same call: a process that outlived
+  the coordinator (process 0's) would abort instead of exiting with its signal's code."""
+  if is_multiprocess():
+    jax.distributed.shutdown()
+
+
 def agreed_max(*values: float) -> tuple:
   """Each value's largest over the job's processes (the values themselves in one process): what they decide
   together, such as stopping or the next call's length."""

@@ -576,7 +576,7 @@ def fit(
         kept = f"epoch {place.epoch} is saved at its step {place.step} of {spe}"
       except Exception as e:  # the finished epochs' checkpoints are still there
         kept = f"saving epoch {place.epoch}'s place failed ({type(e).__name__}); finished epochs' checkpoints are kept"
-      signals.stop(signum, kept)
+      signals.stop(signum, kept, distributed.leave)
 
   for i, member_progress in enumerate(progresses):
     boards.start(i, member_progress.epoch * spe)
@@ -658,7 +658,7 @@ def fit(
       workdirs.held_for_tests("checkpoint", first=manager.wait_until_finished)
       (signum,) = distributed.agreed_max(signals.requested() or 0)
     if signum:
-      signals.stop(int(signum), f"epoch {epoch} is saved")
+      signals.stop(int(signum), f"epoch {epoch} is saved", distributed.leave)
   return state, tuple(progresses), best_variables
 
 

@@ -66,9 +66,9 @@ def requested() -> int | None:
   return _requested
 
 
-def stop(signum: int, kept: str) -> None:
-  """Ends the process as a signal does, saying what was `kept` (after its saves finish)."""
-  _exit(signum, kept)
+def stop(signum: int, kept: str, leave=lambda: None) -> None:
+  """Ends the process as a signal does, saying what was `kept`; `leave` runs after its saves finish."""
+  _exit(signum, kept, leave)
 
 
 def _on_signal(signum, frame):
@@ -82,7 +82,7 @@ def _on_signal(signum, frame):
   _exit(signum)
 
 
-def _exit(signum, kept="the checkpoints of finished epochs are kept"):
+def _exit(signum, kept="the checkpoints of finished epochs are kept", leave=lambda: None):
   # A second signal while saves are finished ends the process at once.
   signal.signal(signal.SIGINT, signal.SIG_DFL)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -91,6 +91,7 @@ def _exit(signum, kept="the checkpoints of finished epochs are kept"):
       manager.wait_until_finished()
     except Exception:  # a failed save leaves the previous checkpoints, which is all a resume needs
       pass
+  leave()
   sys.stdout.flush()
   print(f"\n{signal.Signals(signum).name}: stopped; {kept}: {_message}", file=sys.stderr, flush=True)
   os._exit(128 + signum)
