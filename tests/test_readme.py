@@ -15,7 +15,8 @@ The convention, for everyone who writes a README section:
   and the packages are installed already.
 - A block whose fence is preceded by the line `<!-- readme-test: skip REASON -->` (blank lines between
   are allowed) is not run: a block that needs an extra (`.[bench]`), runs for minutes without a
-  smoke budget, or runs the test suite itself. Say the reason.
+  smoke budget, runs the test suite itself, or is what a dedicated test runs. Say the reason; a test named in it
+  (`tests/FILE.py::test_NAME`) must exist. `<!-- readme-test: first N lines REASON -->` runs the block's first N.
 - Other fences (```python, ```text, ...) are never run.
 """
 
@@ -28,17 +29,21 @@ import subprocess
 import pytest
 from conftest import REPO, SHARED
 
-SKIP = re.compile(r"<!--\s*readme-test:\s*skip\b.*?-->")
+MARKER = re.compile(r"<!--\s*readme-test:\s*(?:(skip)\b|first (\d+) lines?\b).*?-->")
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+NAMED_TEST = re.compile(r"\b(tests/\w+\.py)::(\w+)")
 
 
 def bash_blocks(markdown: str) -> list[str]:
-  """The ```bash blocks to run, in order, without those marked `<!-- readme-test: skip ... -->`."""
+  """The ```bash blocks to run, in order: without those marked `<!-- readme-test: skip ... -->`, and only the first N
+  lines of those marked `<!-- readme-test: first N lines ... -->`."""
   blocks = []
   for fence in FENCE.finditer(markdown):
-    before = markdown[: fence.start()].rstrip().rsplit("\n", 1)[-1]
-    if fence.group(1) == "bash" and not SKIP.fullmatch(before.strip()):
-      blocks.append(fence.group(2))
+    marker = MARKER.fullmatch(markdown[: fence.start()].rstrip().rsplit("\n", 1)[-1].strip())
+    if fence.group(1) != "bash" or (marker and marker.group(1)):
+      continue
+    lines = fence.group(2).splitlines(keepends=True)
+    blocks.append("".join(lines[: int(marker.group(2))] if marker else lines))
   return blocks
 
 
@@ -64,6 +69,19 @@ def test_bash_blocks_and_skip_markers_are_found():
     "```python\nprint(3)\n```\n```bash\necho four\n```\n"
   )
   assert bash_blocks(markdown) == ["echo one\n", "echo four\n"]
+  assert bash_blocks("<!-- readme-test: first 1 line (why) -->\n```bash\necho 1\necho 2\n```\n") == ["echo 1\n"]
+
+
+def test_a_block_left_to_a_dedicated_test_names_one_that_exists():
+  named = [
+    (document.name, *found.groups())
+    for document in DOCUMENTS
+    for marker in MARKER.finditer(document.read_text())
+    for found in NAMED_TEST.finditer(marker.group(0))
+  ]
+  assert named, "no marker names the test that runs its block"
+  missing = [n for n in named if not re.search(rf"^def {n[2]}\(", (REPO / n[1]).read_text(), re.MULTILINE)]
+  assert not missing, f"markers name tests that do not exist: {missing}"
 
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
