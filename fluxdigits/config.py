@@ -64,9 +64,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.ema_decay = 0.999
   # Evaluate each image and its mirror image and average the logits (validation, test, report).
   c.test_time_flip = False
-  # bf16 activations and matmuls, f32 parameters and optimizer state (for GPU, TPU, and CPUs with bf16 instructions,
-  # where oneDNN runs the convolutions; elsewhere a CPU computes bf16 at half float32's speed).
-  c.mixed_precision = False
+  # bf16 activations and matmuls, f32 parameters and optimizer state. 'auto': where the hardware computes in bf16
+  # (GPU, TPU, a CPU with AMX or AVX512-BF16); other CPUs emulate it, slower than float32.
+  c.mixed_precision = "false"
   # Write WORKDIR/report/ at the end of the run.
   c.report = True
   # Write TensorBoard event files to WORKDIR/tb/: curves as the run trains, hyperparameters, the report's pictures.
@@ -272,6 +272,7 @@ RULES = {
   "dataset.photos": _one_of(PHOTO_READERS),
   "split_batch_over_cpu_cores": _one_of(AUTO_SWITCHES),
   "vectorize_members": _one_of(AUTO_SWITCHES),
+  "mixed_precision": _one_of(AUTO_SWITCHES),
   "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32) (jax.random.key and numpy take unsigned 32-bit seeds)"),
   **{
     key: _at_least(1)

@@ -278,6 +278,7 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
     + (f", {len(members)} members" if len(members) > 1 else "")
     + (f" side by side on {lanes.size} CPU devices" if lanes else "")
     + (f" (convolutions: {cpu.describe()})" if jax.default_backend() == "cpu" else "")
+    + (" in bfloat16" if registry.compute_dtype(config) == jnp.bfloat16 else "")
   )
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory
   capacity = min(config.steps_per_call, steps_per_epoch)

@@ -27,6 +27,7 @@ from flax.core import FrozenDict
 from flax.nnx import bridge
 
 from fluxdigits import models
+from fluxdigits.cpu import onednn
 from fluxdigits.errors import UserError
 
 # Filled by the trainer or the dataset, never by model.kwargs: Flax's own fields, and what a run decides.
@@ -122,8 +123,10 @@ def check_kwargs(config) -> None:
 
 
 def compute_dtype(config):
-  """The dtype of activations and matmuls; parameters stay float32 either way."""
-  return jnp.bfloat16 if config.mixed_precision else jnp.float32
+  """The dtype of activations and matmuls (config.mixed_precision); parameters stay float32 either way."""
+  if config.mixed_precision == "auto":  # bf16 where the hardware computes in it
+    return jnp.bfloat16 if jax.default_backend() != "cpu" or onednn.native_bf16() else jnp.float32
+  return jnp.bfloat16 if config.mixed_precision == "true" else jnp.float32
 
 
 def dropout_rate_is_data(config) -> bool:

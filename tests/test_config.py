@@ -49,7 +49,7 @@ def test_overrides_are_typed_by_the_default_value():
   )
   c = configs.validate(c)
   assert c.num_epochs == 3 and c.optimizer.learning_rate == 2.0 and isinstance(c.optimizer.learning_rate, float)
-  assert c.mixed_precision is True and c.model.name == "mlp" and c.optimizer.eps == 1e-8
+  assert c.mixed_precision == "true" and c.model.name == "mlp" and c.optimizer.eps == 1e-8
 
 
 @pytest.mark.fast
@@ -60,7 +60,7 @@ def test_overrides_are_typed_by_the_default_value():
     ("model.nme=cnn", "unknown config key 'model.nme'"),
     ("num_epochs=three", "bad value for config key 'num_epochs'"),
     ("num_epochs=2.5", "bad value for config key 'num_epochs'"),
-    ("mixed_precision=maybe", "bad value for config key 'mixed_precision'"),
+    ("mixed_precision=maybe", "mixed_precision must be one of: auto, true, false, got 'maybe'"),
     ("model.name=vgg", "unknown model.name 'vgg'"),
     ("dataset.name=imagenett0", "unknown dataset.name 'imagenett0'"),
     ("optimizer.name=lamb", "optimizer.name must be one of: sgd, momentum, adam, adamw, rmsprop, got 'lamb'"),

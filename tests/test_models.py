@@ -143,7 +143,7 @@ def test_max_pool_matches_flax_max_pool():
 
 def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_parameters():
   config = configs.defaults()
-  config.mixed_precision = True
+  config.mixed_precision = "true"
   model = registry.create(configs.validate(config), num_classes=10)
   variables = init(model, (28, 28, 1))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
