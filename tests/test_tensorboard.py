@@ -1,15 +1,14 @@
 """TensorBoard event files of real MNIST runs, read back as TensorBoard reads them: the curves equal metrics.jsonl and
-summary.json, a kill -9 and resume leaves no duplicated or backward step, seeds and tuning trials carry their
-hyperparameters, --config.profile_steps writes a trace, and --config.tensorboard=false writes nothing."""
+summary.json, a kill -9 and resume leaves no duplicated or backward step, seeds carry their hyperparameters (tuning
+trials': test_tune.py), --config.profile_steps writes a trace, and --config.tensorboard=false writes nothing."""
 
 import json
 import pathlib
-import subprocess
 import sys
 import time
 
 import pytest
-from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
+from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -124,43 +123,6 @@ def test_each_seed_of_a_population_is_its_own_run_with_its_seed(tmp_path):
     events, _ = assert_curves_match_the_run(workdir / f"seed-{seed}", epochs=1)
     assert session_hparams(events)["seed"] == seed
   assert curve(read_events(workdir / "seed-0"), "train/loss") != curve(read_events(workdir / "seed-1"), "train/loss")
-
-
-def test_tuning_trials_carry_their_parameters(tmp_path):
-  import optuna
-
-  sweep = tmp_path / "sweep.py"
-  sweep.write_text(
-    "from fluxdigits.config import defaults\n\n\ndef get_config():\n  return defaults()\n\n\n"
-    "def space(trial):\n  trial.suggest_categorical('batch_size', [32, 64])\n"
-    "  trial.suggest_float('optimizer.learning_rate', 5e-4, 2e-3, log=True)\n"
-  )
-  workdir = tmp_path / "tuning"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "fluxdigits.tune",
-      str(sweep),
-      "--workdir",
-      str(workdir),
-      "--trials",
-      "2",
-      "--sampler",
-      "random",
-      "--config.num_epochs=1",
-      *QUICK,
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr
-  study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{workdir / 'study.db'}")
-  for trial in study.trials:
-    hparams = session_hparams(read_events(workdir / "trials" / f"{trial.number:04d}"))
-    assert {key: hparams[key] for key in trial.params} == pytest.approx(trial.params)
 
 
 def test_profile_steps_traces_train_calls_and_tensorboard_false_writes_no_events(tmp_path):
