@@ -45,7 +45,8 @@ class NoInk(UserError):
 
 
 def load_image(path) -> Image.Image:
-  """An L or RGB image: EXIF orientation applied, transparency on white; one line naming the file if unreadable.
+  """An L or RGB image: EXIF orientation applied, transparency shown on its paper (_backdrop); one line naming the file
+  if unreadable.
   `path` may also be an open binary file (an upload), whose str() names it in that line."""
   return _load(path)
 
@@ -147,7 +148,7 @@ def _reduce(image: Image.Image, factor: int) -> Image.Image:
 
 
 def _flatten_modes(image: Image.Image) -> Image.Image:
-  """RGB or L: 16/32-bit scaled to 8-bit, CMYK and palettes converted, transparency composited on white."""
+  """RGB or L: 16/32-bit scaled to 8-bit, CMYK and palettes converted, transparency composited on its paper."""
   if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
     values = np.asarray(image, np.float64)
     top = 65535.0 if values.max() > 255 else 255.0
@@ -156,11 +157,27 @@ def _flatten_modes(image: Image.Image) -> Image.Image:
     image = image.convert("RGBA")
   if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
     rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+    backdrop = Image.new("RGBA", rgba.size, _backdrop(np.asarray(rgba)))
+    return Image.alpha_composite(backdrop, rgba).convert("RGB")
   if image.mode not in ("RGB", "L"):
     return image.convert("RGB")  # CMYK, YCbCr, LAB, 1, ...
   return image
+
+
+def _backdrop(rgba: np.ndarray) -> tuple:
+  """The colour transparent pixels are shown on: where the opaque pixels hold both ink and paper (a drawing area, a
+  photo), their commonest shade, so transparent margins join the paper whatever colour they store; where they are all
+  one colour (strokes on a clear canvas, the ink in the alpha), the opposite shade, so the strokes stand out."""
+  opaque = rgba[..., :3][rgba[..., 3] > 127].astype(np.float32)
+  if len(opaque) == 0 or len(opaque) == rgba.shape[0] * rgba.shape[1]:
+    return (255, 255, 255, 255)
+  shade = opaque.mean(-1)
+  paper = np.abs(shade - np.median(shade)) <= 32
+  if paper.mean() < 0.995:  # thin strokes may cover well under 1% of a large drawing area
+    colour = np.median(opaque[paper], axis=0)
+  else:
+    colour = np.full(3, 0.0 if np.median(shade) > 127 else 255.0)
+  return (*(int(round(c)) for c in colour), 255)
 
 
 # --- digits --------------------------------------------------------------------------------------
