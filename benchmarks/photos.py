@@ -8,6 +8,8 @@ Every kind is rendered from one 28x28 test digit (ink bright) and a numpy Genera
 it is saved in; all are drawn with numpy, scipy, Pillow and scikit-image's skeleton, nothing is downloaded.
 """
 
+import pathlib
+
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
@@ -89,7 +91,14 @@ def _perspective(image: Image.Image, rng, amount: float, fill) -> Image.Image:
   w, h = image.size
   corners = np.array([[0, 0], [0, h], [w, h], [w, 0]], np.float64)
   moved = corners + rng.uniform(-amount, amount, (4, 2)) * (w, h)
-  return image.transform((w, h), Image.Transform.QUAD, moved.ravel().tolist(), Image.Resampling.BILINEAR, fillcolor=fill)
+  return image.transform(
+    (w, h), Image.Transform.QUAD, moved.ravel().tolist(), Image.Resampling.BILINEAR, fillcolor=fill
+  )
+
+
+def _jpeg(rng) -> dict:
+  """How a phone saves a photo: JPEG at a quality of 40-90."""
+  return {"format": "JPEG", "quality": int(rng.integers(40, 91))}
 
 
 def _rgb(values: np.ndarray) -> Image.Image:
@@ -116,7 +125,7 @@ def _camera(rgb: np.ndarray, rng) -> Image.Image:
   return _rgb(noisy).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
 
 
-def ballpoint(digit_uint8, rng) -> tuple[Image.Image, str]:
+def ballpoint(digit_uint8, rng) -> tuple[Image.Image, dict]:
   """A thin ballpoint line (blue, black, red or green) on grey paper, under strong light falling off to one side and a
   cast shadow, slightly askew, as a JPEG."""
   h, w = int(rng.integers(240, 400)), int(rng.integers(240, 400))
@@ -126,14 +135,14 @@ def ballpoint(digit_uint8, rng) -> tuple[Image.Image, str]:
   rgb = _ink_on_paper((h, w), ink, rng, rng.uniform(0.6, 0.88))
   rgb *= (_light((h, w), rng, rng.uniform(0.4, 0.7)) * _cast_shadow((h, w), rng))[..., None]
   image = _perspective(_camera(rgb, rng), rng, 0.05, (128, 128, 128))
-  return image, "jpg"
+  return image, _jpeg(rng)
 
 
 # Table tops around a page: dark wood, grey, light wood.
 TABLES = np.array([[0.25, 0.15, 0.08], [0.3, 0.3, 0.32], [0.6, 0.45, 0.3]], np.float32)
 
 
-def page_edge(digit_uint8, rng) -> tuple[Image.Image, str]:
+def page_edge(digit_uint8, rng) -> tuple[Image.Image, dict]:
   """A digit written with a pen of any width on a page photographed in perspective, the table showing along one to
   three of its edges, light falling off across it, as a JPEG."""
   h, w = int(rng.integers(260, 400)), int(rng.integers(260, 400))
@@ -155,10 +164,10 @@ def page_edge(digit_uint8, rng) -> tuple[Image.Image, str]:
   rgb = np.where(page[..., None], rgb, table)
   rgb *= _light((h, w), rng, rng.uniform(0.5, 0.8))[..., None]
   image = _perspective(_camera(rgb, rng), rng, 0.08, tuple(int(255 * v) for v in TABLES[0]))
-  return image, "jpg"
+  return image, _jpeg(rng)
 
 
-def photographed(digit_uint8, rng) -> tuple[Image.Image, str]:
+def photographed(digit_uint8, rng) -> tuple[Image.Image, dict]:
   """Dark ink of uneven pressure on textured paper, half of it thinned towards a pen's line, off-centre, a shadow
   across, in perspective, slightly out of focus, as a grayscale JPEG."""
   side = int(rng.integers(120, 257))
@@ -180,10 +189,10 @@ def photographed(digit_uint8, rng) -> tuple[Image.Image, str]:
   gray = (paper + page * pressure * (ink_level - paper)) * shadow + rng.normal(0, 0.02, (side, side))
   image = Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8), "L")
   image = _perspective(image, rng, 0.08, int(255 * 0.8))
-  return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * side / 140)), "jpg"
+  return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * side / 140)), _jpeg(rng)
 
 
-def drawing_area(digit_uint8, rng) -> tuple[Image.Image, str]:
+def drawing_area(digit_uint8, rng) -> tuple[Image.Image, dict]:
   """A drawing program's export: white strokes on an opaque black drawing area, with transparent margins whose colour
   is black too (RGB 0, alpha 0), as a PNG."""
   h, w = int(rng.integers(200, 400)), int(rng.integers(200, 400))
@@ -196,10 +205,10 @@ def drawing_area(digit_uint8, rng) -> tuple[Image.Image, str]:
   rgba = np.zeros((h, w, 4), np.uint8)
   rgba[..., :3] = np.round(strokes * 255).astype(np.uint8)[..., None]
   rgba[top:bottom, left:right, 3] = 255
-  return Image.fromarray(rgba, "RGBA"), "png"
+  return Image.fromarray(rgba, "RGBA"), {"format": "PNG"}
 
 
-def transparent(digit_uint8, rng) -> tuple[Image.Image, str]:
+def transparent(digit_uint8, rng) -> tuple[Image.Image, dict]:
   """Dark strokes (black or a dark colour) on a fully transparent canvas, the ink in the alpha channel, as a PNG."""
   h, w = int(rng.integers(200, 400)), int(rng.integers(200, 400))
   size = int(min(h, w) * rng.uniform(0.4, 0.8))
@@ -207,7 +216,7 @@ def transparent(digit_uint8, rng) -> tuple[Image.Image, str]:
   rgba = np.zeros((h, w, 4), np.uint8)
   rgba[..., :3] = (np.array([0, 0, 0]) if rng.random() < 0.5 else rng.integers(0, 90, 3)).astype(np.uint8)
   rgba[..., 3] = np.round(ink * 255).astype(np.uint8)
-  return Image.fromarray(rgba, "RGBA"), "png"
+  return Image.fromarray(rgba, "RGBA"), {"format": "PNG"}
 
 
 # Each kind of file: how it is rendered. 'photographed' is the grayscale photo measured before the others were added.
@@ -215,11 +224,20 @@ KINDS = {f.__name__: f for f in (ballpoint, page_edge, photographed, drawing_are
 
 
 def render(kind: str, digits_uint8, start: int = 0):
-  """(image, format) for each of `digits_uint8` in one kind, the same on every call; `start` is the first digit's index
-  in the test split, so that a subset renders as it does in the whole."""
+  """(image, Image.save's options) for each of `digits_uint8` in one kind, the same on every call; `start` is the first
+  digit's index in the test split, so that a subset renders as it does in the whole."""
   for k, digit in enumerate(digits_uint8):
     rng = np.random.default_rng([SEED, list(KINDS).index(kind), start + k])
     yield KINDS[kind](digit, rng)
+
+
+def write(kind: str, digits_uint8, folder, start: int = 0) -> list[pathlib.Path]:
+  """The files of `render`, saved in `folder` as KIND_INDEX.jpg or .png."""
+  paths = []
+  for k, (image, options) in enumerate(render(kind, digits_uint8, start)):
+    paths.append(pathlib.Path(folder) / f"{kind}_{start + k}.{options['format'].lower().replace('jpeg', 'jpg')}")
+    image.save(paths[-1], **options)
+  return paths
 
 
 def stroke_overlap(prepared_uint8, digit_uint8) -> float:

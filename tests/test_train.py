@@ -200,12 +200,14 @@ def test_augmentations_keep_shapes_and_change_images():
     ("max_noise", 0.2),
     ("european_ones", 1.0),
     ("closed_fours", 1.0),
+    ("crossed_sevens", 1.0),
   ],
 )
 def test_each_handwriting_distortion_changes_digits_within_range(mnist, key, amount):
   images = jnp.asarray(mnist.train.images[:8], jnp.float32) / 255
   still = {"augment.name": "digits", "augment.max_shift": 0, "augment.max_rotation": 0.0}
-  drawn_over = jnp.asarray(mnist.train.labels[:8] == {"european_ones": 1, "closed_fours": 4}.get(key, -1))
+  drawn_class = {"european_ones": 1, "closed_fours": 4, "crossed_sevens": 7}.get(key, -1)
+  drawn_over = jnp.asarray(mnist.train.labels[:8] == drawn_class)
   distorted = augment.make(mnist_config(**still, **{f"augment.{key}": amount}))(
     jax.random.key(3), images, jnp.asarray(mnist.train.labels[:8])
   )
