@@ -268,14 +268,14 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
   clear of it spans MIN_SPAN of the image's shorter side, and then keeps the largest; then specks (under MIN_PART of
   the largest mark kept). Spans, not areas, judge the marks clear of the edge: a thin pen's digit has little area.
   Ink within MARK_GAP of the shorter side of other ink is one mark with it, so a thin line broken by the camera holds
-  together."""
+  together, and a mark that near the edge is cut by it."""
   gap = max(1, round(MARK_GAP * min(mask.shape)))
   labels, n = ndimage.label(ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=gap), np.ones((3, 3)))
-  labels *= mask
   if n == 0:
     return mask
-  areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
   edge = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
+  labels *= mask
+  areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
   marks = [i for i in range(1, n + 1) if i not in edge]
   if not marks or _span(np.isin(labels, marks)) < MIN_SPAN * min(mask.shape):
     marks.append(int(np.argmax(areas)) + 1)
