@@ -38,6 +38,7 @@ MIN_CONTRAST = 0.08  # ink darker/lighter than its background by less than this 
 MIN_PART = 0.08  # ink components smaller than this share of the largest are noise
 MIN_SPAN = 0.1  # marks clear of the image's edge spanning under this share of its shorter side are not a digit
 MARK_GAP = 0.01  # ink this close (a share of the image's shorter side) to a mark belongs to it
+PAPER_SPREAD = 4  # contrast within this many of the paper's robust standard deviations is the paper's texture
 MIN_PAPER = 0.1  # paper darker than this (a table, deep shadow) is taken as this bright, so noise is not ink
 
 
@@ -255,12 +256,15 @@ def _ink_contrast(rgb: np.ndarray, dark: bool, background_size: int) -> np.ndarr
 
 def _ink_mask(contrast: np.ndarray) -> np.ndarray:
   """Ink pixels: above Otsu's threshold of the contrast, and any connected to those above half of it (hysteresis, so
-  that a thin or faint stroke keeps its whole length)."""
+  that a thin or faint stroke keeps its whole length) but clear of the paper's own texture and noise (PAPER_SPREAD
+  robust standard deviations of the contrast, which is mostly paper's, above its median)."""
+  contrast = contrast - np.median(contrast)
   level = np.percentile(contrast, 99.5)
   if contrast.max() < MIN_CONTRAST:
     return np.zeros(contrast.shape, bool)
   threshold = max(_otsu(np.clip(contrast / max(level, 1e-6), 0, 1)) * level, MIN_CONTRAST)
-  return filters.apply_hysteresis_threshold(contrast, max(threshold / 2, MIN_CONTRAST), threshold)
+  paper = PAPER_SPREAD * 1.4826 * np.median(np.abs(contrast))
+  return filters.apply_hysteresis_threshold(contrast, min(max(threshold / 2, MIN_CONTRAST, paper), threshold), threshold)
 
 
 def _keep_marks(mask: np.ndarray) -> np.ndarray:
