@@ -38,6 +38,8 @@ MIN_CONTRAST = 0.08  # ink darker/lighter than its background by less than this 
 MIN_PART = 0.08  # ink components smaller than this share of the largest are noise
 MIN_SPAN = 0.1  # marks clear of the image's edge spanning under this share of its shorter side are not a digit
 MARK_GAP = 0.01  # ink this close (a share of the image's shorter side) to a mark belongs to it
+POLARITY_SIDE = 256  # the ink's polarity is judged on the image reduced to about this longer side
+EDGE_BAND = 0.03  # ink this close to the image's edge (a share of its shorter side) is cut by the edge
 PAPER_SPREAD = 4  # contrast within this many of the paper's robust standard deviations is the paper's texture
 MIN_PAPER = 0.1  # paper darker than this (a table, deep shadow) is taken as this bright, so noise is not ink
 
@@ -214,11 +216,19 @@ def _ink_is_dark(gray: np.ndarray) -> bool:
 
 
 def _paper_is_light(gray: np.ndarray) -> bool:
-  """Whether a digit's paper is lighter than its ink: unless both the image's frame and its median (the paper, as the
-  ink is a small part of it) lie nearer the dark end of its range. Either alone misleads: a table along three edges
-  of a photo makes its frame dark, a shadow over half of it its median."""
+  """Whether a digit's paper is lighter than its ink: unless the image's frame, its median (the paper, as the ink is
+  a small part of it) and its narrow marks all say otherwise. Each alone misleads: a table along three edges of a
+  photo makes its frame dark, a shadow over most of it its median, thick strokes its top-hats."""
   low, high = np.percentile(gray, [1, 99])
-  return _ink_is_dark(gray) or bool(np.median(gray) > (low + high) / 2)
+  if _ink_is_dark(gray) or np.median(gray) > (low + high) / 2:
+    return True
+  # Narrow marks darker than their surroundings (a black top-hat a tenth of the image wide) against narrow marks
+  # lighter than theirs: shadows and page edges are steps, which neither top-hat sees.
+  small = np.asarray(Image.fromarray(gray, "F").reduce(max(1, max(gray.shape) // POLARITY_SIDE)), np.float32)
+  size = (max(3, min(small.shape) // 10),) * 2
+  darker = np.maximum(ndimage.grey_closing(small, size=size) - small - MIN_CONTRAST, 0)
+  lighter = np.maximum(small - ndimage.grey_opening(small, size=size) - MIN_CONTRAST, 0)
+  return bool(darker.sum() > lighter.sum())
 
 
 def _ink_bright(gray: np.ndarray) -> np.ndarray:
@@ -264,7 +274,9 @@ def _ink_mask(contrast: np.ndarray) -> np.ndarray:
     return np.zeros(contrast.shape, bool)
   threshold = max(_otsu(np.clip(contrast / max(level, 1e-6), 0, 1)) * level, MIN_CONTRAST)
   paper = PAPER_SPREAD * 1.4826 * np.median(np.abs(contrast))
-  return filters.apply_hysteresis_threshold(contrast, min(max(threshold / 2, MIN_CONTRAST, paper), threshold), threshold)
+  return filters.apply_hysteresis_threshold(
+    contrast, min(max(threshold / 2, MIN_CONTRAST, paper), threshold), threshold
+  )
 
 
 def _keep_marks(mask: np.ndarray) -> np.ndarray:
@@ -272,12 +284,15 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
   clear of it spans MIN_SPAN of the image's shorter side, and then keeps the largest; then specks (under MIN_PART of
   the largest mark kept). Spans, not areas, judge the marks clear of the edge: a thin pen's digit has little area.
   Ink within MARK_GAP of the shorter side of other ink is one mark with it, so a thin line broken by the camera holds
-  together, and a mark that near the edge is cut by it."""
+  together; a mark within EDGE_BAND of the shorter side of the edge counts as cut by it (the shadow along a page's
+  border, a table's rim)."""
   gap = max(1, round(MARK_GAP * min(mask.shape)))
   labels, n = ndimage.label(ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=gap), np.ones((3, 3)))
   if n == 0:
     return mask
-  edge = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
+  band = max(1, round(EDGE_BAND * min(mask.shape)))
+  edge = set(np.unique(np.concatenate([labels[:band], labels[-band:], labels[:, :band].T, labels[:, -band:].T], 1)))
+  edge -= {0}
   labels *= mask
   areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
   marks = [i for i in range(1, n + 1) if i not in edge]
