@@ -45,8 +45,8 @@ def _european_one(rng, image, rows, cols):
   centre = lambda row: (ink[row] * cols[0]).sum() / jnp.maximum(ink[row].sum(), 1)
   base_rng, flag_rng, angle_rng, width_rng, based_rng = jax.random.split(rng, 5)
   half_base = jax.random.uniform(base_rng, minval=2.5, maxval=5.5)
-  flag = jax.random.uniform(flag_rng, minval=3.0, maxval=9.0)
-  angle = jnp.deg2rad(jax.random.uniform(angle_rng, minval=20.0, maxval=55.0))  # below the horizontal
+  flag = jax.random.uniform(flag_rng, minval=3.0, maxval=8.0)
+  angle = jnp.deg2rad(jax.random.uniform(angle_rng, minval=25.0, maxval=60.0))  # below the horizontal: flatter is a 7
   width = jax.random.uniform(width_rng, minval=1.5, maxval=2.5)
   base = _stroke(rows, cols, (bottom, centre(bottom) - half_base), (bottom, centre(bottom) + half_base), width)
   base = base * jax.random.bernoulli(based_rng)

@@ -347,8 +347,9 @@ def test_a_new_metric_is_one_function_that_reaches_every_output(tmp_path, monkey
 
 
 def test_digits_written_otherwise_in_training_teach_the_cnn_to_read_them(tmp_path):
-  """MNIST has few 1s with a flag and base stroke and few 4s with a closed top; one epoch with augment.european_ones
-  and augment.closed_fours reads test digits drawn so (by benchmarks/robustness.py's own renderers) as 1s and 4s."""
+  """MNIST has few 1s with a flag, 7s crossed and 4s with a closed top; one epoch with augment.european_ones,
+  crossed_sevens and closed_fours reads test digits drawn so (by benchmarks/robustness.py's own renderers) as their
+  class."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   import robustness
 
@@ -370,6 +371,7 @@ def test_digits_written_otherwise_in_training_teach_the_cnn_to_read_them(tmp_pat
           "--config.augment.name=digits",
           f"--config.augment.european_ones={share}",
           f"--config.augment.closed_fours={share}",
+          f"--config.augment.crossed_sevens={share}",
         ]
       )
       == 0
