@@ -217,18 +217,17 @@ def _ink_is_dark(gray: np.ndarray) -> bool:
 
 def _paper_is_light(gray: np.ndarray) -> bool:
   """Whether a digit's paper is lighter than its ink: unless the image's frame, its median (the paper, as the ink is
-  a small part of it) and its narrow marks all say otherwise. Each alone misleads: a table along three edges of a
-  photo makes its frame dark, a shadow over most of it its median, thick strokes its top-hats."""
+  a small part of it) and the shape of its light parts all say otherwise. The first two alone mislead: a table along
+  three edges of a photo makes its frame dark, a shadow over most of it its median."""
   low, high = np.percentile(gray, [1, 99])
   if _ink_is_dark(gray) or np.median(gray) > (low + high) / 2:
     return True
-  # Narrow marks darker than their surroundings (a black top-hat a tenth of the image wide) against narrow marks
-  # lighter than theirs: shadows and page edges are steps, which neither top-hat sees.
+  # Light ink is narrow: most of the image's light pixels go under an opening a fifth of it wide, where a lit part
+  # of the page beside a shadow stays.
   small = np.asarray(Image.fromarray(gray, "F").reduce(max(1, max(gray.shape) // POLARITY_SIDE)), np.float32)
-  size = (max(3, min(small.shape) // 10),) * 2
-  darker = np.maximum(ndimage.grey_closing(small, size=size) - small - MIN_CONTRAST, 0)
-  lighter = np.maximum(small - ndimage.grey_opening(small, size=size) - MIN_CONTRAST, 0)
-  return bool(darker.sum() > lighter.sum())
+  light = small > (low + high) / 2
+  narrow = small - ndimage.grey_opening(small, size=(max(3, min(small.shape) // 5),) * 2) > (high - low) / 4
+  return bool((light & narrow).sum() < 0.5 * light.sum())
 
 
 def _ink_bright(gray: np.ndarray) -> np.ndarray:
