@@ -213,7 +213,7 @@ def test_each_handwriting_distortion_changes_digits_within_range(mnist, key, amo
   )
   if drawn_over.any():  # only that class changes, and gains ink
     assert np.allclose(distorted[~drawn_over], images[~drawn_over])
-    assert float(distorted[drawn_over].sum()) > 1.1 * float(images[drawn_over].sum())
+    assert float(distorted[drawn_over].sum()) > 1.05 * float(images[drawn_over].sum())  # a flag alone is little ink
   assert distorted.shape == images.shape and float(jnp.abs(distorted - images).mean()) > 1e-3
   assert float(distorted.min()) >= 0.0 and float(distorted.max()) <= 1.0
 
