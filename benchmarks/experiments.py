@@ -183,16 +183,17 @@ def source_of(file_name: str) -> str:
 
 def table(records) -> str:
   rows = [
-    "| experiment | test accuracy | MNIST-C mean | test loss | epochs | parameters | train time | wall time "
+    "| experiment | test accuracy | MNIST-C mean | photos | test loss | epochs | parameters | train time | wall time "
     "| recorded |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in records:
     s = r["summary"]
     epochs = f"{s['epochs_run']}" + (" (early stop)" if s.get("num_epochs", s["epochs_run"]) > s["epochs_run"] else "")
     mnist_c = f"{r['mnist_c']['mean']:.1%}" if r.get("mnist_c") else ""
+    photos = f"{r['mnist_c']['photos_mean']:.1%}" if "photos_mean" in (r.get("mnist_c") or {}) else ""
     rows.append(
-      f"| `{r['experiment']}` | {s['test_accuracy']:.2%} | {mnist_c} | {s['test_loss']:.4f} | {epochs} "
+      f"| `{r['experiment']}` | {s['test_accuracy']:.2%} | {mnist_c} | {photos} | {s['test_loss']:.4f} | {epochs} "
       f"| {s['num_params']:,} | "
       f"{s['train_seconds']:.1f} s | {r['wall_seconds']:.1f} s | {r['date']}, {r['source']} |"
     )

@@ -37,18 +37,37 @@ def _stroke(rows, cols, start, end, width):
 
 
 def _european_one(rng, image, rows, cols):
-  """A 1 written the European way: a flag down-left from the top of its stem and a base stroke under it."""
+  """A 1 written the European way: a flag down-left from the top of its stem, short or long, steep or flat, and half
+  of the time a base stroke under it."""
   ink = image[..., 0] > 0.3
   inked_rows = ink.any(1)
   top, bottom = jnp.argmax(inked_rows), image.shape[0] - 1 - jnp.argmax(inked_rows[::-1])
   centre = lambda row: (ink[row] * cols[0]).sum() / jnp.maximum(ink[row].sum(), 1)
-  base_rng, flag_rng, width_rng = jax.random.split(rng, 3)
+  base_rng, flag_rng, angle_rng, width_rng, based_rng = jax.random.split(rng, 5)
   half_base = jax.random.uniform(base_rng, minval=2.5, maxval=5.5)
-  flag = jax.random.uniform(flag_rng, minval=3.0, maxval=6.0)
+  flag = jax.random.uniform(flag_rng, minval=3.0, maxval=8.0)
+  angle = jnp.deg2rad(jax.random.uniform(angle_rng, minval=25.0, maxval=60.0))  # below the horizontal: flatter is a 7
   width = jax.random.uniform(width_rng, minval=1.5, maxval=2.5)
   base = _stroke(rows, cols, (bottom, centre(bottom) - half_base), (bottom, centre(bottom) + half_base), width)
-  flagged = _stroke(rows, cols, (top, centre(top)), (top + 0.8 * flag, centre(top) - 0.9 * flag), width)
+  base = base * jax.random.bernoulli(based_rng)
+  flag_end = (top + flag * jnp.sin(angle), centre(top) - flag * jnp.cos(angle))
+  flagged = _stroke(rows, cols, (top, centre(top)), flag_end, width)
   return jnp.maximum(image, jnp.maximum(base, flagged)[..., None])
+
+
+def _crossed_seven(rng, image, rows, cols):
+  """A 7 with a bar across its stem half way down, as it is written in much of Europe."""
+  ink = image[..., 0] > 0.3
+  inked_rows = ink.any(1)
+  top, bottom = jnp.argmax(inked_rows), image.shape[0] - 1 - jnp.argmax(inked_rows[::-1])
+  height_rng, half_rng, tilt_rng, width_rng = jax.random.split(rng, 4)
+  row = jnp.round(top + jax.random.uniform(height_rng, minval=0.4, maxval=0.6) * (bottom - top)).astype(jnp.int32)
+  stem = (ink[row] * cols[0]).sum() / jnp.maximum(ink[row].sum(), 1)
+  half = jax.random.uniform(half_rng, minval=2.5, maxval=5.0)
+  tilt = jax.random.uniform(tilt_rng, minval=-1.0, maxval=1.0)
+  width = jax.random.uniform(width_rng, minval=1.5, maxval=2.5)
+  bar = _stroke(rows, cols, (row + tilt, stem - half), (row - tilt, stem + half), width)
+  return jnp.where(ink[row].any(), jnp.maximum(image, bar[..., None]), image)
 
 
 def _closed_four(rng, image, rows, cols):
@@ -68,7 +87,11 @@ def _closed_four(rng, image, rows, cols):
 
 
 # Digits written as MNIST's American writers rarely wrote them: (config key, class, renderer).
-WRITTEN_OTHERWISE = (("european_ones", 1, _european_one), ("closed_fours", 4, _closed_four))
+WRITTEN_OTHERWISE = (
+  ("european_ones", 1, _european_one),
+  ("closed_fours", 4, _closed_four),
+  ("crossed_sevens", 7, _crossed_seven),
+)
 
 
 def _distort_one(rng, image, label, a):
@@ -120,7 +143,8 @@ def _distort_one(rng, image, label, a):
 def distort(rng, images, labels, **amounts):
   """Digits: each image shifted, rotated, scaled, slanted, elastically distorted, its strokes thickened or thinned,
   blurred, its contrast lowered and noise added, each by a random amount up to its limit (augment.* in the config);
-  a share of the 1s (class 1) first get a European flag and base stroke, and a share of the 4s a closed top."""
+  a share of the 1s (class 1) first get a European flag (and half of them a base stroke), a share of the 4s a closed
+  top and a share of the 7s a crossed stem."""
   amounts["max_rotation"] = jnp.deg2rad(amounts["max_rotation"])
   rngs = jax.random.split(rng, images.shape[0])
   return jax.vmap(functools.partial(_distort_one, a=amounts))(rngs, images, labels)
@@ -152,6 +176,7 @@ DIGIT_AMOUNTS = (
   "max_noise",
   "european_ones",
   "closed_fours",
+  "crossed_sevens",
 )
 
 

@@ -110,8 +110,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.augment.max_blur = 0.0  # Gaussian sigma in pixels, at most 1.2
   c.augment.min_contrast = 1.0  # ink-to-paper contrast down to this fraction, on a random grey
   c.augment.max_noise = 0.0  # std of Gaussian noise, on the [0, 1] scale
-  c.augment.european_ones = 0.0  # share of class 1 given a flag and a base stroke, as 1s are written in Europe
+  c.augment.european_ones = 0.0  # share of class 1 given a flag (half of them a base stroke), as in Europe
   c.augment.closed_fours = 0.0  # share of class 4 given a closed top
+  c.augment.crossed_sevens = 0.0  # share of class 7 given a bar across the stem, as in Europe
   c.augment.crop_padding = 4  # pixels, for 'cifar'
 
   c.model = ml_collections.ConfigDict()
@@ -311,6 +312,7 @@ RULES = {
   "augment.max_blur": _within(0, 1.2, closed=True, why=" pixels"),
   "augment.european_ones": _within(0, 1, closed=True, why=": a share of the class"),
   "augment.closed_fours": _within(0, 1, closed=True, why=": a share of the class"),
+  "augment.crossed_sevens": _within(0, 1, closed=True, why=": a share of the class"),
   "augment.min_contrast": (lambda value: 0 < value <= 1, "in (0, 1] (1 leaves it out)"),
   "dataset.name": (bool, "a tfds dataset's name, 'folder' or 'idx'"),
 }

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
+from skimage import filters
 
 from fluxdigits.errors import UserError
 
@@ -35,6 +36,12 @@ SUPERSAMPLE = 8  # the mask is shaped at 8x the 20 px box before area averaging
 MNIST_STROKE = 2.9  # median stroke width of MNIST digits in the 28x28 images (binarised at 128)
 MIN_CONTRAST = 0.08  # ink darker/lighter than its background by less than this is no ink
 MIN_PART = 0.08  # ink components smaller than this share of the largest are noise
+MIN_SPAN = 0.1  # marks clear of the image's edge spanning under this share of its shorter side are not a digit
+MARK_GAP = 0.01  # ink this close (a share of the image's shorter side) to a mark belongs to it
+POLARITY_SIDE = 256  # the ink's polarity is judged on the image reduced to about this longer side
+EDGE_BAND = 0.03  # ink this close to the image's edge (a share of its shorter side) is cut by the edge
+PAPER_SPREAD = 4  # contrast within this many of the paper's robust standard deviations is the paper's texture
+MIN_PAPER = 0.1  # paper darker than this (a table, deep shadow) is taken as this bright, so noise is not ink
 
 
 class NoInk(UserError):
@@ -45,7 +52,8 @@ class NoInk(UserError):
 
 
 def load_image(path) -> Image.Image:
-  """An L or RGB image: EXIF orientation applied, transparency on white; one line naming the file if unreadable.
+  """An L or RGB image: EXIF orientation applied, transparency shown on its paper (_backdrop); one line naming the file
+  if unreadable.
   `path` may also be an open binary file (an upload), whose str() names it in that line."""
   return _load(path)
 
@@ -147,7 +155,7 @@ def _reduce(image: Image.Image, factor: int) -> Image.Image:
 
 
 def _flatten_modes(image: Image.Image) -> Image.Image:
-  """RGB or L: 16/32-bit scaled to 8-bit, CMYK and palettes converted, transparency composited on white."""
+  """RGB or L: 16/32-bit scaled to 8-bit, CMYK and palettes converted, transparency composited on its paper."""
   if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
     values = np.asarray(image, np.float64)
     top = 65535.0 if values.max() > 255 else 255.0
@@ -156,25 +164,45 @@ def _flatten_modes(image: Image.Image) -> Image.Image:
     image = image.convert("RGBA")
   if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
     rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+    backdrop = Image.new("RGBA", rgba.size, _backdrop(np.asarray(rgba)))
+    return Image.alpha_composite(backdrop, rgba).convert("RGB")
   if image.mode not in ("RGB", "L"):
     return image.convert("RGB")  # CMYK, YCbCr, LAB, 1, ...
   return image
 
 
+def _backdrop(rgba: np.ndarray) -> tuple:
+  """The colour transparent pixels are shown on: where the opaque pixels hold both ink and paper (a drawing area, a
+  photo), their commonest shade, so transparent margins join the paper whatever colour they store; where they are all
+  one colour (strokes on a clear canvas, the ink in the alpha), the opposite shade, so the strokes stand out."""
+  opaque = rgba[..., :3][rgba[..., 3] > 127].astype(np.float32)
+  if len(opaque) == 0 or len(opaque) == rgba.shape[0] * rgba.shape[1]:
+    return (255, 255, 255, 255)
+  shade = opaque.mean(-1)
+  paper = np.abs(shade - np.median(shade)) <= 32
+  if paper.mean() < 0.995:  # thin strokes may cover well under 1% of a large drawing area
+    colour = np.median(opaque[paper], axis=0)
+  else:
+    colour = np.full(3, 0.0 if np.median(shade) > 127 else 255.0)
+  return (*(int(round(c)) for c in colour), 255)
+
+
 # --- digits --------------------------------------------------------------------------------------
 
 
-def _work_size(gray: np.ndarray) -> np.ndarray:
-  h, w = gray.shape
+def _work_size(pixels: np.ndarray) -> np.ndarray:
+  """(H, W) or (H, W, C) float32 resized to the working size."""
+  h, w = pixels.shape[:2]
   # Enlarged small images still stay within WORK_SIDE, however elongated.
   scale = min(max(1.0, MIN_WORK_SIDE / min(h, w)), WORK_SIDE / max(h, w))
   if scale == 1.0:
-    return gray
+    return pixels
   size = (max(1, round(w * scale)), max(1, round(h * scale)))
   resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
-  return np.asarray(Image.fromarray(gray, "F").resize(size, resample), np.float32)
+  resize = lambda channel: np.asarray(Image.fromarray(channel, "F").resize(size, resample), np.float32)
+  if pixels.ndim == 2:
+    return resize(pixels)
+  return np.stack([resize(np.ascontiguousarray(pixels[..., c])) for c in range(pixels.shape[2])], -1)
 
 
 def _ink_is_dark(gray: np.ndarray) -> bool:
@@ -185,6 +213,21 @@ def _ink_is_dark(gray: np.ndarray) -> bool:
   frame = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
   low, high = np.percentile(gray, [1, 99])
   return bool(np.median(frame) > (low + high) / 2)
+
+
+def _paper_is_light(gray: np.ndarray) -> bool:
+  """Whether a digit's paper is lighter than its ink: unless the image's frame, its median (the paper, as the ink is
+  a small part of it) and the shape of its light parts all say otherwise. The first two alone mislead: a table along
+  three edges of a photo makes its frame dark, a shadow over most of it its median."""
+  low, high = np.percentile(gray, [1, 99])
+  if _ink_is_dark(gray) or np.median(gray) > (low + high) / 2:
+    return True
+  # Light ink is narrow: most of the image's light pixels go under an opening a fifth of it wide, where a lit part
+  # of the page beside a shadow stays.
+  small = np.asarray(Image.fromarray(gray, "F").reduce(max(1, max(gray.shape) // POLARITY_SIDE)), np.float32)
+  light = small > (low + high) / 2
+  narrow = small - ndimage.grey_opening(small, size=(max(3, min(small.shape) // 5),) * 2) > (high - low) / 4
+  return bool((light & narrow).sum() < 0.5 * light.sum())
 
 
 def _ink_bright(gray: np.ndarray) -> np.ndarray:
@@ -206,41 +249,74 @@ def _stroke_width(mask: np.ndarray) -> float:
   return float(2 * dt[ridge].mean()) if ridge.any() else 1.0
 
 
-def _ink_mask(ink: np.ndarray, background_size: int) -> np.ndarray:
-  """Ink pixels: bright above the background (a morphological opening wider than the strokes,
-  so shadows, paper texture and uneven light are subtracted), thresholded by Otsu."""
-  flat = ink - ndimage.grey_opening(ink, size=(background_size, background_size))
-  level = np.percentile(flat, 99.5)
-  if flat.max() < MIN_CONTRAST:
-    return np.zeros(ink.shape, bool)
-  threshold = max(_otsu(np.clip(flat / max(level, 1e-6), 0, 1)) * level, MIN_CONTRAST)
-  return flat > threshold
+def _ink_contrast(rgb: np.ndarray, dark: bool, background_size: int) -> np.ndarray:
+  """How much each pixel stands out as ink from the paper around it: its shortfall from the paper's brightness as a
+  share of that brightness (the paper's, a morphological closing wider than the strokes, keeps the steps of shadows
+  and page edges, so light falling off and shadows divide out), or, where more, its colour above the paper's (ink is
+  usually more saturated than paper)."""
+  rgb = 1.0 - rgb if not dark else rgb  # light ink on dark paper: inverted, so that ink is the darker
+  gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+  size = (background_size, background_size)
+  paper = np.maximum(ndimage.grey_closing(gray, size=size), MIN_PAPER)
+  chroma = rgb.max(-1) - rgb.min(-1)
+  colour = chroma - ndimage.grey_opening(chroma, size=size)
+  return np.maximum(1.0 - gray / paper, colour / paper)
+
+
+def _ink_mask(contrast: np.ndarray) -> np.ndarray:
+  """Ink pixels: above Otsu's threshold of the contrast, and any connected to those above half of it (hysteresis, so
+  that a thin or faint stroke keeps its whole length) but clear of the paper's own texture and noise (PAPER_SPREAD
+  robust standard deviations of the contrast, which is mostly paper's, above its median)."""
+  contrast = contrast - np.median(contrast)
+  level = np.percentile(contrast, 99.5)
+  if contrast.max() < MIN_CONTRAST:
+    return np.zeros(contrast.shape, bool)
+  threshold = max(_otsu(np.clip(contrast / max(level, 1e-6), 0, 1)) * level, MIN_CONTRAST)
+  paper = PAPER_SPREAD * 1.4826 * np.median(np.abs(contrast))
+  return filters.apply_hysteresis_threshold(
+    contrast, min(max(threshold / 2, MIN_CONTRAST, paper), threshold), threshold
+  )
 
 
 def _keep_marks(mask: np.ndarray) -> np.ndarray:
-  """Drops marks cut by the image's edge (the table, shadows, the paper's border, neighbouring writing) unless the marks
-  clear of it hold under MIN_PART of the ink, and then keeps the largest; then specks (under MIN_PART of the largest
-  mark kept)."""
-  labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+  """Drops marks cut by the image's edge (the table, shadows, the paper's border, neighbouring writing) unless no mark
+  clear of it spans MIN_SPAN of the image's shorter side, and then keeps the largest; then specks (under MIN_PART of
+  the largest mark kept). Spans, not areas, judge the marks clear of the edge: a thin pen's digit has little area.
+  Ink within MARK_GAP of the shorter side of other ink is one mark with it, so a thin line broken by the camera holds
+  together; a mark within EDGE_BAND of the shorter side of the edge counts as cut by it (the shadow along a page's
+  border, a table's rim)."""
+  gap = max(1, round(MARK_GAP * min(mask.shape)))
+  labels, n = ndimage.label(ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=gap), np.ones((3, 3)))
   if n == 0:
     return mask
+  band = max(1, round(EDGE_BAND * min(mask.shape)))
+  edge = set(np.unique(np.concatenate([labels[:band], labels[-band:], labels[:, :band].T, labels[:, -band:].T], 1)))
+  edge -= {0}
+  labels *= mask
   areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-  edge = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))) - {0}
   marks = [i for i in range(1, n + 1) if i not in edge]
-  if sum(areas[i - 1] for i in marks) < MIN_PART * areas.sum():
+  if not marks or _span(np.isin(labels, marks)) < MIN_SPAN * min(mask.shape):
     marks.append(int(np.argmax(areas)) + 1)
   largest = max(areas[i - 1] for i in marks)
   return np.isin(labels, [i for i in marks if areas[i - 1] >= MIN_PART * largest])
 
 
-def ink_mask(gray: np.ndarray) -> np.ndarray:
-  """The digits' ink in a grayscale image (at its working size) as a boolean mask."""
-  ink = _ink_bright(_work_size(gray))
-  rough = _keep_marks(_ink_mask(ink, max(3, min(ink.shape) // 3)))
+def _span(mask: np.ndarray) -> int:
+  rows, cols = np.nonzero(mask)
+  return int(max(np.ptp(rows), np.ptp(cols))) + 1
+
+
+def ink_mask(pixels: np.ndarray) -> np.ndarray:
+  """The digits' ink in a grayscale (H, W) or RGB (H, W, 3) image of values 0-1, at its working size, as a boolean
+  mask."""
+  rgb = _work_size(pixels)
+  rgb = np.repeat(rgb[..., None], 3, -1) if rgb.ndim == 2 else rgb
+  dark = _paper_is_light(rgb.mean(-1))
+  rough = _keep_marks(_ink_mask(_ink_contrast(rgb, dark, max(3, min(rgb.shape[:2]) // 6))))
   if not rough.any():
     raise NoInk("no ink found: the image is blank or has too little contrast")
-  size = int(np.clip(3 * _stroke_width(rough) + 1, 3, min(ink.shape)))
-  mask = _keep_marks(_ink_mask(ink, size))
+  size = int(np.clip(3 * _stroke_width(rough) + 1, 3, min(rgb.shape[:2])))
+  mask = _keep_marks(_ink_mask(_ink_contrast(rgb, dark, size)))
   return mask if mask.any() else rough
 
 
@@ -291,7 +367,7 @@ def split_digits(mask: np.ndarray) -> list[np.ndarray]:
 
 def read_digits(path) -> list[np.ndarray]:
   """Each digit of a number written on one line, left to right, as (28, 28, 1) uint8."""
-  return [mnist_digit(m) for m in split_digits(_named(path, ink_mask, _gray(load_image(path))))]
+  return [mnist_digit(m) for m in split_digits(_named(path, ink_mask, _rgb(load_image(path))))]
 
 
 def _named(path, fn, *args):
@@ -308,9 +384,13 @@ def _gray(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("L"), np.float32) / 255.0
 
 
+def _rgb(image: Image.Image) -> np.ndarray:
+  return np.asarray(image if image.mode == "L" else image.convert("RGB"), np.float32) / 255.0
+
+
 def read_mnist(path, image: Image.Image | None = None) -> np.ndarray:
   """A photo of one digit as MNIST made its digits; `image` is the file, already loaded."""
-  return mnist_digit(_named(path, ink_mask, _gray(image or load_image(path))))
+  return mnist_digit(_named(path, ink_mask, _rgb(image or load_image(path))))
 
 
 def read_fashion_mnist(path, image: Image.Image | None = None) -> np.ndarray:

@@ -169,13 +169,19 @@ def test_robustness_table_has_a_column_per_measured_record_and_bolds_each_rows_b
   import robustness
 
   figures = lambda value: {
-    name: value for name in ["clean", *robustness.CORRUPTIONS, "mean", "photographed", *robustness.WRITTEN_OTHERWISE]
+    **{
+      name: value for name in ["clean", *robustness.CORRUPTIONS, "mean", "photos_mean", *robustness.WRITTEN_OTHERWISE]
+    },
+    "photos": {kind: value for kind in robustness.photos.KINDS},
   }
   records = [record("mnist_cnn", 0.98), record("mnist_fast", 0.99), record("mnist_handwriting", 0.993)]
   records[0]["mnist_c"], records[2]["mnist_c"] = figures(0.7), figures(0.9)
   del records[0]["mnist_c"]["closed_fours"]  # recorded before closed-top 4s were measured: its cell stays empty
   lines = robustness.table(records).splitlines()
   assert lines[0] == "| corruption | `mnist_cnn` | `mnist_handwriting` |"
-  assert "| **mean** | 70.0% | **90.0%** |" in lines and len(lines) == 2 + len(robustness.CORRUPTIONS) + 5
+  assert "| **mean** | 70.0% | **90.0%** |" in lines
+  assert "| photos: drawing area (300) | 70.0% | **90.0%** |" in lines
+  rows = ["clean", *robustness.CORRUPTIONS, "mean", *robustness.photos.KINDS, "photos_mean"]
+  assert len(lines) == 2 + len(rows) + len(robustness.WRITTEN_OTHERWISE)
   assert lines[-1] == "| closed-top 4s (the 982 test 4s, top closed) |  | **90.0%** |"
-  assert experiments.table(records).splitlines()[2].split(" | ")[2] == "70.0%"
+  assert experiments.table(records).splitlines()[2].split(" | ")[2:4] == ["70.0%", "70.0%"]  # MNIST-C, photos

@@ -1,5 +1,6 @@
 """Image files into MNIST's format: polarity, centring, odd modes, huge and bad files, on synthetic images."""
 
+import gzip
 import json
 import pathlib
 import struct
@@ -9,12 +10,15 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import IDX_DIR, REPO
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from fluxdigits import images
 from fluxdigits.errors import UserError
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import photos as renderings  # noqa: E402  (benchmarks/photos.py, on the path above)
 
 
 def drawn_seven(size=(300, 400), ink=20, paper=235, width=12, offset=(0, 0)):
@@ -275,3 +279,39 @@ def test_a_digit_photo_on_white_paper_at_28x28_is_still_prepared(tmp_path):
   Image.fromarray(dark_on_white).save(tmp_path / "one.png")
   prepared = images.read_photo(tmp_path / "one.png", "digit", (28, 28, 1))
   assert prepared[0, 0, 0] == 0 and prepared.max() == 255  # white ink on black, as MNIST's
+
+
+def mnist_test_digits(n: int) -> np.ndarray:
+  """The first `n` digits of MNIST's test split, (n, 28, 28, 1) uint8, read straight from its IDX file."""
+  with gzip.open(IDX_DIR / "t10k-images-idx3-ubyte.gz") as f:
+    f.read(16)  # magic number and the three sizes
+    return np.frombuffer(f.read(n * 28 * 28), np.uint8).reshape(n, 28, 28, 1)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+  "kind, least_mean, least_median",
+  [("drawing_area", 0.95, 0.95), ("transparent", 0.95, 0.95), ("ballpoint", 0.8, 0.9), ("page_edge", 0.9, 0.95)],
+)
+def test_test_digits_photographed_and_drawn_keep_their_strokes(tmp_path, kind, least_mean, least_median):
+  """Transparent margins around an opaque drawing area, dark strokes on a clear canvas, a thin coloured pen under a
+  shadow and a page's edges in a photo: the prepared 28x28 overlaps the digit's own strokes (benchmarks/photos.py)."""
+  digits = mnist_test_digits(10)
+  kept = [
+    renderings.stroke_overlap(images.read_mnist(path), digit)
+    for path, digit in zip(renderings.write(kind, digits, tmp_path), digits)
+  ]
+  assert np.mean(kept) >= least_mean and np.median(kept) >= least_median, np.round(kept, 2)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+  "strokes, canvas", [((255, 255, 255, 255), (0, 0, 0, 0)), ((0, 0, 0, 255), (255, 255, 255, 0))]
+)
+def test_the_ink_of_a_clear_canvas_shows_whatever_colour_its_clear_pixels_store(tmp_path, strokes, canvas):
+  """White strokes on a clear black canvas and black strokes on a clear white one: the opaque pixels are all ink."""
+  reference = images.read_mnist(_save(tmp_path / "ref.png", drawn_seven())).astype(int)
+  rgba = Image.new("RGBA", (300, 400), canvas)
+  rgba.paste(Image.new("RGBA", rgba.size, strokes), mask=Image.eval(drawn_seven(), lambda v: 255 - v))
+  got = images.read_mnist(_save(tmp_path / "clear.png", rgba)).astype(int)
+  assert np.abs(got - reference).mean() < 12
