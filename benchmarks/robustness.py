@@ -415,9 +415,10 @@ def main():
   for run in args.runs:
     start = time.perf_counter()
     result = evaluate(fluxdigits.load_classifier(run), images, labels)
+    photos = {f"photos {kind}": value for kind, value in result.pop("photos").items()}
     print(
       f"{run}: "
-      + ", ".join(f"{name} {value:.1%}" for name, value in result.items())
+      + ", ".join(f"{name} {value:.1%}" for name, value in {**result, **photos}.items())
       + f" ({time.perf_counter() - start:.0f} s)"
     )
 

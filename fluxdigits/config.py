@@ -227,6 +227,8 @@ def from_flat(flat: dict) -> ml_collections.ConfigDict:
   """The inverse of flatten(): a validated config from a run's config.json."""
   config = ml_collections.ConfigDict()
   for key, value in flat.items():
+    if key == "mixed_precision" and isinstance(value, bool):  # a run written before the key took 'auto'
+      value = str(value).lower()
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
