@@ -2,7 +2,7 @@
 saved with transparency. benchmarks/robustness.py measures runs on them; tests/test_images.py checks the preparation
 keeps their strokes.
 
-  python benchmarks/photos.py samples.png      # one test digit of each class in every kind
+  python benchmarks/robustness.py --photo-samples samples.png   # one test digit of each class in every kind
 
 Every kind is rendered from one 28x28 test digit (ink bright) and a numpy Generator, as a PIL image with the format
 it is saved in; all are drawn with numpy, scipy, Pillow and scikit-image's skeleton, nothing is downloaded.
@@ -269,15 +269,3 @@ def draw_samples(images, labels, out):
       ax.set_xticks([]), ax.set_yticks([])
     row[0].set_ylabel(kind.replace("_", " "), rotation=0, ha="right", va="center", fontsize=8)
   fig.savefig(out, dpi=72)
-
-
-def main():
-  import sys
-
-  import robustness
-
-  draw_samples(*robustness.mnist_test(), sys.argv[1])
-
-
-if __name__ == "__main__":
-  main()

@@ -406,19 +406,22 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("runs", nargs="*", help="finished digit runs (their --workdir)")
   parser.add_argument("--samples", help="draw one test digit per class under every corruption into this PNG")
+  parser.add_argument("--photo-samples", help="draw one test digit per class in every kind of photo into this PNG")
   args = parser.parse_args()
   images, labels = mnist_test()
   if args.samples:
     draw_samples(images, labels, args.samples)
+  if args.photo_samples:
+    photos.draw_samples(images, labels, args.photo_samples)
   import fluxdigits
 
   for run in args.runs:
     start = time.perf_counter()
     result = evaluate(fluxdigits.load_classifier(run), images, labels)
-    photos = {f"photos {kind}": value for kind, value in result.pop("photos").items()}
+    kinds = {f"photos {kind}": value for kind, value in result.pop("photos").items()}
     print(
       f"{run}: "
-      + ", ".join(f"{name} {value:.1%}" for name, value in {**result, **photos}.items())
+      + ", ".join(f"{name} {value:.1%}" for name, value in {**result, **kinds}.items())
       + f" ({time.perf_counter() - start:.0f} s)"
     )
 
