@@ -220,15 +220,16 @@ def corrupt(images_uint8, name: str) -> np.ndarray:
   return np.round(CORRUPTIONS[name](x, rng) * 255).clip(0, 255).astype(np.uint8)[..., None]
 
 
-PHOTOS_PER_KIND = (
-  300  # test digits rendered in each kind of benchmarks/photos.py: each goes through predict's preparation
-)
+PHOTOS_PER_KIND = 300  # test digits rendered in each kind of benchmarks/photos.py, each through predict's preparation
+SMOKE_PHOTOS_PER_KIND = 20  # under FLUXDIGITS_SMOKE=1 (fluxdigits.config.smoke): the command runs end to end
 
 
 def photo_accuracy(classifier, images, labels) -> dict:
   """Top-1 of a run's prediction (its own preparation of each file) on the first PHOTOS_PER_KIND test digits rendered
   as each kind of file of benchmarks/photos.py; a file in which no digit is found is a miss."""
-  n = PHOTOS_PER_KIND
+  from fluxdigits import config as configs
+
+  n = SMOKE_PHOTOS_PER_KIND if configs.smoke() else PHOTOS_PER_KIND
   with tempfile.TemporaryDirectory() as folder:
     return {
       kind: float(np.mean(_read(classifier, photos.write(kind, images[:n], folder)) == labels[:n]))

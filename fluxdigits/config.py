@@ -95,6 +95,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.dataset.cache = True
   # Train on the first N training examples only (0: all of them): quick trials and tests.
   c.dataset.max_train_examples = 0
+  # Test on the first N test examples only (0: all of them): a quick trial's evaluation, of a slow model.
+  c.dataset.max_test_examples = 0
 
   c.augment = ml_collections.ConfigDict()
   c.augment.name = "none"
@@ -294,6 +296,7 @@ RULES = {
   "checkpoint.every_minutes": (lambda value: value >= 0, ">= 0 (0 saves within an epoch only when stopped)"),
   "validation_fraction": _within(0, 1),
   "dataset.max_train_examples": (lambda value: value >= 0, ">= 0 (0 uses every example)"),
+  "dataset.max_test_examples": (lambda value: value >= 0, ">= 0 (0 uses every example)"),
   "dataset.image_size": (lambda value: value >= 0, ">= 0 (0 keeps the images' own)"),
   "dataset.channels": (lambda value: value in (0, 1, 3), "1 (grayscale), 3 (RGB) or 0 (the images' own)"),
   "patience": (lambda value: value >= 0, ">= 0 (0 turns early stopping off)"),

@@ -161,6 +161,8 @@ def load(config, log=print) -> Dataset:
   train, validation = hold_out(train, config.validation_fraction)
   if d.max_train_examples:
     train = train[: d.max_train_examples]
+  if d.max_test_examples:
+    test = test[: d.max_test_examples]
   channels = train.images.shape[-1]
   mean, std = channel_statistics(train.images) if d.standardize else ((0.0,) * channels, (1.0,) * channels)
   return Dataset(name, train, validation, test, Info(class_names, train.images.shape[1:], mean, std))

@@ -10,7 +10,11 @@ from fluxdigits import checkpoint
 from fluxdigits.errors import UserError
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
-QUICK = ["--config.dataset.max_train_examples=12800", "--config.report=false"]
+QUICK = [
+  "--config.dataset.max_train_examples=12800",
+  "--config.dataset.max_test_examples=2000",
+  "--config.report=false",
+]
 
 
 def metrics_epochs(workdir):

@@ -35,6 +35,10 @@ def test_idx_config_loads_raw_and_gzipped_files(tmp_path):
   c.dataset.name, c.dataset.data_dir = "idx", str(tmp_path)
   dataset = data.load(configs.validate(c))
   assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (54_000, 6_000, 10_000)
+  c.dataset.max_train_examples, c.dataset.max_test_examples = 1000, 500
+  small = data.load(configs.validate(c))
+  assert (len(small.train), len(small.test)) == (1000, 500)
+  np.testing.assert_array_equal(small.test.images, dataset.test.images[:500])
   assert dataset.train.images.shape[1:] == (28, 28, 1) and dataset.train.images.dtype == np.uint8
   assert dataset.class_names == tuple("0123456789")
 

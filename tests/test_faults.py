@@ -16,7 +16,7 @@ from conftest import EXPERIMENTS, REPO, read_summary, run_cli, signal_handlers_i
 from fluxdigits import workdir as workdirs
 
 MLP = str(EXPERIMENTS / "mnist_mlp.py")
-TINY = ["--config.dataset.max_train_examples=2000", "--config.report=false"]
+TINY = ["--config.dataset.max_train_examples=2000", "--config.dataset.max_test_examples=2000", "--config.report=false"]
 
 
 def metrics_epochs(workdir):
@@ -90,7 +90,7 @@ def test_sigterm_mid_epoch_stops_within_seconds_and_resumes_to_the_uninterrupted
   args = [
     str(EXPERIMENTS / "mnist_resnet.py"),
     "--config.num_epochs=1",
-    "--config.dataset.max_train_examples=5000",
+    "--config.dataset.max_train_examples=3200",
     "--config.validation_fraction=0",
     "--config.steps_per_call=2000",
     *TINY[1:],

@@ -126,6 +126,7 @@ def short_run(workdir, experiment, onednn_enabled, *extra):
     EXPERIMENTS / f"{experiment}.py",
     "--config.num_epochs=1",
     "--config.dataset.max_train_examples=1280",
+    "--config.dataset.max_test_examples=2000",
     "--config.validation_fraction=0",  # the test figures are compared: no validation pass to pay for
     "--config.patience=0",
     "--config.ema_decay=0",

@@ -25,7 +25,7 @@ from fluxdigits import (
 from fluxdigits.errors import UserError
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
-QUICK = ["--config.dataset.max_train_examples=3200", "--config.report=false"]
+QUICK = ["--config.dataset.max_train_examples=3200", "--config.dataset.max_test_examples=2000", "--config.report=false"]
 
 
 def small_config(**overrides):

@@ -23,7 +23,11 @@ def space(trial):
   trial.suggest_categorical("optimizer.name", ["adam", "rmsprop"])
   trial.suggest_float("optimizer.learning_rate", 5e-4, 2e-3, log=True)
 """
-QUICK = ["--config.dataset.max_train_examples=8000", "--config.checkpoint.keep=1"]
+QUICK = [
+  "--config.dataset.max_train_examples=8000",
+  "--config.dataset.max_test_examples=2000",
+  "--config.checkpoint.keep=1",
+]
 
 
 def write_sweep(folder: pathlib.Path, space: str, name="digits.py") -> pathlib.Path:
