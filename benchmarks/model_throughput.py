@@ -1,4 +1,6 @@
-"""Every model family the experiments use, trained by fluxdigits and by PyTorch eager on the same CPU (or GPU).
+"""Every model family the experiments use, trained by fluxdigits and by PyTorch on the same CPU (or GPU): PyTorch
+eager in its default NCHW layout, eager in channels_last (its documented CPU layout for convolutions) and
+torch.compile'd in channels_last (--systems picks; the ratio is against the fastest).
 
 For each row (model, dataset, batch size) both systems train the same architecture from the same
 init family (Glorot-uniform for the Keras-style digit models; LeCun-normal convolutions and Dense
@@ -20,6 +22,7 @@ systems alternate --repeats times (3) and each keeps its median images/s (all ru
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import pathlib
 import subprocess
@@ -55,7 +58,13 @@ ROWS = [
   Row("resnet20", "mnist_resnet", 128, 4, 16, dataset="cifar10", depth=20),
   Row("resnet18", "cifar10_resnet", 128, 2, 6, dataset="cifar10", depth=18),
 ]
-SYSTEMS = ("fluxdigits", "pytorch")
+# PyTorch as the careful user runs it too: channels_last is its documented CPU layout for convolutions.
+PEERS = {
+  "pytorch": "PyTorch eager",
+  "pytorch_channels_last": "PyTorch eager, channels_last",
+  "pytorch_compiled": "torch.compile, channels_last",
+}
+SYSTEMS = ("fluxdigits", *PEERS)
 
 
 def row_config(row: Row):
@@ -251,7 +260,7 @@ def pytorch_optimizer(config, model):
   raise ValueError(o.name)
 
 
-def run_pytorch(row: Row) -> dict:
+def run_pytorch(row: Row, channels_last: bool = False, compiled: bool = False) -> dict:
   import torch
 
   from fluxdigits import data
@@ -268,15 +277,18 @@ def run_pytorch(row: Row) -> dict:
 
   train_x, test_x = standardised_nchw(dataset.train.images), standardised_nchw(dataset.test.images)
   train_y = torch.from_numpy(dataset.train.labels.astype(np.int64)).to(device)
-  model = pytorch_model(config, train_x.shape[1], train_x.shape[2]).to(device)
+  layout = torch.channels_last if channels_last else torch.contiguous_format
+  model = pytorch_model(config, train_x.shape[1], train_x.shape[2]).to(device, memory_format=layout)
   optimizer = pytorch_optimizer(config, model)
+  forward = torch.compile(model) if compiled else model  # compiled in the warm-up steps
   batches = torch.from_numpy(batches.astype(np.int64)).to(device)
 
   def train_steps(steps):
     model.train()
     for idx in steps:
       optimizer.zero_grad(set_to_none=True)
-      torch.nn.functional.cross_entropy(model(train_x[idx]), train_y[idx]).backward()
+      x = train_x[idx].contiguous(memory_format=layout)
+      torch.nn.functional.cross_entropy(forward(x), train_y[idx]).backward()
       optimizer.step()
     if device.type == "cuda":
       torch.cuda.synchronize()  # a GPU's steps are queued: the clock stops when they are done
@@ -287,7 +299,8 @@ def run_pytorch(row: Row) -> dict:
   seconds = time.perf_counter() - start
   model.eval()
   with torch.no_grad():
-    predictions = torch.cat([model(test_x[i : i + 500]).argmax(1) for i in range(0, len(test_x), 500)]).cpu().numpy()
+    batches = (test_x[i : i + 500].contiguous(memory_format=layout) for i in range(0, len(test_x), 500))
+    predictions = torch.cat([model(x).argmax(1) for x in batches]).cpu().numpy()
   return {
     "train_images_per_s": row.timed_steps * row.batch_size / seconds,
     "compile_s": 0.0,
@@ -295,7 +308,12 @@ def run_pytorch(row: Row) -> dict:
   }
 
 
-RUNNERS = {"fluxdigits": run_fluxdigits, "pytorch": run_pytorch}
+RUNNERS = {
+  "fluxdigits": run_fluxdigits,
+  "pytorch": run_pytorch,
+  "pytorch_channels_last": functools.partial(run_pytorch, channels_last=True),
+  "pytorch_compiled": functools.partial(run_pytorch, channels_last=True, compiled=True),
+}
 
 
 def adapted(row: Row, steps_scale: int, overrides: list[str]) -> Row:
@@ -314,17 +332,23 @@ def label(row: Row) -> str:
 
 
 def table(results) -> str:
+  """One row per result; a column per PyTorch peer every result has, the ratio against the fastest of them."""
+  peers = [peer for peer in PEERS if all(peer in r for r in results)]
+  names = ["PyTorch"] if peers == ["pytorch"] else [PEERS[peer] for peer in peers]
   lines = [
-    "| model | data | batch | steps timed | fluxdigits images/s | PyTorch images/s | ratio | compile s | "
-    "fluxdigits accuracy | PyTorch accuracy |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| model | data | batch | steps timed | fluxdigits images/s | "
+    + "".join(f"{name} images/s | " for name in names)
+    + ("ratio" if len(peers) == 1 else "ratio to the fastest")
+    + " | compile s | fluxdigits accuracy | PyTorch accuracy |",
+    "|---|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|---:|---:|",
   ]
   for r in results:
-    f, p = r["fluxdigits"], r["pytorch"]
+    f, speeds = r["fluxdigits"], [r[peer]["train_images_per_s"] for peer in peers]
     lines.append(
       f"| {r['model']} | {r['dataset']} | {r['batch_size']} | {r['timed_steps']} | {f['train_images_per_s']:,.0f} | "
-      f"{p['train_images_per_s']:,.0f} | {f['train_images_per_s'] / p['train_images_per_s']:.2f}x | "
-      f"{f['compile_s']:.1f} | {f['test_accuracy']:.4f} | {p['test_accuracy']:.4f} |"
+      + "".join(f"{speed:,.0f} | " for speed in speeds)
+      + f"{f['train_images_per_s'] / max(speeds):.2f}x | {f['compile_s']:.1f} | {f['test_accuracy']:.4f} | "
+      f"{r['pytorch']['test_accuracy']:.4f} |"
     )
   return "\n".join(lines)
 
@@ -338,6 +362,7 @@ def main():
   parser.add_argument(
     "--steps-scale", type=int, default=1, help="multiply each row's warm-up and timed steps (GPU: 20)"
   )
+  parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # SYSTEM:ROW, run in this process, JSON to stdout
@@ -351,6 +376,9 @@ def main():
     print(json.dumps(RUNNERS[system](adapted(ROWS[int(index)], args.steps_scale, overrides))))
     return
 
+  systems = args.systems.split(",")
+  if not {"fluxdigits", "pytorch"} <= set(systems) <= set(SYSTEMS):
+    parser.error(f"--systems {args.systems!r}: fluxdigits, pytorch and any of {', '.join(SYSTEMS[2:])}")
   indices = range(len(ROWS)) if args.rows == "all" else map(int, args.rows.split(","))
   results = []
   for index in indices:
@@ -363,10 +391,10 @@ def main():
       "warmup_steps": row.warmup_steps,
       "timed_steps": row.timed_steps,
     }
-    runs = {system: [] for system in SYSTEMS}
+    runs = {system: [] for system in systems}
     # The systems alternate, so that a drift of the machine's speed (20-40% over an hour here) falls on both.
     for repeat in range(args.repeats):
-      for system in SYSTEMS:
+      for system in systems:
         print(
           f"{system}: {label(row)}, {row.warmup_steps} + {row.timed_steps} steps, "
           f"run {repeat + 1} of {args.repeats} ...",
@@ -381,7 +409,7 @@ def main():
           cwd=ROOT,
         ).stdout
         runs[system].append(json.loads(out.strip().splitlines()[-1]))
-    for system in SYSTEMS:
+    for system in systems:
       speeds = [run["train_images_per_s"] for run in runs[system]]
       result[system] = {**runs[system][0], "train_images_per_s": float(np.median(speeds)), "runs_images_per_s": speeds}
     results.append(result)
