@@ -299,8 +299,8 @@ def run_pytorch(row: Row, channels_last: bool = False, compiled: bool = False) -
   seconds = time.perf_counter() - start
   model.eval()
   with torch.no_grad():
-    batches = (test_x[i : i + 500].contiguous(memory_format=layout) for i in range(0, len(test_x), 500))
-    predictions = torch.cat([model(x).argmax(1) for x in batches]).cpu().numpy()
+    test_batches = (test_x[i : i + 500].contiguous(memory_format=layout) for i in range(0, len(test_x), 500))
+    predictions = torch.cat([model(x).argmax(1) for x in test_batches]).cpu().numpy()
   return {
     "train_images_per_s": row.timed_steps * row.batch_size / seconds,
     "compile_s": 0.0,
@@ -334,12 +334,10 @@ def label(row: Row) -> str:
 def table(results) -> str:
   """One row per result; a column per PyTorch peer every result has, the ratio against the fastest of them."""
   peers = [peer for peer in PEERS if all(peer in r for r in results)]
-  names = ["PyTorch"] if peers == ["pytorch"] else [PEERS[peer] for peer in peers]
   lines = [
     "| model | data | batch | steps timed | fluxdigits images/s | "
-    + "".join(f"{name} images/s | " for name in names)
-    + ("ratio" if len(peers) == 1 else "ratio to the fastest")
-    + " | compile s | fluxdigits accuracy | PyTorch accuracy |",
+    + "".join(f"{PEERS[peer]} images/s | " for peer in peers)
+    + "ratio to the fastest | compile s | fluxdigits accuracy | PyTorch accuracy |",
     "|---|---|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|---:|---:|",
   ]
   for r in results:

@@ -36,13 +36,19 @@ def _stroke(rows, cols, start, end, width):
   return jnp.clip(width / 2 + 0.5 - distance, 0.0, 1.0)
 
 
-def _european_one(rng, image, rows, cols):
-  """A 1 written the European way: a flag down-left from the top of its stem, short or long, steep or flat, and half
-  of the time a base stroke under it."""
+def _inked(image, cols):
+  """A digit's ink (above 0.3), its top and bottom inked rows, and the mean column of the ink in a row."""
   ink = image[..., 0] > 0.3
   inked_rows = ink.any(1)
   top, bottom = jnp.argmax(inked_rows), image.shape[0] - 1 - jnp.argmax(inked_rows[::-1])
   centre = lambda row: (ink[row] * cols[0]).sum() / jnp.maximum(ink[row].sum(), 1)
+  return ink, top, bottom, centre
+
+
+def _european_one(rng, image, rows, cols):
+  """A 1 written the European way: a flag down-left from the top of its stem, short or long, steep or flat, and half
+  of the time a base stroke under it."""
+  _, top, bottom, centre = _inked(image, cols)
   base_rng, flag_rng, angle_rng, width_rng, based_rng = jax.random.split(rng, 5)
   half_base = jax.random.uniform(base_rng, minval=2.5, maxval=5.5)
   flag = jax.random.uniform(flag_rng, minval=3.0, maxval=8.0)
@@ -57,12 +63,10 @@ def _european_one(rng, image, rows, cols):
 
 def _crossed_seven(rng, image, rows, cols):
   """A 7 with a bar across its stem half way down, as it is written in much of Europe."""
-  ink = image[..., 0] > 0.3
-  inked_rows = ink.any(1)
-  top, bottom = jnp.argmax(inked_rows), image.shape[0] - 1 - jnp.argmax(inked_rows[::-1])
+  ink, top, bottom, centre = _inked(image, cols)
   height_rng, half_rng, tilt_rng, width_rng = jax.random.split(rng, 4)
   row = jnp.round(top + jax.random.uniform(height_rng, minval=0.4, maxval=0.6) * (bottom - top)).astype(jnp.int32)
-  stem = (ink[row] * cols[0]).sum() / jnp.maximum(ink[row].sum(), 1)
+  stem = centre(row)
   half = jax.random.uniform(half_rng, minval=2.5, maxval=5.0)
   tilt = jax.random.uniform(tilt_rng, minval=-1.0, maxval=1.0)
   width = jax.random.uniform(width_rng, minval=1.5, maxval=2.5)
@@ -72,8 +76,7 @@ def _crossed_seven(rng, image, rows, cols):
 
 def _closed_four(rng, image, rows, cols):
   """A 4 with its top closed: a stroke from the top of its left arm across to its stem, as many people write it."""
-  ink = image[..., 0] > 0.3
-  bottom = image.shape[0] - 1 - jnp.argmax(ink.any(1)[::-1])
+  ink, _, bottom, _ = _inked(image, cols)
   centroid = lambda mask: (mask * cols).sum() / jnp.maximum(mask.sum(), 1)
   stem_foot = centroid(ink & (rows >= bottom - 3))  # below the crossbar only the stem has ink
   arm, stem = ink & (cols < stem_foot - 3), ink & (cols >= stem_foot - 3)
