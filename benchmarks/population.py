@@ -7,8 +7,13 @@ over the single run's images/s. Memory per member: the growth of the child's pea
 to K, per added member (the state, its optimizer moments and activations; the accelerator's own
 memory on a GPU or TPU, the resident set on CPU), and the state's own size.
 
+With --whole-runs, the commands a user types instead: `python -m fluxdigits.run experiments/E.py --seeds 0-(K-1)`
+against K runs of E one after another (`--config.seed=i`), each command a fresh process from start to report, their
+wall seconds (the population's start, data, compilation and reports paid once, its epochs as they train).
+
   python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--tag NAME]
       [--config.KEY=VALUE ...]
+  python benchmarks/population.py --whole-runs [--models cnn] [--members 8] [--tag NAME]
 """
 
 import argparse
@@ -18,6 +23,7 @@ import pathlib
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -86,6 +92,48 @@ def child(model: str, members: int, examples: int, overrides: list[str]) -> dict
   return json.loads(out.strip().splitlines()[-1])
 
 
+def whole_runs(model: str, members: int, overrides: list[str]) -> dict:
+  """Wall seconds of K runs one after another, then of the same K seeds as one population, as a user runs them."""
+  command = [sys.executable, "-m", "fluxdigits.run", f"experiments/{EXPERIMENTS[model]}.py"]
+  command += [f"--config.{o}" for o in overrides]
+
+  def timed(*args) -> float:
+    start = time.perf_counter()
+    subprocess.run([*command, *args], check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+  with tempfile.TemporaryDirectory() as workdirs:
+    sequential = [timed("--workdir", f"{workdirs}/seed-{seed}", f"--config.seed={seed}") for seed in range(members)]
+    population = timed("--workdir", f"{workdirs}/population", "--seeds", f"0-{members - 1}")
+    summary = json.loads(pathlib.Path(f"{workdirs}/population/summary.json").read_text())
+    alone = [json.loads(pathlib.Path(f"{workdirs}/seed-{s}/summary.json").read_text()) for s in range(members)]
+  return {
+    "model": model,
+    "experiment": EXPERIMENTS[model],
+    "members": members,
+    "sequential_s": sum(sequential),
+    "each_run_s": sequential,
+    "population_s": population,
+    "vs_sequential": sum(sequential) / population,
+    "population_test_accuracy": summary["test_accuracy"]["mean"],
+    "sequential_test_accuracy": float(sum(r["test_accuracy"] for r in alone) / members),
+  }
+
+
+def whole_runs_table(results) -> str:
+  rows = [
+    "| experiment | seeds | K runs one after another, s | one population, s | population vs runs | test accuracy, "
+    "mean (runs / population) |",
+    "|---|---:|---:|---:|---:|---|",
+  ]
+  for r in results:
+    rows.append(
+      f"| `{r['experiment']}` | 0-{r['members'] - 1} | {r['sequential_s']:.0f} | {r['population_s']:.0f} | "
+      f"{r['vs_sequential']:.2f}x | {r['sequential_test_accuracy']:.2%} / {r['population_test_accuracy']:.2%} |"
+    )
+  return "\n".join(rows)
+
+
 def table(results) -> str:
   rows = [
     "| model | batch | members | member-images/s | vs one run | compile s | state MiB/member | peak MiB/added member |",
@@ -107,9 +155,17 @@ def main():
   parser.add_argument("--examples", type=int, default=6400, help="training images of the timed epoch")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
+  parser.add_argument("--whole-runs", action="store_true", help="time the commands a user types (above)")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:K, run in this process, JSON to stdout
   args, unknown = parser.parse_known_args()
   overrides = config_overrides(parser, unknown)
+  if args.whole_runs:
+    results = [whole_runs(model, int(args.members), overrides) for model in args.models.split(",")]
+    record = {"device": device_name(), "date": datetime.date.today().isoformat(), "overrides": overrides}
+    path = write_record({**record, "results": results}, args.out, "-population-whole-runs", args.tag)
+    print(whole_runs_table(results))
+    print(f"-> {path}")
+    return
   if args.one:
     from fluxdigits import cpu
 

@@ -54,26 +54,29 @@ def _caption(records, files, link: str) -> str:
   return f"\n\n<sub>{'; '.join(where)}: {links}</sub>"
 
 
-def headline(step_record: dict, model_record: dict) -> str:
-  """The README's few rows: the seed CNN against PyTorch and Keras, and the heavier models against PyTorch."""
+def headline(step_record: dict, *model_records: dict) -> str:
+  """The README's few rows: each conv model against the fastest PyTorch peer its record measured (named), and the
+  seed CNN against Keras (step_record)."""
   rows = [
-    "| model | batch | fluxdigits images/s | vs PyTorch eager | vs Keras | measured on |",
-    "|---|---:|---:|---:|---:|---|",
+    "| model | batch | fluxdigits images/s | fastest PyTorch | its images/s | fluxdigits vs it | vs Keras "
+    "| measured on |",
+    "|---|---:|---:|---|---:|---:|---:|---|",
   ]
   speed = {(r["system"], r["batch_size"]): r["train_images_per_s"] for r in step_record["results"]}
-  for batch in sorted({b for _, b in speed}):
-    flux = speed[("fluxdigits", batch)]
-    rows.append(
-      f"| seed CNN, MNIST | {batch} | {flux:,.0f} | {flux / speed[('pytorch', batch)]:.2f}x | "
-      f"{flux / speed[('keras', batch)]:.2f}x | {step_record['device']} |"
+  order = [row.name for row in model_throughput.ROWS]
+  results = [(r, record["device"]) for record in model_records for r in record["results"]]
+  for r, device in sorted(results, key=lambda rd: (order.index(rd[0]["model"]), rd[0]["dataset"], rd[0]["batch_size"])):
+    peer = max((p for p in model_throughput.PEERS if p in r), key=lambda p: r[p]["train_images_per_s"])
+    flux, fastest = r["fluxdigits"]["train_images_per_s"], r[peer]["train_images_per_s"]
+    keras = (
+      f"{speed[('fluxdigits', r['batch_size'])] / speed[('keras', r['batch_size'])]:.2f}x"
+      if r["model"] == "cnn" and ("keras", r["batch_size"]) in speed
+      else ""
     )
-  for r in model_record["results"]:
-    if r["model"] in ("cnn_deep", "resnet18") or (r["model"], r["dataset"]) == ("resnet20", "cifar10"):
-      flux, torch = r["fluxdigits"]["train_images_per_s"], r["pytorch"]["train_images_per_s"]
-      rows.append(
-        f"| {r['model']}, {r['dataset']} | {r['batch_size']} | {flux:,.0f} | {flux / torch:.2f}x | | "
-        f"{model_record['device']} |"
-      )
+    rows.append(
+      f"| {r['model']}, {r['dataset']} | {r['batch_size']} | {flux:,.0f} | {model_throughput.PEERS[peer]} | "
+      f"{fastest:,.0f} | {flux / fastest:.2f}x | {keras} | {device} |"
+    )
   return "\n".join(rows)
 
 
@@ -92,6 +95,8 @@ def render(spec: str, link: str = "benchmarks/results") -> str:
     return {"step-throughput": step_throughput, "model-throughput": model_throughput, "population": population}[
       kind
     ].table(rows) + caption
+  if kind == "population-whole-runs":
+    return population.whole_runs_table([row for r in records for row in r["results"]]) + caption
   if kind == "flax-apis":
     return flax_apis.table([row for r in records for row in r["results"]]) + caption
   if kind == "onnx-latency":

@@ -111,6 +111,31 @@ def test_a_marked_table_is_rewritten_from_its_records_and_the_rest_kept(tmp_path
   assert "CPU X, 2026-12-01: [`r.json`](../results/r.json)" in text
 
 
+def test_headline_rates_fluxdigits_against_the_fastest_peer_and_names_it():
+  step = {
+    "results": [
+      {"system": s, "batch_size": 32, "train_images_per_s": v} for s, v in (("fluxdigits", 900.0), ("keras", 300.0))
+    ]
+  }
+  speeds = {"fluxdigits": 500.0, "pytorch": 400.0, "pytorch_channels_last": 625.0, "pytorch_compiled": 550.0}
+  row = {
+    "model": "resnet20",
+    "dataset": "cifar10",
+    "batch_size": 128,
+    **{s: {"train_images_per_s": v} for s, v in speeds.items()},
+  }
+  cnn = {
+    "model": "cnn",
+    "dataset": "mnist",
+    "batch_size": 32,
+    "fluxdigits": {"train_images_per_s": 800.0},
+    "pytorch": {"train_images_per_s": 200.0},
+  }
+  lines = tables.headline(step, {"device": "CPU", "results": [row, cnn]}).splitlines()
+  assert lines[2] == "| cnn, mnist | 32 | 800 | PyTorch eager | 200 | 4.00x | 3.00x | CPU |"
+  assert lines[3] == "| resnet20, cifar10 | 128 | 500 | PyTorch eager, channels_last | 625 | 0.80x |  | CPU |"
+
+
 def test_every_table_of_the_readme_and_docs_is_the_one_its_records_give():
   assert tables.stale() == [], (
     "tables differ from their records in benchmarks/results/: run python benchmarks/tables.py"
