@@ -220,11 +220,18 @@ def _saved_progress(progresses: tuple, configs_: tuple) -> dict:
   }
 
 
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight to be committed. A signal meanwhile acts after it: its handler waits for the same
+  save, and a thread's join re-entered from a signal handler on the joining thread never returns."""
+  with signals.deferred():
+    mngr.wait_until_finished()
+
+
 def _save(mngr: ocp.CheckpointManager, step: int, state, saved: dict, metrics=None):
   if population_size(state) == 1:
     state = member(state, 0)
   with _disk_errors_as_user_errors(mngr, state), signals.deferred():
-    mngr.wait_until_finished()
+    finish(mngr)
     mngr.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(saved)),
@@ -236,7 +243,7 @@ def close(mngr: ocp.CheckpointManager, state):
   """Waits for the last save to be committed, then closes the manager."""
   with _disk_errors_as_user_errors(mngr, state), signals.deferred():
     try:
-      mngr.wait_until_finished()
+      finish(mngr)
     finally:
       mngr.close()
 

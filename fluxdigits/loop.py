@@ -573,7 +573,7 @@ def fit(
       last_save = time.monotonic()
     if signum:
       try:
-        within_manager.wait_until_finished()
+        checkpoint.finish(within_manager)
         kept = f"epoch {place.epoch} is saved at its step {place.step} of {spe}"
       except Exception as e:  # the finished epochs' checkpoints are still there
         kept = f"saving epoch {place.epoch}'s place failed ({type(e).__name__}); finished epochs' checkpoints are kept"
@@ -656,7 +656,7 @@ def fit(
     (signum,) = distributed.agreed_max(signals.requested() or 0)
     if epoch % config.checkpoint.every_epochs == 0 or epoch == config.num_epochs or stopped_now or signum:
       checkpoint.save(manager, state, tuple(progresses), members)
-      workdirs.held_for_tests("checkpoint", first=manager.wait_until_finished)
+      workdirs.held_for_tests("checkpoint", first=lambda: checkpoint.finish(manager))
       (signum,) = distributed.agreed_max(signals.requested() or 0)
     if signum:
       signals.stop(int(signum), f"epoch {epoch} is saved", distributed.leave)
