@@ -104,7 +104,7 @@ def run_fluxdigits(row: Row) -> dict:
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
   model = registry.create(config, len(dataset.class_names))
-  mesh = loop.data_mesh_for(config, model)
+  mesh = loop.data_mesh_for(config, model, dataset.train.images.shape[1:])
   state = meshes.replicate(
     steps.create_states(
       [config], model, dataset.train.images.shape[1:], optim.create(config, len(dataset.train) // row.batch_size)

@@ -185,9 +185,9 @@ def splits_batch_over_cpu_cores(config, model) -> bool:
   return configs.switch(config.split_batch_over_cpu_cores, registry.declared(model, "cpu_batch_split", False))
 
 
-def data_mesh_for(config, model):
+def data_mesh_for(config, model, image_shape):
   """The devices a run of `config` splits its batches over (mesh.data_mesh)."""
-  split = splits_batch_over_cpu_cores(config, model)
+  split = splits_batch_over_cpu_cores(config, model) and not cpu.calls_onednn(model, image_shape)
   return meshes.data_mesh(batch_sizes=(config.batch_size, config.eval_batch_size) if split else ())
 
 
@@ -237,12 +237,13 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
       f"microbatches={config.microbatches} would normalise each slice alone in {config.model.name}'s "
       "BatchNorm; use microbatches=1 with BatchNorm models"
     )
-  mesh = data_mesh_for(config, model)
+  mesh = data_mesh_for(config, model, image_shape)
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   tx = optim.create(config, steps_per_epoch)
   preprocess = steps.preprocess_for(config, dataset)
-  lanes = None if steps.members_in_parallel(config, model) else meshes.member_lanes(len(members))
+  in_lanes = len(members) > 1 and not steps.members_in_parallel(config, model)
+  lanes = meshes.member_lanes(len(members)) if in_lanes and not cpu.calls_onednn(model, image_shape) else None
   train_mesh = lanes or mesh
   device_images = {
     "train": meshes.replicate((dataset.train.images, dataset.train.labels), train_mesh),

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from conftest import EXPERIMENTS, REPO, read_summary, run_cli
 
 from fluxdigits import augment, config as configs, cpu, data, loop, mesh as meshes, optim, registry, run, steps
+from fluxdigits.cpu import onednn
 
 CNN = str(EXPERIMENTS / "mnist_cnn.py")
 
@@ -270,22 +271,26 @@ def test_cifar10_resnet_trains_a_few_steps_on_mock_data(tmp_path):
 
 
 def test_long_step_models_split_their_batches_over_the_cpu_cores():
-  """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core; short steps and wide nets keep to one."""
+  """cnn_deep and ResNet-20 use fluxdigits' one CPU device per core, unless they call oneDNN (whose threads use every
+  core in each call); short steps and wide nets keep to one."""
   if cpu.lanes() < 2:
-    pytest.skip("one CPU device: one core, or oneDNN's convolutions (FLUXDIGITS_ONEDNN=0 runs this)")
+    pytest.skip("one CPU device: one core")
 
   def devices(config):
-    return loop.data_mesh_for(config, registry.create(config, 10)).devices.size
+    return loop.data_mesh_for(config, registry.create(config, 10), (28, 28, 1)).devices.size
 
+  split = 1 if onednn.available() else cpu.lanes()
   deep = configs.validate(configs.load(str(EXPERIMENTS / "mnist_cnn_deep.py")))
-  assert devices(deep) == cpu.lanes()
+  assert cpu.calls_onednn(registry.create(deep, 10), (28, 28, 1)) == onednn.available()
+  assert devices(deep) == split
   resnet20 = configs.validate(configs.load(str(EXPERIMENTS / "mnist_resnet.py")))
-  assert devices(resnet20) == cpu.lanes()
+  assert devices(resnet20) == split
   for wide in ("cifar10_resnet.py", "cifar10_fast.py"):  # ResNet-18, airbench's net
     assert devices(configs.validate(configs.load(str(EXPERIMENTS / wide)))) == 1
   odd = configs.validate(configs.override(deep, ["batch_size=127", "microbatches=1"]))
   assert devices(odd) == 1  # no device count divides it: one device, and no error
   cnn = configs.validate(configs.load(CNN))
+  assert not cpu.calls_onednn(registry.create(cnn, 10), (28, 28, 1))  # its one convolution has one input channel
   assert devices(cnn) == 1
   # The experiment may override what the model declares.
   assert devices(configs.validate(configs.override(cnn, ["split_batch_over_cpu_cores=true"]))) == cpu.lanes()

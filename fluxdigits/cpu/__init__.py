@@ -4,6 +4,11 @@ devices (cores.py). Models reach it through fluxdigits.layers; the trainer and t
 below.
 """
 
+import functools
+
+import jax
+import jax.numpy as jnp
+
 from fluxdigits.cpu import cores, onednn
 from fluxdigits.cpu.forms import canonical  # noqa: F401 (the interface)
 from fluxdigits.cpu.rewrite import formulated  # noqa: F401 (the interface)
@@ -13,11 +18,22 @@ lanes = cores.lanes
 
 def claim_cores() -> int:
   """Before anything starts JAX: one CPU device per core, unless the user chose the count (JAX_NUM_CPU_DEVICES,
-  XLA_FLAGS) or oneDNN's convolutions run, whose threads use every core within each call on one device. Returns the
-  devices claimed, 1 when none."""
-  if cores.user_device_count() is not None or onednn.available():
+  XLA_FLAGS). A model that calls oneDNN keeps to the first (`calls_onednn`). Returns the devices claimed, 1 when
+  none."""
+  if cores.user_device_count() is not None:
     return cores.lanes()
   return cores.claim()
+
+
+def calls_onednn(model, image_shape) -> bool:
+  """Whether the model's training forward pass, as the train step traces it, calls oneDNN, whose OpenMP threads use
+  every core within each call: a run or population of it keeps to one CPU device, not one per core."""
+  if not onednn.available():
+    return False
+  x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  apply = functools.partial(model.apply, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+  return onednn.called_in(jax.make_jaxpr(formulated(apply))(variables, x).jaxpr)
 
 
 def describe() -> str:

@@ -1,9 +1,9 @@
 """The CPU's cores as JAX devices: one per core where that pays, claimed before JAX starts.
 
 One compiled call per CPU device, running at once, fills two cores better than one call whose every op is split over
-them, where steps are long (benchmarks/NOTES.md, "The CPU's cores as devices"). Where oneDNN's convolutions run, its
-OpenMP threads use every core within each call, so a run keeps one device (cpu.claim_cores decides). Importing
-fluxdigits claims nothing.
+them, where steps are long (benchmarks/NOTES.md, "The CPU's cores as devices"). Where a model calls oneDNN, its
+OpenMP threads use every core within each call, so that model keeps to one device (cpu.calls_onednn decides).
+Importing fluxdigits claims nothing.
 """
 
 import os

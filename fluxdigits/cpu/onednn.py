@@ -3,8 +3,8 @@
 `available()` says whether the extension was built and loads; `conv` is a float32 or bfloat16 NHWC x HWIO
 convolution and `batch_norm` a training-mode batch normalisation with an optional fused ReLU, each with its
 gradients (a custom_vjp over FFI targets), so jit, grad, vmap (member by member) and shard_map keep working.
-FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulations. With it, a CPU run keeps one JAX
-device (cores.claim): oneDNN's OpenMP threads use every core within each call.
+FLUXDIGITS_ONEDNN=0 turns it off; without it the layers use their XLA formulations. A model that calls it keeps to one
+JAX device (cpu.calls_onednn): oneDNN's OpenMP threads use every core within each call.
 """
 
 import ctypes
@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,6 +62,20 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
   """Whether the extension is built, loads with its oneDNN, and is wanted: then its FFI targets are registered."""
   return _library() is not None
+
+
+def called_in(jaxpr) -> bool:
+  """Whether `jaxpr`, or one nested in its equations (a custom_vjp's, a jit's, a loop's), calls an FFI target of
+  this extension."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "ffi_call" and eqn.params["target_name"] in TARGETS:
+      return True
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr's, or a Jaxpr itself
+        if isinstance(inner, jax.extend.core.Jaxpr) and called_in(inner):
+          return True
+  return False
 
 
 def describe() -> str:
