@@ -13,7 +13,7 @@ wall seconds (the population's start, data, compilation and reports paid once, i
 
   python benchmarks/population.py [--models cnn,cnn_deep] [--members 8] [--examples 6400] [--tag NAME]
       [--config.KEY=VALUE ...]
-  python benchmarks/population.py --whole-runs [--models cnn] [--members 8] [--tag NAME]
+  python benchmarks/population.py --whole-runs [--models cnn] [--members 8] [--rounds 3] [--tag NAME]
 """
 
 import argparse
@@ -92,8 +92,10 @@ def child(model: str, members: int, examples: int, overrides: list[str]) -> dict
   return json.loads(out.strip().splitlines()[-1])
 
 
-def whole_runs(model: str, members: int, overrides: list[str]) -> dict:
-  """Wall seconds of K runs one after another, then of the same K seeds as one population, as a user runs them."""
+def whole_runs(model: str, members: int, overrides: list[str], rounds: int = 1) -> dict:
+  """Wall seconds of K runs one after another and of the same K seeds as one population, as a user runs them: in each
+  round the population runs between the first and the second half of the runs, so that a drift of the machine's
+  speed falls on both."""
   command = [sys.executable, "-m", "fluxdigits.run", f"experiments/{EXPERIMENTS[model]}.py"]
   command += [f"--config.{o}" for o in overrides]
 
@@ -102,19 +104,27 @@ def whole_runs(model: str, members: int, overrides: list[str]) -> dict:
     subprocess.run([*command, *args], check=True, capture_output=True, cwd=ROOT)
     return time.perf_counter() - start
 
-  with tempfile.TemporaryDirectory() as workdirs:
-    sequential = [timed("--workdir", f"{workdirs}/seed-{seed}", f"--config.seed={seed}") for seed in range(members)]
-    population = timed("--workdir", f"{workdirs}/population", "--seeds", f"0-{members - 1}")
-    summary = json.loads(pathlib.Path(f"{workdirs}/population/summary.json").read_text())
-    alone = [json.loads(pathlib.Path(f"{workdirs}/seed-{s}/summary.json").read_text()) for s in range(members)]
+  measured = []
+  for _ in range(rounds):
+    with tempfile.TemporaryDirectory() as workdirs:
+      run = lambda seed: timed("--workdir", f"{workdirs}/seed-{seed}", f"--config.seed={seed}")
+      first = [run(seed) for seed in range(members // 2)]
+      population = timed("--workdir", f"{workdirs}/population", "--seeds", f"0-{members - 1}")
+      sequential = first + [run(seed) for seed in range(members // 2, members)]
+      summary = json.loads(pathlib.Path(f"{workdirs}/population/summary.json").read_text())
+      alone = [json.loads(pathlib.Path(f"{workdirs}/seed-{s}/summary.json").read_text()) for s in range(members)]
+    measured.append(
+      {"sequential_s": sum(sequential), "each_run_s": sequential, "population_s": population}
+      | {"vs_sequential": sum(sequential) / population}
+    )
   return {
     "model": model,
     "experiment": EXPERIMENTS[model],
     "members": members,
-    "sequential_s": sum(sequential),
-    "each_run_s": sequential,
-    "population_s": population,
-    "vs_sequential": sum(sequential) / population,
+    "sequential_s": sum(r["sequential_s"] for r in measured),
+    "population_s": sum(r["population_s"] for r in measured),
+    "vs_sequential": sum(r["sequential_s"] for r in measured) / sum(r["population_s"] for r in measured),
+    "rounds": measured,
     "population_test_accuracy": summary["test_accuracy"]["mean"],
     "sequential_test_accuracy": float(sum(r["test_accuracy"] for r in alone) / members),
   }
@@ -129,9 +139,17 @@ def whole_runs_table(results) -> str:
   for r in results:
     rows.append(
       f"| `{r['experiment']}` | 0-{r['members'] - 1} | {r['sequential_s']:.0f} | {r['population_s']:.0f} | "
-      f"{r['vs_sequential']:.2f}x | {r['sequential_test_accuracy']:.2%} / {r['population_test_accuracy']:.2%} |"
+      f"{r['vs_sequential']:.2f}x{_each_round(r)} | {r['sequential_test_accuracy']:.2%} / "
+      f"{r['population_test_accuracy']:.2%} |"
     )
   return "\n".join(rows)
+
+
+def _each_round(result) -> str:
+  """Each round's ratio, where there were several."""
+  rounds = result.get("rounds", [])
+  ratios = ", ".join(f"{r['vs_sequential']:.2f}x" for r in rounds)
+  return f" ({ratios})" if len(rounds) > 1 else ""
 
 
 def table(results) -> str:
@@ -156,11 +174,12 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--tag", default="", help="appended to the results file's name, so runs of one day stay apart")
   parser.add_argument("--whole-runs", action="store_true", help="time the commands a user types (above)")
+  parser.add_argument("--rounds", type=int, default=1, help="--whole-runs: rounds of K runs and one population")
   parser.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:K, run in this process, JSON to stdout
   args, unknown = parser.parse_known_args()
   overrides = config_overrides(parser, unknown)
   if args.whole_runs:
-    results = [whole_runs(model, int(args.members), overrides) for model in args.models.split(",")]
+    results = [whole_runs(model, int(args.members), overrides, args.rounds) for model in args.models.split(",")]
     record = {"device": device_name(), "date": datetime.date.today().isoformat(), "overrides": overrides}
     path = write_record({**record, "results": results}, args.out, "-population-whole-runs", args.tag)
     print(whole_runs_table(results))
