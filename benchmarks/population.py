@@ -114,16 +114,21 @@ def whole_runs(model: str, members: int, overrides: list[str], rounds: int = 1) 
       summary = json.loads(pathlib.Path(f"{workdirs}/population/summary.json").read_text())
       alone = [json.loads(pathlib.Path(f"{workdirs}/seed-{s}/summary.json").read_text()) for s in range(members)]
     measured.append(
-      {"sequential_s": sum(sequential), "each_run_s": sequential, "population_s": population}
-      | {"vs_sequential": sum(sequential) / population}
+      {
+        "sequential_s": sum(sequential),
+        "each_run_s": sequential,
+        "population_s": population,
+        "vs_sequential": sum(sequential) / population,
+      }
     )
+  sequential_s, population_s = (sum(r[key] for r in measured) for key in ("sequential_s", "population_s"))
   return {
     "model": model,
     "experiment": EXPERIMENTS[model],
     "members": members,
-    "sequential_s": sum(r["sequential_s"] for r in measured),
-    "population_s": sum(r["population_s"] for r in measured),
-    "vs_sequential": sum(r["sequential_s"] for r in measured) / sum(r["population_s"] for r in measured),
+    "sequential_s": sequential_s,
+    "population_s": population_s,
+    "vs_sequential": sequential_s / population_s,
     "rounds": measured,
     "population_test_accuracy": summary["test_accuracy"]["mean"],
     "sequential_test_accuracy": float(sum(r["test_accuracy"] for r in alone) / members),

@@ -36,9 +36,10 @@ def step_flops_per_image(row) -> float:
   config = model_throughput.row_config(row)
   dataset = data.load(config)
   model = registry.create(config, len(dataset.class_names))
-  x = jax.ShapeDtypeStruct((row.batch_size, *dataset.train.images.shape[1:]), jnp.float32)
+  image_shape = dataset.train.images.shape[1:]
+  x = jax.ShapeDtypeStruct((row.batch_size, *image_shape), jnp.float32)
   labels = jax.ShapeDtypeStruct((row.batch_size,), jnp.int32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
+  variables = registry.check_output(model, config, image_shape, len(dataset.class_names))
 
   def loss(params, batch_stats, x, labels):
     variables = {"params": params, "batch_stats": batch_stats}
