@@ -71,7 +71,7 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
           f"{workdir} is finished ({finished[0]['epochs_run']} epochs, num_epochs={members[0].num_epochs}): "
           "nothing to train; raise --config.num_epochs to train longer, or pass --restart to start over"
         )
-        summaries = finished
+        summaries, tested = finished, [None] * len(finished)
       else:
         trainer, state = build(members, log)
         manager = checkpoint.manager(workdir, trainer.config)
@@ -100,14 +100,13 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
           checkpoint.close(manager, state)
         if distributed.is_primary():  # the finished epochs' checkpoints hold all of it now
           shutil.rmtree(workdir / workdirs.WITHIN_EPOCH, ignore_errors=True)
-        summaries = [
-          summarize(trainer, state, i, progress, best_variables[i], test, boards)
-          for i, progress in enumerate(progresses)
-        ]
+        # Each member's best weights on the test split: its summary's figures, and its report's pictures.
+        tested = [(trainer.dataset, logits_on(trainer, v, "test")) if test else None for v in best_variables]
+        summaries = [summarize(trainer, state, i, progress, tested[i], boards) for i, progress in enumerate(progresses)]
         if distributed.is_primary():
           for member_dir, summary in zip(member_dirs, summaries):
             (member_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-      _report(member_dirs, summaries, members, finished, single, test, boards, log)
+      _report(member_dirs, summaries, members, finished, single, test, boards, log, tested)
     except BaseException:
       boards.close(ended=False)
       raise
@@ -115,11 +114,13 @@ def train(members, workdir, member_dirs=None, restart=False, log=print, on_epoch
   return summaries
 
 
-def summarize(trainer, state, i: int, progress, best_variables, test: bool, boards) -> dict:
-  """Member i's summary.json: its best weights' test figures (unless `test` is off) and what its training took."""
+def summarize(trainer, state, i: int, progress, tested, boards) -> dict:
+  """Member i's summary.json: its best weights' test figures (from `tested`, the dataset and their test logits; None
+  when the test split is left out) and what its training took."""
   summary = {}
-  if test:
-    test_metrics = evaluate(trainer, best_variables, "test")
+  if tested is not None:
+    dataset, logits = tested
+    test_metrics = steps.classification_metrics(logits, dataset.test.labels)
     summary = {
       **{f"test_{name}": test_metrics[name] for name in ("loss", *metrics.METRICS)},
       "test_examples": test_metrics["count"],
@@ -149,8 +150,10 @@ def summarize(trainer, state, i: int, progress, best_variables, test: bool, boar
   )
 
 
-def _report(member_dirs, summaries, members, finished, single, test, boards, log):
-  """Each member's final line and, unless finished before, its report (its pictures to TensorBoard too)."""
+def _report(member_dirs, summaries, members, finished, single, test, boards, log, tested):
+  """Each member's final line and, unless finished before, its report (its pictures to TensorBoard too), drawn from
+  the test logits just computed where there are some (`tested`), so the best weights are neither restored nor run
+  again."""
   for i, (member_dir, summary, config) in enumerate(zip(member_dirs, summaries, members)):
     prefix = "" if single else f"[{member_dir.name}] "
     if not test:
@@ -162,7 +165,7 @@ def _report(member_dirs, summaries, members, finished, single, test, boards, log
     log(prefix + final_line(summary, config, member_dir))
     if config.report and distributed.is_primary():
       if not (member_dir / "report" / "index.html").is_file() or not all(f is not None for f in finished):
-        folder = report.write_run_report(member_dir)
+        folder = report.write_run_report(member_dir, tested[i])
         boards.images(i, summary.get("train_steps", 0), {name: folder / f"{name}.png" for name in report.PICTURES})
       log(f"{prefix}report -> {member_dir / 'report' / 'index.html'}")
 
@@ -518,13 +521,17 @@ def _divergence(losses: np.ndarray, first_step: int, epoch: int, config, classes
   return None
 
 
-def evaluate(trainer: Trainer, variables, split: str) -> dict:
-  """Loss, accuracy and count of one member's `variables` (params, batch_stats) over every example of a split."""
-  labels = getattr(trainer.dataset, split).labels
-  logits = steps.predict_split(
-    trainer.predict, variables, trainer.device_images[split], len(labels), trainer.config.eval_batch_size, trainer.mesh
+def logits_on(trainer: Trainer, variables, split: str) -> np.ndarray:
+  """One member's `variables` (params, batch_stats) run over every example of a split."""
+  n = len(getattr(trainer.dataset, split).labels)
+  return steps.predict_split(
+    trainer.predict, variables, trainer.device_images[split], n, trainer.config.eval_batch_size, trainer.mesh
   )
-  return steps.classification_metrics(logits, labels)
+
+
+def evaluate(trainer: Trainer, variables, split: str) -> dict:
+  """Loss, accuracy and count of one member's `variables` over every example of a split."""
+  return steps.classification_metrics(logits_on(trainer, variables, split), getattr(trainer.dataset, split).labels)
 
 
 def _early_stopped(progress: checkpoint.Progress, config) -> checkpoint.Progress:

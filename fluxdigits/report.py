@@ -453,13 +453,23 @@ def run_report_blocks(title: str, run: Run, per_class: Table, pairs: Table, erro
 # --- the two reports ------------------------------------------------------------------------------
 
 
-def write_run_report(workdir) -> pathlib.Path:
-  """Writes WORKDIR/report/ (see the README's Reports section) and returns that folder."""
-  run = read_run(workdir)
-  config, _, state, _ = checkpoint.load_run(run.workdir, "best")
+def _tested_best(workdir) -> tuple:
+  """(dataset, test logits) of a run's best checkpoint."""
+  config, _, state, _ = checkpoint.load_run(workdir, "best")
   dataset = data.load(config)
+  return dataset, test_logits(config, state, dataset)
+
+
+def write_run_report(workdir, tested=None) -> pathlib.Path:
+  """Writes WORKDIR/report/ (see the README's Reports section) and returns that folder.
+
+  `tested` is (dataset, test logits) of the run's best weights where the caller has them (training just ended);
+  otherwise they are restored from the best checkpoint and run.
+  """
+  run = read_run(workdir)
+  dataset, logits = tested or _tested_best(run.workdir)
   labels = dataset.test.labels
-  probabilities = np.asarray(jax.nn.softmax(test_logits(config, state, dataset)))
+  probabilities = np.asarray(jax.nn.softmax(logits))
   names = dataset.class_names
   confusion = confusion_matrix(labels, probabilities.argmax(-1), len(names))
   metrics = per_class_metrics(confusion)

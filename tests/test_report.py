@@ -31,7 +31,8 @@ def assert_sane_png(path, min_side=300, max_side=3000):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-  """One tiny real MNIST run (2 epochs of an MLP on 10,000 training images, the full test split)."""
+  """One tiny real MNIST run (2 epochs of an MLP on 10,000 training images, the full test split); the report its
+  training wrote is kept beside it, in report-at-training-end/."""
   workdir = tmp_path_factory.mktemp("runs") / "mlp"
   assert (
     run.main(
@@ -41,11 +42,11 @@ def trained_run(tmp_path_factory):
         str(workdir),
         "--config.num_epochs=2",
         "--config.dataset.max_train_examples=10000",
-        "--config.report=false",
       ]
     )
     == 0
   )
+  shutil.copytree(workdir / "report", workdir.parent / "report-at-training-end")
   return workdir
 
 
@@ -65,6 +66,17 @@ def test_report_writes_every_file(report_dir):
   for document in (markdown, page):
     assert f"{summary['test_accuracy']:.2%}" in document and f"{summary['num_params']:,}" in document
     assert "model.name" in document  # the config
+
+
+def test_the_report_of_training_is_the_one_its_best_checkpoint_gives(report_dir):
+  """Training draws its report from the test logits it has just computed; restored, the best checkpoint gives the
+  same mistakes and confusion."""
+  at_training_end = report_dir.parent.parent / "report-at-training-end"
+  np.testing.assert_array_equal(read_confusion(at_training_end), read_confusion(report_dir))
+  ended, restored = read_csv(at_training_end / "misclassified.csv"), read_csv(report_dir / "misclassified.csv")
+  assert [(m["test_index"], m["predicted"]) for m in ended] == [(m["test_index"], m["predicted"]) for m in restored]
+  confidences = lambda mistakes: [float(m["confidence"]) for m in mistakes]
+  np.testing.assert_allclose(confidences(ended), confidences(restored), atol=2e-4)
 
 
 def test_confusion_matrix_counts_the_whole_mnist_test_split(report_dir):
