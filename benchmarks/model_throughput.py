@@ -98,13 +98,13 @@ def order(row: Row, n: int) -> np.ndarray:
 def run_fluxdigits(row: Row) -> dict:
   import jax
 
-  from fluxdigits import augment, data, loop, mesh as meshes, optim, population, registry, steps
+  from fluxdigits import augment, cpu, data, loop, mesh as meshes, optim, population, registry, steps
 
   config = row_config(row)
   dataset = data.load(config)
   batches = order(row, len(dataset.train))
   model = registry.create(config, len(dataset.class_names))
-  mesh = loop.data_mesh_for(config, model, dataset.train.images.shape[1:])
+  mesh = loop.data_mesh_for(config, model, cpu.calls_onednn(model, dataset.train.images.shape[1:]))
   state = meshes.replicate(
     steps.create_states(
       [config], model, dataset.train.images.shape[1:], optim.create(config, len(dataset.train) // row.batch_size)

@@ -61,7 +61,8 @@ def main():
   config = model_throughput.row_config(row)
   dataset = data.load(config)
   model = registry.create(config, len(dataset.class_names))
-  mesh = loop.data_mesh_for(config, model, dataset.train.images.shape[1:])  # the mesh model_throughput times the row on
+  # the mesh model_throughput times the row on
+  mesh = loop.data_mesh_for(config, model, cpu.calls_onednn(model, dataset.train.images.shape[1:]))
   state = meshes.replicate(
     steps.create_states([config], model, dataset.train.images.shape[1:], optim.create(config, 100)), mesh
   )

@@ -188,9 +188,9 @@ def splits_batch_over_cpu_cores(config, model) -> bool:
   return configs.switch(config.split_batch_over_cpu_cores, registry.declared(model, "cpu_batch_split", False))
 
 
-def data_mesh_for(config, model, image_shape):
-  """The devices a run of `config` splits its batches over (mesh.data_mesh)."""
-  split = splits_batch_over_cpu_cores(config, model) and not cpu.calls_onednn(model, image_shape)
+def data_mesh_for(config, model, calls_onednn: bool):
+  """The devices a run of `config` splits its batches over (mesh.data_mesh); `calls_onednn`: cpu.calls_onednn's."""
+  split = splits_batch_over_cpu_cores(config, model) and not calls_onednn
   return meshes.data_mesh(batch_sizes=(config.batch_size, config.eval_batch_size) if split else ())
 
 
@@ -240,13 +240,15 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
       f"microbatches={config.microbatches} would normalise each slice alone in {config.model.name}'s "
       "BatchNorm; use microbatches=1 with BatchNorm models"
     )
-  mesh = data_mesh_for(config, model, image_shape)
+  # Traced once (a fraction of a second): it decides the CPU devices and what the compile line names.
+  onednn = jax.default_backend() == "cpu" and cpu.calls_onednn(model, image_shape)
+  mesh = data_mesh_for(config, model, onednn)
   meshes.check_divisible(config.batch_size, "batch_size", mesh)
   meshes.check_divisible(config.eval_batch_size, "eval_batch_size", mesh)
   tx = optim.create(config, steps_per_epoch)
   preprocess = steps.preprocess_for(config, dataset)
   in_lanes = len(members) > 1 and not steps.members_in_parallel(config, model)
-  lanes = meshes.member_lanes(len(members)) if in_lanes and not cpu.calls_onednn(model, image_shape) else None
+  lanes = meshes.member_lanes(len(members)) if in_lanes and not onednn else None
   train_mesh = lanes or mesh
   device_images = {
     "train": meshes.replicate((dataset.train.images, dataset.train.labels), train_mesh),
@@ -281,7 +283,7 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
     f"compiling the train step for {meshes.describe(mesh)}"
     + (f", {len(members)} members" if len(members) > 1 else "")
     + (f" side by side on {lanes.size} CPU devices" if lanes else "")
-    + (f" (convolutions: {cpu.describe()})" if jax.default_backend() == "cpu" else "")
+    + (f" (convolutions: {'oneDNN' if onednn else 'XLA'})" if jax.default_backend() == "cpu" else "")
     + (" in bfloat16" if registry.compute_dtype(config) == jnp.bfloat16 else "")
   )
   available = meshes.free_memory_bytes(train_mesh)  # on a CPU each lane's share of the host's memory

@@ -34,8 +34,3 @@ def calls_onednn(model, image_shape) -> bool:
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
   apply = functools.partial(model.apply, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
   return onednn.called_in(jax.make_jaxpr(formulated(apply))(variables, x).jaxpr)
-
-
-def describe() -> str:
-  """What runs a CPU's convolutions: 'oneDNN' or 'XLA'."""
-  return onednn.describe()

@@ -78,10 +78,6 @@ def called_in(jaxpr) -> bool:
   return False
 
 
-def describe() -> str:
-  return "oneDNN" if available() else "XLA"
-
-
 def _padding(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
   """(output size, padding before) as lax pads: SAME puts the odd pixel after."""
   if padding == "VALID":
