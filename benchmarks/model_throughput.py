@@ -369,7 +369,7 @@ def main():
   if args.one:
     from fluxdigits import cpu
 
-    cpu.claim_cores()  # before JAX starts, as fluxdigits' command lines do
+    cpu.set_up()  # before JAX starts, as fluxdigits' command lines do
     system, index = args.one.split(":")
     print(json.dumps(RUNNERS[system](adapted(ROWS[int(index)], args.steps_scale, overrides))))
     return

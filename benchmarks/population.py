@@ -193,7 +193,7 @@ def main():
   if args.one:
     from fluxdigits import cpu
 
-    cpu.claim_cores()  # before JAX starts, as fluxdigits' command lines do
+    cpu.set_up()  # before JAX starts, as fluxdigits' command lines do
     model, members = args.one.split(":")
     print(json.dumps(measure(model, int(members), args.examples, overrides)))
     return

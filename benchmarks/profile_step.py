@@ -56,7 +56,7 @@ def main():
 
   from fluxdigits import augment, cpu, data, loop, mesh as meshes, optim, registry, steps
 
-  cpu.claim_cores()  # before JAX starts, as model_throughput's child processes do
+  cpu.set_up()  # before JAX starts, as model_throughput's child processes do
   row = model_throughput.ROWS[args.row]
   config = model_throughput.row_config(row)
   dataset = data.load(config)

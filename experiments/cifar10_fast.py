@@ -1,4 +1,4 @@
-"""CIFAR-10 to 90% on a 2-core CPU: airbench94's recipe and net, 16 epochs (bf16 where the hardware computes in it).
+"""CIFAR-10 to 90% on a 2-core CPU: airbench94's recipe and net, 12 epochs (bf16 where the hardware computes in it).
 
 Keller Jordan's airbench94 (BatchNorm conv net 64-256-256 with a whitened stem, flip and 2-pixel
 translation, label smoothing 0.2, SGD Nesterov with a short warm-up and decay, test-time flip)
@@ -31,7 +31,7 @@ def get_config():
   config.batch_size = 256
   # bf16 where the hardware computes in it (GPU, TPU, a CPU with AMX or AVX512-BF16): 2-4x float32's speed there.
   config.mixed_precision = "auto"
-  config.num_epochs = 16
+  config.num_epochs = 12  # 90% on this copy; 16 gave 90.56% (docs/cifar10.md)
   config.validation_fraction = 0.0
   config.steps_per_call = 2000  # calls as long as seconds_per_call allows, up to a whole epoch
   config.checkpoint.every_epochs = config.num_epochs

@@ -5,7 +5,7 @@ XLA inserts the cross-device reductions (gradients, BatchNorm statistics) that t
 Every process computes the same host arrays (data, batch indices) and places only what its own
 devices hold.
 
-On a CPU, fluxdigits' command lines may ask JAX for one device per core (cpu.claim_cores, before JAX starts): a
+On a CPU, fluxdigits' command lines may ask JAX for one device per core (cpu.set_up, before JAX starts): a
 population's members train side by side on them (`member_lanes`), runs of models with long steps split their
 batches over them (loop.data_mesh_for), and the rest keeps to the first.
 """

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     # Before anything starts JAX: its CPU backend gets one device per core.
     from fluxdigits import cpu, distributed, loop, population
 
-    cpu.claim_cores()
+    cpu.set_up()
     job = distributed.job_spec(
       args.coordinator, args.num_processes, args.process_id, args.distributed, args.heartbeat_timeout
     )

@@ -487,7 +487,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fluxdigits import cpu
 
-    cpu.claim_cores()  # before anything starts JAX
+    cpu.set_up()  # before anything starts JAX
     out = tune(*args)
     print(f"results -> {out / 'index.html'}, {out / 'tuning.md'}")
 

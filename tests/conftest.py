@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from fluxdigits import cpu, workdir as workdirs  # noqa: E402 (after the cache's settings)
 
-cpu.claim_cores()  # the CPU devices the command lines claim before JAX starts
+cpu.set_up()  # as the command lines set up the CPU before JAX starts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -1,7 +1,7 @@
 """Everything fluxdigits does for a CPU, in one place: the forms its operations run fastest in (forms.py, with
-oneDNN's kernels through onednn.py), any model's forward pass rewritten into them (rewrite.py), and its cores as JAX
-devices (cores.py). Models reach it through fluxdigits.layers; the trainer and the command lines through the names
-below.
+oneDNN's kernels through onednn.py), any model's forward pass rewritten into them (rewrite.py), its cores as JAX
+devices (cores.py) and the allocator that serves XLA (memory.py). Models reach it through fluxdigits.layers; the
+trainer and the command lines through the names below.
 """
 
 import functools
@@ -9,17 +9,18 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from fluxdigits.cpu import cores, onednn
+from fluxdigits.cpu import cores, memory, onednn
 from fluxdigits.cpu.forms import canonical  # noqa: F401 (the interface)
 from fluxdigits.cpu.rewrite import formulated  # noqa: F401 (the interface)
 
 lanes = cores.lanes
 
 
-def claim_cores() -> int:
-  """Before anything starts JAX: one CPU device per core, unless the user chose the count (JAX_NUM_CPU_DEVICES,
-  XLA_FLAGS). A model that calls oneDNN keeps to the first (`calls_onednn`). Returns the devices claimed, 1 when
-  none."""
+def set_up() -> int:
+  """Before anything starts JAX: freed memory kept for the next compiled call (memory.py), and one CPU device per
+  core, unless the user chose the count (JAX_NUM_CPU_DEVICES, XLA_FLAGS). A model that calls oneDNN keeps to the
+  first (`calls_onednn`). Returns the devices claimed, 1 when none."""
+  memory.keep_freed()
   if cores.user_device_count() is not None:
     return cores.lanes()
   return cores.claim()
