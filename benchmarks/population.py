@@ -193,8 +193,8 @@ def main():
   if args.one:
     from fluxdigits import cpu
 
-    cpu.set_up()  # before JAX starts, as fluxdigits' command lines do
     model, members = args.one.split(":")
+    cpu.set_up(keep_freed_memory=int(members) == 1)  # before JAX starts, as fluxdigits' command lines do
     print(json.dumps(measure(model, int(members), args.examples, overrides)))
     return
   results = []

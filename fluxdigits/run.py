@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     # Before anything starts JAX: its CPU backend gets one device per core.
     from fluxdigits import cpu, distributed, loop, population
 
-    cpu.set_up()
+    cpu.set_up(keep_freed_memory=args.seeds is None)
     job = distributed.job_spec(
       args.coordinator, args.num_processes, args.process_id, args.distributed, args.heartbeat_timeout
     )

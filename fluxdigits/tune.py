@@ -487,7 +487,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fluxdigits import cpu
 
-    cpu.set_up()  # before anything starts JAX
+    cpu.set_up(keep_freed_memory=args[0].population == 1)  # before anything starts JAX
     out = tune(*args)
     print(f"results -> {out / 'index.html'}, {out / 'tuning.md'}")
 

@@ -16,11 +16,13 @@ from fluxdigits.cpu.rewrite import formulated  # noqa: F401 (the interface)
 lanes = cores.lanes
 
 
-def set_up() -> int:
-  """Before anything starts JAX: freed memory kept for the next compiled call (memory.py), and one CPU device per
-  core, unless the user chose the count (JAX_NUM_CPU_DEVICES, XLA_FLAGS). A model that calls oneDNN keeps to the
-  first (`calls_onednn`). Returns the devices claimed, 1 when none."""
-  memory.keep_freed()
+def set_up(keep_freed_memory: bool = True) -> int:
+  """Before anything starts JAX: one CPU device per core, unless the user chose the count (JAX_NUM_CPU_DEVICES,
+  XLA_FLAGS), and with `keep_freed_memory` the memory XLA frees kept for its next compiled call (memory.py: a
+  population's members, which run in lanes on several threads at once, wait on its one heap). A model that calls
+  oneDNN keeps to the first device (`calls_onednn`). Returns the devices claimed, 1 when none."""
+  if keep_freed_memory:
+    memory.keep_freed()
   if cores.user_device_count() is not None:
     return cores.lanes()
   return cores.claim()

@@ -3,7 +3,8 @@
 XLA:CPU allocates a compiled call's temporary buffers when the call starts and frees them when it ends. glibc's
 malloc serves blocks that large with mmap and unmaps them when they are freed, so every call faults its pages in
 again: a tenth of a second a call for cifar10_fast's step (benchmarks/NOTES.md, "Memory kept between calls"). Served
-from one heap that is never trimmed, the next call reuses the same pages.
+from one heap that is never trimmed, the next call reuses the same pages. Threads that allocate at once wait for
+each other on that heap: a population's lanes ran ~15% slower, so populations go without (cpu.set_up).
 """
 
 import ctypes
