@@ -11,6 +11,8 @@ import ctypes
 
 # glibc's mallopt(3) parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# One arena (threads' own arenas grow in heaps of 64 MiB and mmap anything larger), no mmap, no trimming.
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def keep_freed() -> bool:
@@ -22,7 +24,3 @@ def keep_freed() -> bool:
   except (OSError, AttributeError):
     return False
   return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)
-
-
-# One arena (threads' own arenas grow in heaps of 64 MiB and mmap anything larger), no mmap, no trimming.
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
