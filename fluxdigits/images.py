@@ -41,6 +41,8 @@ MARK_GAP = 0.01  # ink this close (a share of the image's shorter side) to a mar
 POLARITY_SIDE = 256  # the ink's polarity is judged on the image reduced to about this longer side
 EDGE_BAND = 0.03  # ink this close to the image's edge (a share of its shorter side) is cut by the edge
 PAPER_SPREAD = 4  # contrast within this many of the paper's robust standard deviations is the paper's texture
+STAND_OUT = 10  # ink stands out from the contrast around it by this many of its robust standard deviations
+PAGE_SHARE = 0.4  # ink lies on paper at least this bright, as a share of the image's brighter paper (not a table)
 MIN_PAPER = 0.1  # paper darker than this (a table, deep shadow) is taken as this bright, so noise is not ink
 
 
@@ -249,13 +251,17 @@ def _stroke_width(mask: np.ndarray) -> float:
   return float(2 * dt[ridge].mean()) if ridge.any() else 1.0
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+  return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def _ink_contrast(rgb: np.ndarray, dark: bool, background_size: int) -> np.ndarray:
   """How much each pixel stands out as ink from the paper around it: its shortfall from the paper's brightness as a
   share of that brightness (the paper's, a morphological closing wider than the strokes, keeps the steps of shadows
   and page edges, so light falling off and shadows divide out), or, where more, its colour above the paper's (ink is
   usually more saturated than paper)."""
   rgb = 1.0 - rgb if not dark else rgb  # light ink on dark paper: inverted, so that ink is the darker
-  gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+  gray = _luma(rgb)
   size = (background_size, background_size)
   paper = np.maximum(ndimage.grey_closing(gray, size=size), MIN_PAPER)
   chroma = rgb.max(-1) - rgb.min(-1)
@@ -282,11 +288,9 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
   """Drops marks cut by the image's edge (the table, shadows, the paper's border, neighbouring writing) unless no mark
   clear of it spans MIN_SPAN of the image's shorter side, and then keeps the largest; then specks (under MIN_PART of
   the largest mark kept). Spans, not areas, judge the marks clear of the edge: a thin pen's digit has little area.
-  Ink within MARK_GAP of the shorter side of other ink is one mark with it, so a thin line broken by the camera holds
-  together; a mark within EDGE_BAND of the shorter side of the edge counts as cut by it (the shadow along a page's
+  A mark (`_marks`) within EDGE_BAND of the shorter side of the edge counts as cut by it (the shadow along a page's
   border, a table's rim)."""
-  gap = max(1, round(MARK_GAP * min(mask.shape)))
-  labels, n = ndimage.label(ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=gap), np.ones((3, 3)))
+  labels, n = _marks(mask)
   if n == 0:
     return mask
   band = max(1, round(EDGE_BAND * min(mask.shape)))
@@ -299,6 +303,13 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
     marks.append(int(np.argmax(areas)) + 1)
   largest = max(areas[i - 1] for i in marks)
   return np.isin(labels, [i for i in marks if areas[i - 1] >= MIN_PART * largest])
+
+
+def _marks(mask: np.ndarray) -> tuple[np.ndarray, int]:
+  """Labels of the marks of `mask` (ink within MARK_GAP of the shorter side of other ink is one mark with it, so a thin
+  line broken by the camera holds together), and their count; the labels cover the gaps too."""
+  gap = max(1, round(MARK_GAP * min(mask.shape)))
+  return ndimage.label(ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=gap), np.ones((3, 3)))
 
 
 def _span(mask: np.ndarray) -> int:
@@ -316,8 +327,31 @@ def ink_mask(pixels: np.ndarray) -> np.ndarray:
   if not rough.any():
     raise NoInk("no ink found: the image is blank or has too little contrast")
   size = int(np.clip(3 * _stroke_width(rough) + 1, 3, min(rgb.shape[:2])))
-  mask = _keep_marks(_ink_mask(_ink_contrast(rgb, dark, size)))
-  return mask if mask.any() else rough
+  contrast = _ink_contrast(rgb, dark, size)
+  mask = _keep_marks(_ink_mask(contrast))
+  if not mask.any():
+    return rough
+  gray = _luma(rgb)
+  return _on_the_page(mask, contrast, gray if dark else 1.0 - gray, size)
+
+
+def _on_the_page(mask: np.ndarray, contrast: np.ndarray, gray: np.ndarray, size: int) -> np.ndarray:
+  """Drops the marks that are not ink on the page, as long as one is: a mark is, where it stands out from the contrast
+  around it (a table's grain or a shadow's mottling does not, beside its like) and what is around it is paper, not a
+  table beyond the page's edge. `gray` has the ink dark."""
+  labels, n = _marks(mask)
+  clear = ~ndimage.binary_dilation(mask, iterations=2)
+  page = np.percentile(gray, 90)
+  kept = []
+  for label in range(1, n + 1):
+    mark = (labels == label) & mask
+    around = ndimage.binary_dilation(mark, iterations=size) & clear
+    if not around.any():
+      continue
+    spread = 1.4826 * np.median(np.abs(contrast[around] - np.median(contrast[around])))
+    if np.median(contrast[mark]) >= STAND_OUT * spread and np.median(gray[around]) >= PAGE_SHARE * page:
+      kept.append(label)
+  return np.isin(labels, kept) & mask if kept else mask
 
 
 def _set_stroke(mask: np.ndarray, target: float) -> np.ndarray:
