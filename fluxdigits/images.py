@@ -336,9 +336,10 @@ def ink_mask(pixels: np.ndarray) -> np.ndarray:
 
 
 def _on_the_page(mask: np.ndarray, contrast: np.ndarray, gray: np.ndarray, size: int) -> np.ndarray:
-  """Drops the marks that are not ink on the page, as long as one is: a mark is, where it stands out from the contrast
-  around it (a table's grain or a shadow's mottling does not, beside its like) and what is around it is paper, not a
-  table beyond the page's edge. `gray` has the ink dark."""
+  """Drops the marks that are not ink on the page while at least one is. Ink on the page stands out from the contrast
+  around it by STAND_OUT of that contrast's robust spread (a table's grain or a shadow's mottling stands out little
+  from its like), and what is around it is paper, at least PAGE_SHARE of the image's brighter paper (not a table
+  seen beyond the page's edge). `gray` has the ink dark."""
   labels, n = _marks(mask)
   clear = ~ndimage.binary_dilation(mask, iterations=2)
   page = np.percentile(gray, 90)
