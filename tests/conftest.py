@@ -40,17 +40,22 @@ def real_mnist_present():
     )
 
 
-def run_cli(*args, env=None, timeout=900, **popen):
-  """`python -m fluxdigits.run ...` in a fresh process, as a user types it."""
+def run_module(module, *args, env=None, timeout=900, cwd=REPO, **popen):
+  """`python -m fluxdigits.MODULE ...` in a fresh process, as a user types it."""
   return subprocess.run(
-    [sys.executable, "-m", "fluxdigits.run", *map(str, args)],
+    [sys.executable, "-m", f"fluxdigits.{module}", *map(str, args)],
     capture_output=True,
     text=True,
     timeout=timeout,
     env={**os.environ, **(env or {})},
-    cwd=REPO,
+    cwd=cwd,
     **popen,
   )
+
+
+def run_cli(*args, **kwargs):
+  """`python -m fluxdigits.run ...` in a fresh process, as a user types it."""
+  return run_module("run", *args, **kwargs)
 
 
 def kill_once_written(command, path, what: str):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, kill_once_written, read_summary, run_cli
+from conftest import REPO, kill_once_written, read_summary, run_cli, run_module
 
 sys.path.insert(0, str(REPO / "tests" / "zoo"))
 import digits_folder  # noqa: E402
@@ -37,19 +37,9 @@ def folder_args(digits, model, epochs):
   ]
 
 
-def command(module, *args):
-  return subprocess.run(
-    [sys.executable, "-m", f"fluxdigits.{module}", *map(str, args)],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=900,
-  )
-
-
 def predicted_accuracy(run, digits, tmp_path) -> float:
   """predict's accuracy over the folder's own test files, from its CSV."""
-  result = command("predict", run, digits / "test", "--csv", tmp_path / "predicted.csv")
+  result = run_module("predict", run, digits / "test", "--csv", tmp_path / "predicted.csv")
   assert result.returncode == 0, result.stderr
   with open(tmp_path / "predicted.csv") as f:
     rows = list(csv.DictReader(f))
@@ -70,7 +60,7 @@ def test_a_flax_docs_model_learns_real_digits_predicts_as_evaluated_and_exports(
   summary = read_summary(run)
   assert summary["test_accuracy"] >= 0.93, summary
   assert abs(predicted_accuracy(run, digits, tmp_path) - summary["test_accuracy"]) <= 0.01
-  exported = command("export", run, "--format", "onnx")
+  exported = run_module("export", run, "--format", "onnx")
   assert exported.returncode == 0, exported.stderr
   assert "logits match the JAX model's" in exported.stdout
   assert not [line for line in exported.stderr.splitlines() if not line.startswith("loading ")], exported.stderr
@@ -109,9 +99,9 @@ def test_an_nnx_run_has_its_report_tensorboard_predict_and_stablehlo_export(nnx_
   with open(nnx_run / "report" / "per_class.csv") as f:
     assert [row["class"] for row in csv.DictReader(f)] == [str(d) for d in range(10)]
   assert list((nnx_run / "tb").glob("events.out.tfevents.*"))
-  shown = command("predict", nnx_run, digits_test_file(nnx_run), "--show", tmp_path / "seen.png")
+  shown = run_module("predict", nnx_run, digits_test_file(nnx_run), "--show", tmp_path / "seen.png")
   assert shown.returncode == 0 and (tmp_path / "seen.png").stat().st_size > 0, shown.stderr
-  exported = command("export", nnx_run, "--format", "stablehlo", "--out", tmp_path / "hlo")
+  exported = run_module("export", nnx_run, "--format", "stablehlo", "--out", tmp_path / "hlo")
   assert exported.returncode == 0 and (tmp_path / "hlo" / "model.jax_export").is_file(), exported.stderr
 
 
@@ -148,13 +138,7 @@ def test_two_nnx_tuning_trials(digits, tmp_path):
     f"  c.model.name = {HELD_OUT['nnx']!r}\n  c.num_epochs = 1\n  return c\n\n\ndef space(trial):\n"
     "  trial.suggest_float('optimizer.learning_rate', 1e-3, 3e-3, log=True)\n"
   )
-  result = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.tune", str(sweep), "--trials", "2", "--workdir", str(tmp_path / "tune")],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=900,
-  )
+  result = run_module("tune", sweep, "--trials", "2", "--workdir", tmp_path / "tune")
   assert result.returncode == 0, result.stderr
   trials = sorted((tmp_path / "tune" / "trials").iterdir())
   assert len(trials) == 2 and all(read_summary(t)["best_val_accuracy"] > 0.2 for t in trials)  # chance: 0.1
@@ -199,9 +183,7 @@ class Fine(nnx.Module):
 def test_a_bad_nnx_model_is_one_line_and_exit_2(digits, tmp_path, name, kwargs, message):
   (tmp_path / "net.py").write_text(BAD_NNX)
   args = [*folder_args(digits, name, 1), "--workdir", tmp_path / "run", *kwargs]
-  result = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.run", *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=300
-  )
+  result = run_cli(*args, cwd=tmp_path, timeout=300)
   err = result.stderr.strip()
   assert result.returncode == 2 and err.startswith("error: ") and message in err and "\n" not in err, err
   assert not (tmp_path / "run" / "checkpoints").exists()

@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import EXPERIMENTS, REPO, SHARED, run_cli
+from conftest import EXPERIMENTS, SHARED, run_cli, run_module
 from PIL import Image
 
 import fluxdigits
@@ -31,10 +31,8 @@ def classifier(run_dir):
   return fluxdigits.load_classifier(run_dir)
 
 
-def predict_cli(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "fluxdigits.predict", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=REPO
-  )
+def predict_cli(*args, **kwargs):
+  return run_module("predict", *args, timeout=300, **kwargs)
 
 
 def test_arrays_in_dataset_format_go_to_the_model_as_they_are(classifier):
@@ -102,13 +100,7 @@ def test_cli_refuses_an_unfinished_run(tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "stablehlo"])
 def test_export_matches_jax_and_runs_without_fluxdigits(run_dir, tmp_path, fmt):
   pytest.importorskip("jax2onnx") if fmt == "onnx" else None
-  result = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.export", run_dir, "--format", fmt, "--out", tmp_path],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-  )
+  result = run_module("export", run_dir, "--format", fmt, "--out", tmp_path, timeout=300)
   assert result.returncode == 0, result.stderr
   assert "match the JAX model's" in result.stdout
   test = data.read_tfds_split("mnist", "test", os.environ["TFDS_DATA_DIR"], True)[:200]
@@ -159,13 +151,6 @@ def test_a_run_trained_across_two_devices_predicts_on_one(tmp_path):
   )
   assert result.returncode == 0 and "for 2x cpu" in result.stdout, result.stderr
   files = sorted(REAL_DIGITS.glob("7_*.png"))[:2]
-  result = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.predict", workdir, *files],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-    env={**os.environ, "JAX_NUM_CPU_DEVICES": "1"},
-  )
+  result = predict_cli(workdir, *files, env={"JAX_NUM_CPU_DEVICES": "1"})
   assert result.returncode == 0, result.stderr
   assert [line.split()[0] for line in result.stdout.splitlines()] == [f"{f}:" for f in files]

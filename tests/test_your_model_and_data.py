@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, kill_once_written, read_summary, run_cli
+from conftest import REPO, kill_once_written, read_summary, run_cli, run_module
 from PIL import Image
 
 from fluxdigits import config as configs, models, registry, run
@@ -77,34 +77,15 @@ def test_the_run_resumes_exactly_after_kill_9(trained, folder, tmp_path):
 
 def test_predict_and_onnx_export_work_from_another_folder(trained, folder, tmp_path):
   classes = ("Sneaker", "Trouser", "Bag")
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "fluxdigits.predict",
-      str(trained),
-      *(str(folder / "test" / name) for name in classes),
-      "--csv",
-      str(tmp_path / "p.csv"),
-    ],
-    capture_output=True,
-    text=True,
-    cwd=tmp_path,
-    timeout=300,
-  )
+  test_folders = (folder / "test" / name for name in classes)
+  result = run_module("predict", trained, *test_folders, "--csv", tmp_path / "p.csv", cwd=tmp_path, timeout=300)
   assert result.returncode == 0, result.stderr
   with open(tmp_path / "p.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3 * 60
   right = [pathlib.Path(row["file"]).parent.name == row["predicted"] for row in rows]
   assert sum(right) / len(rows) > 0.8, rows[:3]
-  exported = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.export", str(trained), "--format", "onnx", "--out", str(tmp_path / "export")],
-    capture_output=True,
-    text=True,
-    cwd=tmp_path,
-    timeout=600,
-  )
+  exported = run_module("export", trained, "--format", "onnx", "--out", tmp_path / "export", cwd=tmp_path, timeout=600)
   assert exported.returncode == 0, exported.stderr
   assert json.loads((tmp_path / "export" / "model.json").read_text())["class_names"][0] == "Ankle boot"
 
@@ -134,13 +115,7 @@ def test_tuning_two_trials(folder, tmp_path):
     "  trial.suggest_float('optimizer.learning_rate', 1e-3, 3e-3, log=True)\n"
     "  trial.suggest_categorical('model.kwargs.features', [8, 16])\n"
   )
-  result = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.tune", str(sweep), "--trials", "2", "--workdir", str(tmp_path / "tune")],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=900,
-  )
+  result = run_module("tune", sweep, "--trials", "2", "--workdir", tmp_path / "tune")
   assert result.returncode == 0, result.stderr
   trials = sorted((tmp_path / "tune" / "trials").iterdir())
   assert len(trials) == 2 and all(read_summary(t)["best_val_accuracy"] > 0.6 for t in trials)
