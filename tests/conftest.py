@@ -58,13 +58,14 @@ def run_cli(*args, **kwargs):
   return run_module("run", *args, **kwargs)
 
 
-def kill_once_written(command, path, what: str):
-  """Starts `command`, kills it with SIGKILL once `path` (a checkpoint) exists, and checks it was still running then:
-  the run waits there until the kill (workdir.HOLD_ENV), so it is alive whatever the machine's load."""
+def kill_once_written(args, path, what: str):
+  """Starts `python -m fluxdigits.run ARGS`, kills it with SIGKILL once `path` (a checkpoint) exists, and checks it
+  was still running then: the run waits there until the kill (workdir.HOLD_ENV), so it is alive whatever the load."""
   with tempfile.TemporaryDirectory() as folder:
     hold = pathlib.Path(folder) / "hold"
     hold.touch()
     env = {**os.environ, workdirs.HOLD_ENV: f"checkpoint:{hold}", workdirs.HOLD_AFTER_ENV: str(path)}
+    command = [sys.executable, "-m", "fluxdigits.run", *map(str, args)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while not pathlib.Path(path).is_dir() and process.poll() is None and time.time() < deadline:

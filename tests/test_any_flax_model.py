@@ -5,7 +5,6 @@ reads its files as evaluation did, the exports agree with JAX, and an NNX run ge
 import csv
 import json
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -78,16 +77,9 @@ def nnx_run(digits, tmp_path_factory):
 
 def test_an_nnx_run_resumes_exactly_after_kill_9(nnx_run, digits, tmp_path):
   workdir = tmp_path / "killed"
-  args = [
-    sys.executable,
-    "-m",
-    "fluxdigits.run",
-    *map(str, folder_args(digits, HELD_OUT["nnx"], 3)),
-    "--workdir",
-    str(workdir),
-  ]
+  args = [*folder_args(digits, HELD_OUT["nnx"], 3), "--workdir", workdir]
   kill_once_written(args, workdir / "checkpoints" / "1", "the NNX run, in its second epoch,")
-  resumed = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600)
+  resumed = run_cli(*args, timeout=600)
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from epoch 1" in resumed.stdout
   whole, after_kill = read_summary(nnx_run), read_summary(workdir)

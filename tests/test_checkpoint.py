@@ -1,7 +1,6 @@
 import json
 import pathlib
 import shutil
-import sys
 
 import pytest
 from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli
@@ -27,8 +26,7 @@ def test_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(tmp_pa
   assert uninterrupted.returncode == 0, uninterrupted.stderr
 
   workdir = tmp_path / "killed"
-  command = [sys.executable, "-m", "fluxdigits.run", CNN, "--workdir", str(workdir), *args]
-  kill_once_written(command, workdir / "checkpoints" / "1", "the run, in its second epoch,")
+  kill_once_written([CNN, "--workdir", workdir, *args], workdir / "checkpoints" / "1", "the run, in its second epoch,")
   assert not (workdir / "summary.json").exists()
 
   resumed = run_cli(CNN, "--workdir", workdir, *args)

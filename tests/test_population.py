@@ -111,30 +111,18 @@ def test_a_cpu_population_is_split_over_one_device_per_core():
       np.testing.assert_allclose(ours, theirs[0], rtol=1e-4, atol=1e-5)
 
 
-def seeds_command(workdir, *args):
-  return [
-    sys.executable,
-    "-m",
-    "fluxdigits.run",
-    CNN,
-    "--seeds",
-    "0-1",
-    "--workdir",
-    str(workdir),
-    "--config.num_epochs=2",
-    *QUICK,
-    *args,
-  ]
+def seeds_args(workdir):
+  return [CNN, "--seeds", "0-1", "--workdir", workdir, "--config.num_epochs=2", *QUICK]
 
 
 def test_seeds_killed_mid_training_resume_to_the_uninterrupted_population(tmp_path):
-  whole = subprocess.run(seeds_command(tmp_path / "whole"), capture_output=True, text=True, cwd=REPO, timeout=600)
+  whole = run_cli(*seeds_args(tmp_path / "whole"), timeout=600)
   assert whole.returncode == 0, whole.stderr
   assert "test accuracy over 2 seeds:" in whole.stdout
 
   workdir = tmp_path / "killed"
-  kill_once_written(seeds_command(workdir), workdir / "checkpoints" / "1", "the population, in its second epoch,")
-  resumed = subprocess.run(seeds_command(workdir), capture_output=True, text=True, cwd=REPO, timeout=600)
+  kill_once_written(seeds_args(workdir), workdir / "checkpoints" / "1", "the population, in its second epoch,")
+  resumed = run_cli(*seeds_args(workdir), timeout=600)
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from epoch 1" in resumed.stdout
 

@@ -4,7 +4,6 @@ trials': test_tune.py), --config.profile_steps writes a trace, and --config.tens
 
 import json
 import pathlib
-import sys
 import time
 
 import pytest
@@ -82,17 +81,8 @@ def test_a_run_writes_its_curves_hyperparameters_and_report_pictures(tmp_path):
 
 def test_a_killed_run_resumes_its_curves_without_repeated_steps(tmp_path):
   workdir = tmp_path / "run"
-  command = [
-    sys.executable,
-    "-m",
-    "fluxdigits.run",
-    str(EXPERIMENTS / "mnist_cnn.py"),
-    "--workdir",
-    str(workdir),
-    "--config.num_epochs=3",
-    *QUICK,
-  ]
-  kill_once_written(command, workdir / "checkpoints" / "1", "the run, in its second epoch,")
+  args = [EXPERIMENTS / "mnist_cnn.py", "--workdir", workdir, "--config.num_epochs=3", *QUICK]
+  kill_once_written(args, workdir / "checkpoints" / "1", "the run, in its second epoch,")
   # What a killed run may have written after its checkpoint (its next calls and epoch): points the resumed run must
   # hide. TensorBoard's Python loader drops them at the resumed run's restart event; its Rust data server when the
   # resumed run writes the same steps again.
@@ -106,7 +96,7 @@ def test_a_killed_run_resumes_its_curves_without_repeated_steps(tmp_path):
     stale.write_event(tbx.proto.event_pb2.Event(step=step, summary=tbx.summary.scalar(tag, value)))
   stale.close()
   time.sleep(1.1)  # event files are read in the order of their names, which start with the second they were made
-  result = run_cli(EXPERIMENTS / "mnist_cnn.py", "--workdir", workdir, "--config.num_epochs=3", *QUICK)
+  result = run_cli(*args)
   assert result.returncode == 0 and "resuming from epoch 1" in result.stdout, result.stderr
   events, _ = assert_curves_match_the_run(workdir, epochs=3)
   assert all(value != 99.0 for _, value in curve(events, "train/loss"))

@@ -55,19 +55,10 @@ def test_a_user_model_learns_a_folder_of_real_images(trained, folder):
 
 def test_the_run_resumes_exactly_after_kill_9(trained, folder, tmp_path):
   workdir = tmp_path / "killed"
-  command = [
-    sys.executable,
-    "-m",
-    "fluxdigits.run",
-    str(EXPERIMENT),
-    "--workdir",
-    str(workdir),
-    f"--config.dataset.data_dir={folder}",
-    *QUICK,
-  ]
-  kill_once_written(command, workdir / "checkpoints" / "1", "the run, in its second epoch,")
+  args = [EXPERIMENT, "--workdir", workdir, f"--config.dataset.data_dir={folder}", *QUICK]
+  kill_once_written(args, workdir / "checkpoints" / "1", "the run, in its second epoch,")
   assert not (workdir / "summary.json").exists()
-  resumed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)  # another folder
+  resumed = run_cli(*args, timeout=600, cwd=tmp_path)  # another folder
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from epoch 1" in resumed.stdout
   whole, after_kill = read_summary(trained), read_summary(workdir)
