@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
 import json
 import pathlib
 import subprocess
@@ -419,6 +420,8 @@ def main():
     "repeats": args.repeats,
     "steps_scale": args.steps_scale,
     "overrides": overrides,
+    # A peer's speed is its release's: the record names the ones measured.
+    "versions": {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "torch")},
     "results": results,
   }
   path = write_record(record, args.out, "-model-throughput", args.tag)
