@@ -40,10 +40,15 @@ def real_mnist_present():
     )
 
 
+def module_command(module, *args) -> list[str]:
+  """The argv of `python -m fluxdigits.MODULE ARGS`, with this interpreter."""
+  return [sys.executable, "-m", f"fluxdigits.{module}", *map(str, args)]
+
+
 def run_module(module, *args, env=None, timeout=900, cwd=REPO, **popen):
   """`python -m fluxdigits.MODULE ...` in a fresh process, as a user types it."""
   return subprocess.run(
-    [sys.executable, "-m", f"fluxdigits.{module}", *map(str, args)],
+    module_command(module, *args),
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -65,8 +70,9 @@ def kill_once_written(args, path, what: str):
     hold = pathlib.Path(folder) / "hold"
     hold.touch()
     env = {**os.environ, workdirs.HOLD_ENV: f"checkpoint:{hold}", workdirs.HOLD_AFTER_ENV: str(path)}
-    command = [sys.executable, "-m", "fluxdigits.run", *map(str, args)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(
+      module_command("run", *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     deadline = time.time() + 300
     while not pathlib.Path(path).is_dir() and process.poll() is None and time.time() < deadline:
       time.sleep(0.02)

@@ -1,9 +1,7 @@
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import EXPERIMENTS, run_cli
+from conftest import EXPERIMENTS, run_cli, run_module
 
 from fluxdigits import config as configs, run
 from fluxdigits.errors import UserError
@@ -188,7 +186,7 @@ def test_help_lists_the_config_keys_and_the_experiments():
 
 @pytest.mark.parametrize("command", ["run", "tune", "predict", "export", "report"])
 def test_each_command_help_fits_one_screen_with_an_example(command):
-  result = subprocess.run([sys.executable, "-m", f"fluxdigits.{command}", "--help"], capture_output=True, text=True)
+  result = run_module(command, "--help")
   assert result.returncode == 0
   lines = result.stdout.splitlines()
   assert len(lines) <= 50 and max(map(len, lines)) <= 120, f"{command} --help: {len(lines)} lines"

@@ -10,11 +10,10 @@ import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import EXPERIMENTS, REPO, read_summary, run_cli
+from conftest import EXPERIMENTS, REPO, module_command, read_summary, run_cli
 
 from fluxdigits import tensorboard, workdir as workdirs
 
@@ -40,16 +39,7 @@ def start_job(workdir, hold=None, point="checkpoint", args=ARGS):
   port = free_port()
   flags = ["--coordinator", f"localhost:{port}", "--num_processes", "2", "--process_id", "0"]
   variables = {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-  command = [
-    sys.executable,
-    "-m",
-    "fluxdigits.run",
-    *args,
-    "--workdir",
-    str(workdir),
-    "--heartbeat_timeout",
-    str(HEARTBEAT_SECONDS),
-  ]
+  command = module_command("run", *args, "--workdir", workdir, "--heartbeat_timeout", HEARTBEAT_SECONDS)
   # Unbuffered: a process that jax.distributed aborts still shows what it printed.
   env_all = {
     **os.environ,

@@ -7,11 +7,10 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import EXPERIMENTS, REPO, read_summary, run_cli, signal_handlers_installed
+from conftest import EXPERIMENTS, REPO, module_command, read_summary, run_cli, signal_handlers_installed
 
 from fluxdigits import workdir as workdirs
 
@@ -25,7 +24,7 @@ def metrics_epochs(workdir):
 
 def start(*args, env=None):
   return subprocess.Popen(
-    [sys.executable, "-m", "fluxdigits.run", *map(str, args)],
+    module_command("run", *args),
     cwd=REPO,
     text=True,
     stdout=subprocess.PIPE,
@@ -162,16 +161,7 @@ def test_ctrl_c_during_startup_and_compiling_is_a_clean_stop(tmp_path):
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
   disk = tmp_path / "disk"
   disk.mkdir()
-  command = [
-    sys.executable,
-    "-m",
-    "fluxdigits.run",
-    MLP,
-    "--workdir",
-    str(disk / "run"),
-    "--config.num_epochs=2",
-    *TINY,
-  ]
+  command = module_command("run", MLP, "--workdir", disk / "run", "--config.num_epochs=2", *TINY)
   # A 2.5 MB disk holds one MLP checkpoint (1.6 MB), not two; then the disk grows and the run resumes.
   script = (
     f"mount -t tmpfs -o size=2500k tmpfs {disk} || exit 99\n"

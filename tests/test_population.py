@@ -3,13 +3,11 @@ trials of one shape together, and bad input is refused."""
 
 import json
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import EXPERIMENTS, REPO, kill_once_written, read_summary, run_cli
+from conftest import EXPERIMENTS, kill_once_written, read_summary, run_cli, run_module
 
 from fluxdigits import (
   checkpoint,
@@ -177,29 +175,22 @@ def test_tuning_trains_trials_of_one_shape_together(tmp_path):
     "  trial.suggest_float('model.dropout_rate', 0.0, 0.3)\n"
   )
   workdir = tmp_path / "tuning"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "fluxdigits.tune",
-      str(sweep),
-      "--workdir",
-      str(workdir),
-      "--trials",
-      "4",
-      "--population",
-      "4",
-      "--sampler",
-      "random",
-      "--pruner",
-      "none",
-      "--config.num_epochs=1",
-      "--config.model.name=cnn_dropout",
-      *QUICK[:1],
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
+  result = run_module(
+    "tune",
+    sweep,
+    "--workdir",
+    workdir,
+    "--trials",
+    4,
+    "--population",
+    4,
+    "--sampler",
+    "random",
+    "--pruner",
+    "none",
+    "--config.num_epochs=1",
+    "--config.model.name=cnn_dropout",
+    *QUICK[:1],
     timeout=600,
   )
   assert result.returncode == 0, result.stderr

@@ -1,12 +1,10 @@
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import EXPERIMENTS, REPO, read_summary
+from conftest import EXPERIMENTS, read_summary, run_module
 from matplotlib import image as mpimg
 
 from fluxdigits import report, run
@@ -152,9 +150,7 @@ def test_a_broken_workdir_is_one_error_line_and_exit_code_2(trained_run, tmp_pat
 
 
 def test_the_command_line_reports_bad_input_without_a_traceback(tmp_path):
-  result = subprocess.run(
-    [sys.executable, "-m", "fluxdigits.report", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120
-  )
+  result = run_module("report", tmp_path, timeout=120)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
 

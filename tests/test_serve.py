@@ -18,7 +18,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -29,7 +28,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import EXPERIMENTS, REPO, SHARED, read_summary, run_cli
+from conftest import EXPERIMENTS, REPO, SHARED, module_command, read_summary, run_cli
 from PIL import Image
 
 import fluxdigits
@@ -58,7 +57,7 @@ def server(run_dir):
   """The command as a user starts it, on a port the OS chooses; yields (url, process, its stderr file)."""
   stderr = tempfile.TemporaryFile("w+")
   process = subprocess.Popen(
-    [sys.executable, "-m", "fluxdigits.serve", str(run_dir), "--port", "0"],
+    module_command("serve", run_dir, "--port", "0"),
     cwd=REPO,
     stdout=subprocess.PIPE,
     stderr=stderr,

@@ -6,12 +6,11 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import optuna
 import pytest
-from conftest import REPO
+from conftest import REPO, module_command
 from test_tensorboard import read_events, session_hparams
 
 from fluxdigits import config as configs, tune, workdir as workdirs
@@ -38,7 +37,7 @@ def write_sweep(folder: pathlib.Path, space: str, name="digits.py") -> pathlib.P
 
 
 def tune_command(sweep, workdir, *args):
-  return [sys.executable, "-m", "fluxdigits.tune", str(sweep), "--workdir", str(workdir), *map(str, args), *QUICK]
+  return module_command("tune", sweep, "--workdir", workdir, *args, *QUICK)
 
 
 def run_tune(sweep, workdir, *args):
