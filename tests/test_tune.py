@@ -10,7 +10,7 @@ import time
 
 import optuna
 import pytest
-from conftest import REPO, module_command
+from conftest import REPO, module_command, run_module
 from test_tensorboard import read_events, session_hparams
 
 from fluxdigits import config as configs, tune, workdir as workdirs
@@ -36,12 +36,16 @@ def write_sweep(folder: pathlib.Path, space: str, name="digits.py") -> pathlib.P
   return path
 
 
+def tune_args(sweep, workdir, *args):
+  return (sweep, "--workdir", workdir, *args, *QUICK)
+
+
 def tune_command(sweep, workdir, *args):
-  return module_command("tune", sweep, "--workdir", workdir, *args, *QUICK)
+  return module_command("tune", *tune_args(sweep, workdir, *args))
 
 
 def run_tune(sweep, workdir, *args):
-  return subprocess.run(tune_command(sweep, workdir, *args), capture_output=True, text=True, cwd=REPO, timeout=600)
+  return run_module("tune", *tune_args(sweep, workdir, *args), timeout=600)
 
 
 def finished_trials(workdir, name="digits"):
