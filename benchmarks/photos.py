@@ -13,7 +13,6 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
-from skimage.morphology import skeletonize
 
 from fluxdigits import images
 
@@ -42,19 +41,6 @@ def plasma(count, rng, size=32, decay=2.0):
 def _texture(shape, rng) -> np.ndarray:
   """A plasma fractal of `shape` (up to 512 a side), mean about 0, range 1."""
   return plasma(1, rng, size=512)[0, : shape[0], : shape[1]] - 0.5
-
-
-def _enlarged(digit_uint8, size: int) -> np.ndarray:
-  """The digit's ink (0-1) at `size` x `size` pixels, bicubic."""
-  image = Image.fromarray(digit_uint8[..., 0]).resize((size, size), Image.Resampling.BICUBIC)
-  return np.clip(np.asarray(image, np.float32) / 255, 0, 1)
-
-
-def _pen_line(digit_uint8, size: int, width: float) -> np.ndarray:
-  """The digit traced by a pen `width` pixels wide: the skeleton of its enlarged strokes, thickened, anti-aliased."""
-  skeleton = skeletonize(_enlarged(digit_uint8, size) > 0.5)
-  distance = ndimage.distance_transform_edt(~skeleton)
-  return np.clip(width / 2 + 0.5 - distance, 0, 1).astype(np.float32)
 
 
 def _placed(ink: np.ndarray, shape, top: int, left: int) -> np.ndarray:
@@ -130,7 +116,7 @@ def ballpoint(digit_uint8, rng) -> tuple[Image.Image, dict]:
   cast shadow, slightly askew, as a JPEG."""
   h, w = int(rng.integers(240, 400)), int(rng.integers(240, 400))
   size = int(min(h, w) * rng.uniform(0.4, 0.65))
-  ink = _pen_line(digit_uint8, size, rng.uniform(1.5, 3.5))
+  ink = images.pen_line(digit_uint8, size, rng.uniform(1.5, 3.5))
   ink = _placed(ink, (h, w), int(rng.integers(0, h - size)), int(rng.integers(0, w - size)))
   rgb = _ink_on_paper((h, w), ink, rng, rng.uniform(0.6, 0.88))
   rgb *= (_light((h, w), rng, rng.uniform(0.4, 0.7)) * _cast_shadow((h, w), rng))[..., None]
@@ -154,9 +140,9 @@ def page_edge(digit_uint8, rng) -> tuple[Image.Image, dict]:
   rows, cols = np.nonzero(page)
   size = int(min(np.ptp(rows), np.ptp(cols)) * rng.uniform(0.35, 0.6))
   if rng.random() < 0.5:
-    ink = _pen_line(digit_uint8, size, rng.uniform(2, 6))
+    ink = images.pen_line(digit_uint8, size, rng.uniform(2, 6))
   else:
-    ink = _enlarged(digit_uint8, size)
+    ink = images.enlarged(digit_uint8, size)
   top = int(rng.integers(rows.min() + 0.1 * size, rows.max() - 1.1 * size))
   left = int(rng.integers(cols.min() + 0.1 * size, cols.max() - 1.1 * size))
   rgb = _ink_on_paper((h, w), _placed(ink, (h, w), top, left), rng, rng.uniform(0.75, 0.95))
@@ -172,7 +158,7 @@ def photographed(digit_uint8, rng) -> tuple[Image.Image, dict]:
   across, in perspective, slightly out of focus, as a grayscale JPEG."""
   side = int(rng.integers(120, 257))
   size = int(side * rng.uniform(0.35, 0.7))
-  ink = _enlarged(digit_uint8, size)
+  ink = images.enlarged(digit_uint8, size)
   if rng.random() < 0.5:  # a thin pen or pencil: strokes down to a third of their width
     ink = ndimage.grey_erosion(ink, size=int(rng.integers(2, max(3, size // 28 + 1))))
   top, left = rng.integers(0, side - size, size=2)
@@ -199,7 +185,7 @@ def drawing_area(digit_uint8, rng) -> tuple[Image.Image, dict]:
   area = rng.uniform(0.05, 0.25, 4) * (h, w, h, w)  # the margins: top, left, bottom, right
   top, left, bottom, right = int(area[0]), int(area[1]), h - int(area[2]), w - int(area[3])
   size = int(min(bottom - top, right - left) * rng.uniform(0.6, 0.9))
-  ink = _enlarged(digit_uint8, size)
+  ink = images.enlarged(digit_uint8, size)
   y, x = int(rng.integers(top, bottom - size + 1)), int(rng.integers(left, right - size + 1))
   strokes = _placed(ink, (h, w), y, x)
   rgba = np.zeros((h, w, 4), np.uint8)
@@ -212,7 +198,9 @@ def transparent(digit_uint8, rng) -> tuple[Image.Image, dict]:
   """Dark strokes (black or a dark colour) on a fully transparent canvas, the ink in the alpha channel, as a PNG."""
   h, w = int(rng.integers(200, 400)), int(rng.integers(200, 400))
   size = int(min(h, w) * rng.uniform(0.4, 0.8))
-  ink = _placed(_enlarged(digit_uint8, size), (h, w), int(rng.integers(0, h - size)), int(rng.integers(0, w - size)))
+  ink = _placed(
+    images.enlarged(digit_uint8, size), (h, w), int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
+  )
   rgba = np.zeros((h, w, 4), np.uint8)
   rgba[..., :3] = (np.array([0, 0, 0]) if rng.random() < 0.5 else rng.integers(0, 90, 3)).astype(np.uint8)
   rgba[..., 3] = np.round(ink * 255).astype(np.uint8)
@@ -243,7 +231,7 @@ def write(kind: str, digits_uint8, folder, start: int = 0) -> list[pathlib.Path]
 def stroke_overlap(prepared_uint8, digit_uint8) -> float:
   """How well a prepared 28x28 keeps the digit's strokes: the F1 of its ink (>= 128) against the digit's own ink as
   the preparation makes it from a clean enlargement, each pixel counting as matched within one pixel."""
-  reference = images.mnist_digit(_enlarged(digit_uint8, 280) > 0.5)[..., 0] >= 128
+  reference = images.mnist_digit(images.enlarged(digit_uint8, 280) > 0.5)[..., 0] >= 128
   got = prepared_uint8[..., 0] >= 128
   if not got.any():
     return 0.0

@@ -115,6 +115,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.augment.european_ones = 0.0  # share of class 1 given a flag (half of them a base stroke), as in Europe
   c.augment.closed_fours = 0.0  # share of class 4 given a closed top
   c.augment.crossed_sevens = 0.0  # share of class 7 given a bar across the stem, as in Europe
+  c.augment.pen_traced = 0.0  # share of the training digits traced by a thin pen and prepared as photos are, once
   c.augment.crop_padding = 4  # pixels, for 'cifar'
 
   c.model = ml_collections.ConfigDict()
@@ -318,6 +319,7 @@ RULES = {
   "augment.european_ones": _within(0, 1, closed=True, why=": a share of the class"),
   "augment.closed_fours": _within(0, 1, closed=True, why=": a share of the class"),
   "augment.crossed_sevens": _within(0, 1, closed=True, why=": a share of the class"),
+  "augment.pen_traced": _within(0, 1, closed=True, why=": a share of the training digits"),
   "augment.min_contrast": (lambda value: 0 < value <= 1, "in (0, 1] (1 leaves it out)"),
   "dataset.name": (bool, "a tfds dataset's name, 'folder' or 'idx'"),
 }

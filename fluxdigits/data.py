@@ -161,11 +161,25 @@ def load(config, log=print) -> Dataset:
   train, validation = hold_out(train, config.validation_fraction)
   if d.max_train_examples:
     train = train[: d.max_train_examples]
+  if config.augment.pen_traced:
+    train = _pen_traced(train, config.augment.pen_traced, name, log)
   if d.max_test_examples:
     test = test[: d.max_test_examples]
   channels = train.images.shape[-1]
   mean, std = channel_statistics(train.images) if d.standardize else ((0.0,) * channels, (1.0,) * channels)
   return Dataset(name, train, validation, test, Info(class_names, train.images.shape[1:], mean, std))
+
+
+def _pen_traced(train: Split, share: float, name: str, log) -> Split:
+  if train.images.shape[1:] != (28, 28, 1):
+    raise UserError(
+      f"augment.pen_traced needs 28x28 grayscale digits, and {name}'s images are {train.images.shape[1:]}: "
+      "set --config.augment.pen_traced=0"
+    )
+  from fluxdigits import images as image_files
+
+  log(f"tracing {round(share * len(train))} training digits by pen, as photos are prepared")
+  return Split(image_files.pen_traced(train.images, share), train.labels)
 
 
 def check_source(config) -> None:

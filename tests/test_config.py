@@ -68,6 +68,7 @@ def test_overrides_are_typed_by_the_default_value():
     ("ema_decay=1.0", "ema_decay must be in [0, 1) (0 turns weight averaging off)"),
     ("optimizer.learning_rate=-1", "optimizer.learning_rate must be > 0"),
     ("microbatches=5", "batch_size=32 is not divisible by microbatches=5; use a divisor of the batch size"),
+    ("augment.pen_traced=1.5", "augment.pen_traced must be in [0, 1]: a share of the training digits, got 1.5"),
   ],
 )
 def test_bad_overrides_give_one_line_and_exit_code_2(assignment, message, capsys, tmp_path):

@@ -331,3 +331,17 @@ def test_the_ink_of_a_clear_canvas_shows_whatever_colour_its_clear_pixels_store(
   rgba.paste(Image.new("RGBA", rgba.size, strokes), mask=Image.eval(drawn_seven(), lambda v: 255 - v))
   got = images.read_mnist(_save(tmp_path / "clear.png", rgba)).astype(int)
   assert np.abs(got - reference).mean() < 12
+
+
+@pytest.mark.fast
+def test_pen_traced_training_digits_keep_their_strokes_at_mnist_width():
+  """augment.pen_traced: the chosen share of digits, always the same ones, traced thin and prepared as a photo is:
+  one stroke width near MNIST's median, over the digit's own strokes; the others stay as they were."""
+  digits = mnist_test_digits(40)
+  traced = images.pen_traced(digits, 0.25)
+  changed = np.flatnonzero((traced != digits).any((1, 2, 3)))
+  assert len(changed) == 10 and np.array_equal(images.pen_traced(digits, 0.25), traced)
+  widths = [images._stroke_width(traced[i, ..., 0] >= 128) for i in changed]
+  assert abs(np.median(widths) - images.MNIST_STROKE) <= 0.5, np.round(widths, 2)
+  overlaps = [renderings.stroke_overlap(traced[i], digits[i]) for i in changed]
+  assert min(overlaps) >= 0.9, np.round(overlaps, 2)
