@@ -161,8 +161,6 @@ def load(config, log=print) -> Dataset:
   train, validation = hold_out(train, config.validation_fraction)
   if d.max_train_examples:
     train = train[: d.max_train_examples]
-  if config.augment.pen_traced:
-    train = _pen_traced(train, config.augment.pen_traced, name, log)
   if d.max_test_examples:
     test = test[: d.max_test_examples]
   channels = train.images.shape[-1]
@@ -170,16 +168,20 @@ def load(config, log=print) -> Dataset:
   return Dataset(name, train, validation, test, Info(class_names, train.images.shape[1:], mean, std))
 
 
-def _pen_traced(train: Split, share: float, name: str, log) -> Split:
-  if train.images.shape[1:] != (28, 28, 1):
+def pen_traced(dataset: Dataset, share: float, log=print) -> Dataset:
+  """`dataset` with `share` of its training digits traced by a pen and prepared as photos are (images.pen_traced). The
+  train step's data only: reports and exports read the splits as they are."""
+  if dataset.info.image_shape != (28, 28, 1):
     raise UserError(
-      f"augment.pen_traced needs 28x28 grayscale digits, and {name}'s images are {train.images.shape[1:]}: "
+      f"augment.pen_traced needs 28x28 grayscale digits, and {dataset.name}'s images are {dataset.info.image_shape}: "
       "set --config.augment.pen_traced=0"
     )
   from fluxdigits import images as image_files
 
-  log(f"tracing {round(share * len(train))} training digits by pen, as photos are prepared")
-  return Split(image_files.pen_traced(train.images, share), train.labels)
+  log(f"tracing {round(share * len(dataset.train))} training digits by pen, as photos are prepared")
+  return dataclasses.replace(
+    dataset, train=Split(image_files.pen_traced(dataset.train.images, share), dataset.train.labels)
+  )
 
 
 def check_source(config) -> None:

@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 from scipy import ndimage
 from skimage import filters
-from skimage.morphology import skeletonize
 
 from fluxdigits.errors import UserError
 
@@ -397,16 +396,18 @@ def enlarged(digit_uint8: np.ndarray, size: int) -> np.ndarray:
 def pen_line(digit_uint8: np.ndarray, size: int, width: float) -> np.ndarray:
   """The digit traced by a pen `width` pixels wide at `size` x `size`: the skeleton of its enlarged strokes, thickened,
   anti-aliased."""
+  from skimage.morphology import skeletonize  # 0.6 s to import, which predict's start need not pay
+
   skeleton = skeletonize(enlarged(digit_uint8, size) > 0.5)
   distance = ndimage.distance_transform_edt(~skeleton)
   return np.clip(width / 2 + 0.5 - distance, 0, 1).astype(np.float32)
 
 
-def pen_traced(digits_uint8: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
+def pen_traced(digits_uint8: np.ndarray, share: float) -> np.ndarray:
   """A copy of (N, 28, 28, 1) digits in which `share` of them (a fixed choice) are traced by a thin pen and prepared
   as `mnist_digit` prepares a photo's ink. Prepared strokes have one width and MNIST's vary, so a model that never saw
   one-width strokes misreads them (a 9 traced thin reads as a closed-top 4)."""
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(0)  # the same digits in every run and resume
   traced = digits_uint8.copy()
   for i in rng.choice(len(traced), round(share * len(traced)), replace=False):
     traced[i] = mnist_digit(pen_line(traced[i], int(rng.integers(100, 200)), 2.0) > 0.5)

@@ -229,4 +229,4 @@ def test_a_source_read_from_a_folder_needs_its_data_dir(name):
 def test_pen_traced_digits_need_mnist_s_shape():
   config = configs.override(configs.defaults(), ["dataset.image_size=32", "augment.pen_traced=0.1"])
   with pytest.raises(UserError, match=r"augment.pen_traced needs 28x28 grayscale digits, and mnist's images are \(32"):
-    data.load(config, log=lambda line: None)
+    data.pen_traced(data.load(config, log=lambda line: None), 0.1)
