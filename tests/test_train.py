@@ -387,3 +387,28 @@ def test_digits_written_otherwise_in_training_teach_the_cnn_to_read_them(tmp_pat
       read[name, share] = float((classifier.predict(draw(images, labels)).argmax(-1) == digit).mean())
   assert read["european_ones", 1.0] >= 0.95 and read["european_ones", 0.0] <= 0.8, read
   assert read["closed_fours", 1.0] >= 0.9 and read["closed_fours", 0.0] <= 0.8, read
+
+
+def test_digits_traced_by_pen_in_training_teach_the_cnn_thin_pen_9s(tmp_path):
+  """Trained with closed-top 4s, the CNN reads a 9 traced by a thin pen and prepared as a photo (strokes of one width)
+  as a 4; augment.pen_traced shows it such digits in training, and it reads them as 9s."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import robustness
+
+  import fluxdigits
+  from fluxdigits import images as image_files
+
+  images, labels = robustness.mnist_test()
+  traced_nines = image_files.pen_traced(images[labels == 9][:300], 1.0)
+  read = {}
+  for share in (0.0, 0.5):
+    workdir = tmp_path / f"share-{share}"
+    args = ["--config.num_epochs=1", "--config.report=false", "--config.tensorboard=false"]
+    args += [
+      "--config.augment.name=digits",
+      "--config.augment.closed_fours=1.0",
+      f"--config.augment.pen_traced={share}",
+    ]
+    assert run.main([CNN, "--workdir", str(workdir), "--config.dataset.max_train_examples=10000", *args]) == 0
+    read[share] = float((fluxdigits.load_classifier(workdir).predict(traced_nines).argmax(-1) == 9).mean())
+  assert read[0.5] >= 0.87 and read[0.5] >= read[0.0] + 0.03, read
