@@ -28,6 +28,6 @@ def test_a_block_of_64_mib_comes_from_the_heap_and_stays_there_when_freed():
   block = np.ones(2**23)  # 64 MiB: glibc's defaults map a block this large alone and unmap it when it is freed
   held = mallinfo2()
   assert (held.hblks, held.hblkhd) == (before.hblks, before.hblkhd)
-  assert held.uordblks >= before.uordblks + block.nbytes
+  assert held.uordblks >= before.uordblks + block.nbytes - 2**20  # other threads may free a little meanwhile
   del block
   assert mallinfo2().arena == held.arena
