@@ -352,6 +352,20 @@ def test_a_new_metric_is_one_function_that_reaches_every_output(tmp_path, monkey
   assert "test top5 accuracy" in (workdir / "report" / "index.html").read_text()
 
 
+def digits_cnn_after_one_epoch(workdir, *overrides):
+  """The seed CNN trained one epoch with digit augmentation and `overrides`, as load_classifier gives it."""
+  import fluxdigits
+
+  args = [
+    "--config.num_epochs=1",
+    "--config.report=false",
+    "--config.tensorboard=false",
+    "--config.augment.name=digits",
+  ]
+  assert run.main([CNN, "--workdir", str(workdir), *args, *overrides]) == 0
+  return fluxdigits.load_classifier(workdir)
+
+
 def test_digits_written_otherwise_in_training_teach_the_cnn_to_read_them(tmp_path):
   """MNIST has few 1s with a flag, 7s crossed and 4s with a closed top; one epoch with augment.european_ones,
   crossed_sevens and closed_fours reads test digits drawn so (by benchmarks/robustness.py's own renderers) as their
@@ -359,30 +373,15 @@ def test_digits_written_otherwise_in_training_teach_the_cnn_to_read_them(tmp_pat
   sys.path.insert(0, str(REPO / "benchmarks"))
   import robustness
 
-  import fluxdigits
-
   images, labels = robustness.mnist_test()
   read = {}
   for share in (0.0, 1.0):
-    workdir = tmp_path / f"share-{share}"
-    assert (
-      run.main(
-        [
-          CNN,
-          "--workdir",
-          str(workdir),
-          "--config.num_epochs=1",
-          "--config.report=false",
-          "--config.tensorboard=false",
-          "--config.augment.name=digits",
-          f"--config.augment.european_ones={share}",
-          f"--config.augment.closed_fours={share}",
-          f"--config.augment.crossed_sevens={share}",
-        ]
-      )
-      == 0
+    classifier = digits_cnn_after_one_epoch(
+      tmp_path / f"share-{share}",
+      f"--config.augment.european_ones={share}",
+      f"--config.augment.closed_fours={share}",
+      f"--config.augment.crossed_sevens={share}",
     )
-    classifier = fluxdigits.load_classifier(workdir)
     for name, (digit, draw) in robustness.WRITTEN_OTHERWISE.items():
       read[name, share] = float((classifier.predict(draw(images, labels)).argmax(-1) == digit).mean())
   assert read["european_ones", 1.0] >= 0.95 and read["european_ones", 0.0] <= 0.8, read
@@ -395,20 +394,17 @@ def test_digits_traced_by_pen_in_training_teach_the_cnn_thin_pen_9s(tmp_path):
   sys.path.insert(0, str(REPO / "benchmarks"))
   import robustness
 
-  import fluxdigits
   from fluxdigits import images as image_files
 
   images, labels = robustness.mnist_test()
   traced_nines = image_files.pen_traced(images[labels == 9][:300], 1.0)
   read = {}
   for share in (0.0, 0.5):
-    workdir = tmp_path / f"share-{share}"
-    args = ["--config.num_epochs=1", "--config.report=false", "--config.tensorboard=false"]
-    args += [
-      "--config.augment.name=digits",
+    classifier = digits_cnn_after_one_epoch(
+      tmp_path / f"share-{share}",
+      "--config.dataset.max_train_examples=10000",
       "--config.augment.closed_fours=1.0",
       f"--config.augment.pen_traced={share}",
-    ]
-    assert run.main([CNN, "--workdir", str(workdir), "--config.dataset.max_train_examples=10000", *args]) == 0
-    read[share] = float((fluxdigits.load_classifier(workdir).predict(traced_nines).argmax(-1) == 9).mean())
+    )
+    read[share] = float((classifier.predict(traced_nines).argmax(-1) == 9).mean())
   assert read[0.5] >= 0.87 and read[0.5] >= read[0.0] + 0.03, read
