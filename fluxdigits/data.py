@@ -168,20 +168,34 @@ def load(config, log=print) -> Dataset:
   return Dataset(name, train, validation, test, Info(class_names, train.images.shape[1:], mean, std))
 
 
-def pen_traced(dataset: Dataset, share: float, log=print) -> Dataset:
-  """`dataset` with `share` of its training digits traced by a pen and prepared as photos are (images.pen_traced). The
-  train step's data only: reports and exports read the splits as they are."""
+def pen_traced(dataset: Dataset, share: float, use_cache: bool, log=print) -> Dataset:
+  """`dataset` with `share` of its training digits traced by a pen and prepared as photos are (images.pen_traced),
+  cached as decoded splits are. The train step's data only: reports and exports read the splits as they are."""
   if dataset.info.image_shape != (28, 28, 1):
     raise UserError(
       f"augment.pen_traced needs 28x28 grayscale digits, and {dataset.name}'s images are {dataset.info.image_shape}: "
       "set --config.augment.pen_traced=0"
     )
+  from skimage import __version__ as skimage_version
+
   from fluxdigits import images as image_files
 
-  log(f"tracing {round(share * len(dataset.train))} training digits by pen, as photos are prepared")
-  return dataclasses.replace(
-    dataset, train=Split(image_files.pen_traced(dataset.train.images, share), dataset.train.labels)
-  )
+  train, count = dataset.train, round(share * len(dataset.train))
+  # Keyed by the digits, the share and the code that traces them, so a changed preparation traces again.
+  key = hashlib.sha256(train.images.tobytes())
+  key.update(train.labels.tobytes())
+  key.update(f"{share!r} {skimage_version}".encode() + pathlib.Path(image_files.__file__).read_bytes())
+  cache_file = _cache_root() / "pen-traced" / f"{key.hexdigest()[:16]}.npz" if use_cache else None
+  cached = _read_cache(cache_file, len(train)) if cache_file and cache_file.exists() else None
+  if cached is not None:
+    log(f"loading {count} training digits traced by pen from the cache {cache_file}")
+    return dataclasses.replace(dataset, train=cached)
+  cached_note = " (cached for later runs)" if cache_file else ""
+  log(f"tracing {count} training digits by pen, as photos are prepared{cached_note}")
+  traced = Split(image_files.pen_traced(train.images, share), train.labels)
+  if cache_file:
+    _write_cache(cache_file, traced)
+  return dataclasses.replace(dataset, train=traced)
 
 
 def check_source(config) -> None:

@@ -7,7 +7,9 @@ side scaled to 20 px by area averaging, which anti-aliases as MNIST's resampling
 28); 'fit' crops the centre to the run's aspect ratio and resizes, as a folder dataset's images are.
 """
 
+import concurrent.futures
 import contextlib
+import os
 import pathlib
 import warnings
 
@@ -408,9 +410,13 @@ def pen_traced(digits_uint8: np.ndarray, share: float) -> np.ndarray:
   as `mnist_digit` prepares a photo's ink. Prepared strokes have one width and MNIST's vary, so a model that never saw
   one-width strokes misreads them (a 9 traced thin reads as a closed-top 4)."""
   rng = np.random.default_rng(0)  # the same digits in every run and resume
+  chosen = rng.choice(len(digits_uint8), round(share * len(digits_uint8)), replace=False)
+  sizes = [int(rng.integers(100, 200)) for _ in chosen]
+  trace = lambda i, size: mnist_digit(pen_line(digits_uint8[i], size, 2.0) > 0.5)
   traced = digits_uint8.copy()
-  for i in rng.choice(len(traced), round(share * len(traced)), replace=False):
-    traced[i] = mnist_digit(pen_line(traced[i], int(rng.integers(100, 200)), 2.0) > 0.5)
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # scipy and skimage mostly release the GIL
+    for i, digit in zip(chosen, pool.map(trace, chosen, sizes)):
+      traced[i] = digit
   return traced
 
 

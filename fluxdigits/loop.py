@@ -224,7 +224,7 @@ def build(members, log=print) -> tuple[Trainer, steps.TrainState]:
   config = members[0]
   dataset = data.load(config, log)
   if config.augment.pen_traced:
-    dataset = data.pen_traced(dataset, config.augment.pen_traced, log)
+    dataset = data.pen_traced(dataset, config.augment.pen_traced, config.dataset.cache, log)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f"batch_size={config.batch_size} is larger than the {len(dataset.train)} training examples")

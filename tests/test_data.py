@@ -226,7 +226,30 @@ def test_a_source_read_from_a_folder_needs_its_data_dir(name):
     data.check_source(configs.validate(c))
 
 
+def digits_dataset(split: data.Split) -> data.Dataset:
+  info = data.Info(tuple("0123456789"), split.images.shape[1:], (0.0,), (1.0,))
+  return data.Dataset("mnist", split, split[:0], split[:0], info)
+
+
+@pytest.mark.fast
 def test_pen_traced_digits_need_mnist_s_shape():
-  config = configs.override(configs.defaults(), ["dataset.image_size=32", "augment.pen_traced=0.1"])
+  split = data.Split(np.zeros((4, 32, 32, 1), np.uint8), np.zeros(4, np.int32))
   with pytest.raises(UserError, match=r"augment.pen_traced needs 28x28 grayscale digits, and mnist's images are \(32"):
-    data.pen_traced(data.load(config, log=lambda line: None), 0.1)
+    data.pen_traced(digits_dataset(split), 0.1, use_cache=False)
+
+
+def test_pen_traced_digits_are_cached_for_the_next_start(tmp_path, monkeypatch):
+  monkeypatch.setenv("FLUXDIGITS_CACHE_DIR", str(tmp_path))
+  digits = digits_dataset(data.read_idx_split(IDX_DIR, "test")[:40])
+  logged = []
+  first = data.pen_traced(digits, 0.5, use_cache=True, log=logged.append).train
+  again = data.pen_traced(digits, 0.5, use_cache=True, log=logged.append).train
+  assert logged[0].startswith("tracing 20 training digits") and "cached for later runs" in logged[0]
+  assert logged[1].startswith("loading 20 training digits traced by pen from the cache")
+  np.testing.assert_array_equal(again.images, first.images)
+  np.testing.assert_array_equal(again.labels, digits.train.labels)
+  assert (first.images != digits.train.images).any((1, 2, 3)).sum() == 20
+  uncached = data.pen_traced(digits, 0.5, use_cache=False, log=logged.append).train
+  np.testing.assert_array_equal(uncached.images, first.images)
+  data.pen_traced(digits, 0.25, use_cache=True, log=logged.append)  # another share is another cache file
+  assert logged[3].startswith("tracing 10 training digits") and len(list(tmp_path.rglob("*.npz"))) == 2
