@@ -288,10 +288,10 @@ def _ink_mask(contrast: np.ndarray) -> np.ndarray:
 
 def _keep_marks(mask: np.ndarray) -> np.ndarray:
   """Drops marks cut by the image's edge (the table, shadows, the paper's border, neighbouring writing) unless no mark
-  clear of it spans MIN_SPAN of the image's shorter side, and then keeps the largest; then specks (under MIN_PART of
-  the largest mark kept). Spans, not areas, judge the marks clear of the edge: a thin pen's digit has little area.
-  A mark (`_marks`) within EDGE_BAND of the shorter side of the edge counts as cut by it (the shadow along a page's
-  border, a table's rim)."""
+  clear of it spans MIN_SPAN of the image's shorter side, and then keeps the one with the most ink clear of the edge
+  (a digit pushed against the frame, not the strip along it); then specks (under MIN_PART of the largest mark kept).
+  Spans, not areas, judge the marks clear of the edge: a thin pen's digit has little area. A mark (`_marks`) within
+  EDGE_BAND of the shorter side of the edge counts as cut by it (the shadow along a page's border, a table's rim)."""
   labels, n = _marks(mask)
   if n == 0:
     return mask
@@ -302,7 +302,9 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
   areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
   marks = [i for i in range(1, n + 1) if i not in edge]
   if not marks or _span(np.isin(labels, marks)) < MIN_SPAN * min(mask.shape):
-    marks.append(int(np.argmax(areas)) + 1)
+    inner = np.zeros(mask.shape, bool)
+    inner[band:-band, band:-band] = True
+    marks.append(int(np.argmax(ndimage.sum(inner, labels, index=np.arange(1, n + 1)))) + 1)
   largest = max(areas[i - 1] for i in marks)
   return np.isin(labels, [i for i in marks if areas[i - 1] >= MIN_PART * largest])
 
