@@ -301,7 +301,7 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
   labels *= mask
   areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
   marks = [i for i in range(1, n + 1) if i not in edge]
-  if not marks or _span(np.isin(labels, marks)) < MIN_SPAN * min(mask.shape):
+  if max((_span(labels == i) for i in marks), default=0) < MIN_SPAN * min(mask.shape):
     inner = np.zeros(mask.shape, bool)
     inner[band:-band, band:-band] = True
     marks.append(int(np.argmax(ndimage.sum(inner, labels, index=np.arange(1, n + 1)))) + 1)

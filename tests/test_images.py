@@ -361,3 +361,16 @@ def test_a_digit_against_the_frame_is_kept_over_marks_the_edge_cuts_more(tmp_pat
     for k in picks
   ]
   assert min(kept) >= 0.9, np.round(kept, 2)
+
+
+@pytest.mark.fast
+def test_a_digit_against_the_frame_is_kept_over_specks_clear_of_it(tmp_path):
+  """Specks far apart clear of the edge (a JPEG's noise in a shadow) are no digit, however far apart they lie."""
+  plain, specked = tmp_path / "plain.png", tmp_path / "specked.png"
+  drawn_seven(offset=(120, 0)).save(plain)  # its bar runs into the right edge
+  image = drawn_seven(offset=(120, 0))
+  for x, y in [(40, 40), (40, 360), (150, 370)]:
+    ImageDraw.Draw(image).ellipse([x - 3, y - 3, x + 3, y + 3], fill=20)
+  image.save(specked)
+  a, b = images.read_mnist(plain).astype(int), images.read_mnist(specked).astype(int)
+  assert np.abs(a - b).mean() < 12
