@@ -349,9 +349,9 @@ def test_pen_traced_training_digits_keep_their_strokes_at_mnist_width():
 
 @pytest.mark.fast
 def test_a_digit_against_the_frame_is_kept_over_marks_the_edge_cuts_more(tmp_path):
-  """Photos in which every mark touches the image's edge, the digit too (pushed there by the perspective), and a
-  shadow's or the page border's strip along the edge has more ink: the digit has the most ink clear of the edge (these
-  renderings once came out as the strip)."""
+  """Photos in which every mark touches the image's edge, the digit too (pushed there by the perspective), and another
+  mark along the edge has more ink: the digit has the most ink clear of the edge (these renderings once came out as
+  the other mark)."""
   picks = [326, 417]
   digits = mnist_test_digits(max(picks) + 1)
   kept = [
@@ -365,7 +365,8 @@ def test_a_digit_against_the_frame_is_kept_over_marks_the_edge_cuts_more(tmp_pat
 
 @pytest.mark.fast
 def test_a_digit_against_the_frame_is_kept_over_specks_clear_of_it(tmp_path):
-  """Specks far apart clear of the edge (a JPEG's noise in a shadow) are no digit, however far apart they lie."""
+  """A digit whose bar runs into the frame, and specks clear of the edge (a JPEG's noise in a deep shadow) scattered
+  over the image: the specks are no digit, however far apart they lie."""
   plain, specked = tmp_path / "plain.png", tmp_path / "specked.png"
   drawn_seven(offset=(120, 0)).save(plain)  # its bar runs into the right edge
   image = drawn_seven(offset=(120, 0))
