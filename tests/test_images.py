@@ -304,20 +304,23 @@ def test_test_digits_photographed_and_drawn_keep_their_strokes(tmp_path, kind, l
   assert np.mean(kept) >= least_mean and np.median(kept) >= least_median, np.round(kept, 2)
 
 
+def strokes_kept(kind: str, picks, folder):
+  """Each picked test digit rendered as `kind` keeps its strokes once prepared (stroke overlap at least 0.9)."""
+  digits = mnist_test_digits(max(picks) + 1)
+  kept = [
+    renderings.stroke_overlap(images.read_mnist(renderings.write(kind, digits[k : k + 1], folder, k)[0]), digits[k])
+    for k in picks
+  ]
+  assert min(kept) >= 0.9, np.round(kept, 2)
+
+
 @pytest.mark.fast
 def test_the_grain_of_a_table_beyond_the_page_s_edge_is_not_ink(tmp_path):
   """Photos of a page whose table shows inside the frame, clear of the image's edge: its grain stands out from the
   dark table about as much as a pen's line from the paper, but it is not on the page (these test digits' renderings
   once came out as blobs of table, the digit a speck beside them)."""
   picks = [62, 133, 136, 183, 224]
-  digits = mnist_test_digits(max(picks) + 1)
-  kept = [
-    renderings.stroke_overlap(
-      images.read_mnist(renderings.write("page_edge", digits[k : k + 1], tmp_path, k)[0]), digits[k]
-    )
-    for k in picks
-  ]
-  assert min(kept) >= 0.9, np.round(kept, 2)
+  strokes_kept("page_edge", picks, tmp_path)
 
 
 @pytest.mark.fast
@@ -353,14 +356,7 @@ def test_a_digit_against_the_frame_is_kept_over_marks_the_edge_cuts_more(tmp_pat
   mark along the edge has more ink: the digit has the most ink clear of the edge (these renderings once came out as
   the other mark)."""
   picks = [326, 417]
-  digits = mnist_test_digits(max(picks) + 1)
-  kept = [
-    renderings.stroke_overlap(
-      images.read_mnist(renderings.write("ballpoint", digits[k : k + 1], tmp_path, k)[0]), digits[k]
-    )
-    for k in picks
-  ]
-  assert min(kept) >= 0.9, np.round(kept, 2)
+  strokes_kept("ballpoint", picks, tmp_path)
 
 
 @pytest.mark.fast
