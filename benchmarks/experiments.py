@@ -2,6 +2,7 @@
 
   python benchmarks/experiments.py mnist_mlp mnist_cnn   # run these experiments, record them, rewrite the table
   python benchmarks/experiments.py                       # rewrite the table from what is recorded
+  python benchmarks/experiments.py --reevaluate mnist_cnn  # measure the run --keep kept again, without training
 
 Each experiment runs as `python -m fluxdigits.run experiments/NAME.py` in a scratch workdir (the report
 off; `--keep` trains in runs/NAME and keeps it), timed from process start to end, and is recorded in
@@ -58,33 +59,62 @@ def record(name: str, real_digits: pathlib.Path = REAL_DIGITS, keep: bool = Fals
     subprocess.run(command, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
     summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
-    config = json.loads((pathlib.Path(workdir) / "config.json").read_text())  # flat: "dataset.name": "mnist"
-    digits = mnist_c = None
-    if config.get("dataset.name", summary.get("dataset")) in DIGIT_DATASETS:
-      digits = evaluate_real_digits(workdir, real_digits)
-      import robustness
+    result = {
+      "experiment": name,
+      "date": datetime.date.today().isoformat(),
+      "machine": device_name(),
+      "commit": _commit(),
+      "wall_seconds": wall,
+      "summary": summary,
+      "source": f"python benchmarks/experiments.py {name}",
+    }
+    result.update(_measures(workdir, real_digits))
+  return _write(result)
 
-      import fluxdigits
 
-      mnist_c = robustness.evaluate(fluxdigits.load_classifier(workdir), *robustness.mnist_test())
-  commit = subprocess.run(
-    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-  ).stdout.strip()
-  result = {
-    "experiment": name,
-    "date": datetime.date.today().isoformat(),
-    "machine": device_name(),
-    "commit": commit or None,
-    "wall_seconds": wall,
-    "summary": summary,
-    "source": f"python benchmarks/experiments.py {name}",
-  }
-  if digits is not None:
-    result["real_digits"] = digits
-  if mnist_c is not None:
-    result["mnist_c"] = mnist_c
+def reevaluate(name: str, real_digits: pathlib.Path = REAL_DIGITS) -> dict:
+  """The record of `name` with its measures beyond its own test split taken again, on the run `--keep` left in
+  runs/NAME (after a change to the preparation or to the measures), its training figures as they were."""
+  path, workdir = RECORDS / f"{name}.json", ROOT / "runs" / name
+  if not path.exists():
+    sys.exit(f"experiments.py: {name} has no record to evaluate again; record it first (--keep)")
+  if not (workdir / "summary.json").exists():
+    sys.exit(
+      f"experiments.py: --reevaluate measures the run kept in {workdir}, which is absent; record {name} with --keep"
+    )
+  result = json.loads(path.read_text())
+  if json.loads((workdir / "summary.json").read_text()) != result["summary"]:
+    sys.exit(
+      f"experiments.py: {workdir} is not the recorded run (its summary differs); record {name} again with --keep"
+    )
+  result.update(_measures(str(workdir), real_digits))
+  result["evaluated"] = {"date": datetime.date.today().isoformat(), "machine": device_name(), "commit": _commit()}
+  return _write(result)
+
+
+def _measures(workdir: str, real_digits: pathlib.Path) -> dict:
+  """A digit run's (dataset mnist or idx) real-digit figures, and MNIST-C with the photo renderings; {} for others."""
+  config = json.loads((pathlib.Path(workdir) / "config.json").read_text())  # flat: "dataset.name": "mnist"
+  summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+  if config.get("dataset.name", summary.get("dataset")) not in DIGIT_DATASETS:
+    return {}
+  import robustness
+
+  import fluxdigits
+
+  measures = {"mnist_c": robustness.evaluate(fluxdigits.load_classifier(workdir), *robustness.mnist_test())}
+  digits = evaluate_real_digits(workdir, real_digits)
+  return measures if digits is None else {"real_digits": digits, **measures}
+
+
+def _commit() -> str | None:
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+  return commit.stdout.strip() or None
+
+
+def _write(result: dict) -> dict:
   RECORDS.mkdir(parents=True, exist_ok=True)
-  (RECORDS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+  (RECORDS / f"{result['experiment']}.json").write_text(json.dumps(result, indent=2) + "\n")
   return result
 
 
@@ -254,9 +284,18 @@ def main():
     help=f"folder of labelled digit images a digit experiment is evaluated on ({_shown_path(REAL_DIGITS)}; "
     "or set FLUXDIGITS_REAL_DIGITS)",
   )
+  parser.add_argument(
+    "--reevaluate",
+    action="store_true",
+    help="measure the runs kept in runs/NAME again (real digits, MNIST-C, photos) and update their records, "
+    "without training",
+  )
   args = parser.parse_args()
   for name in args.experiments:
-    record(name, args.real_digits, args.keep)
+    if args.reevaluate:
+      reevaluate(name, args.real_digits)
+    else:
+      record(name, args.real_digits, args.keep)
   import tables  # it renders this script's tables: imported here, not at the top, to keep the two apart
 
   records = read_records()

@@ -207,8 +207,34 @@ def transparent(digit_uint8, rng) -> tuple[Image.Image, dict]:
   return Image.fromarray(rgba, "RGBA"), {"format": "PNG"}
 
 
+# Printed lines: light blue, grey.
+RULE_COLOURS = np.array([[0.55, 0.7, 0.95], [0.6, 0.6, 0.6]], np.float32)
+
+
+def ruled_paper(digit_uint8, rng) -> tuple[Image.Image, dict]:
+  """A pen of any width on ruled paper (half of them with the digit written on a line) or squared paper, its printed
+  lines light blue or grey, light falling off across it, slightly askew, as a JPEG."""
+  h, w = int(rng.integers(240, 400)), int(rng.integers(240, 400))
+  size = int(min(h, w) * rng.uniform(0.4, 0.65))
+  ink = images.pen_line(digit_uint8, size, rng.uniform(1.5, 5.0))
+  top, left = int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
+  step, width = size * rng.uniform(0.3, 0.6), rng.uniform(0.8, 2.0)
+  rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+  line = lambda at, start: np.clip(width / 2 + 0.5 - np.abs((at - start + step / 2) % step - step / 2), 0, 1)
+  if rng.random() < 0.5:  # ruled: half of the digits sit on a line
+    on_line = top + np.flatnonzero(ink.max(1) > 0.5)[-1]
+    printed = line(rows, on_line if rng.random() < 0.5 else rng.uniform(0, step))
+  else:
+    printed = np.maximum(line(rows, rng.uniform(0, step)), line(cols, rng.uniform(0, step)))
+  rgb = _ink_on_paper((h, w), _placed(ink, (h, w), top, left), rng, rng.uniform(0.75, 0.95))
+  rgb *= 1 - rng.uniform(0.3, 0.8) * printed[..., None] * (1 - RULE_COLOURS[rng.integers(len(RULE_COLOURS))])
+  rgb *= _light((h, w), rng, rng.uniform(0.6, 0.9))[..., None]
+  image = _perspective(_camera(rgb, rng), rng, 0.04, (128, 128, 128))
+  return image, _jpeg(rng)
+
+
 # Each kind of file: how it is rendered. 'photographed' is the grayscale photo measured before the others were added.
-KINDS = {f.__name__: f for f in (ballpoint, page_edge, photographed, drawing_area, transparent)}
+KINDS = {f.__name__: f for f in (ballpoint, page_edge, photographed, drawing_area, transparent, ruled_paper)}
 
 
 def render(kind: str, digits_uint8, start: int = 0):

@@ -5,6 +5,7 @@ import json
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO
 from PIL import Image
 
@@ -210,3 +211,25 @@ def test_robustness_table_has_a_column_per_measured_record_and_bolds_each_rows_b
   assert len(lines) == 2 + len(rows) + len(robustness.WRITTEN_OTHERWISE)
   assert lines[-1] == "| closed-top 4s (the 982 test 4s, top closed) |  | **90.0%** |"
   assert experiments.table(records).splitlines()[2].split(" | ")[2:4] == ["70.0%", "70.0%"]  # MNIST-C, photos
+
+
+def test_reevaluating_measures_the_kept_run_and_keeps_the_training_figures(tmp_path, monkeypatch):
+  """--reevaluate: refused without the run --keep left, or with another run there; else the record gains the date
+  and commit of its new measures, its training figures as they were (a CIFAR run has no digit measures to take)."""
+  monkeypatch.setattr(experiments, "ROOT", tmp_path)
+  monkeypatch.setattr(experiments, "RECORDS", tmp_path / "records")
+  recorded = record("cifar10_fast", 0.94)
+  (tmp_path / "records").mkdir()
+  (tmp_path / "records" / "cifar10_fast.json").write_text(json.dumps(recorded))
+  with pytest.raises(SystemExit, match="runs/cifar10_fast, which is absent"):
+    experiments.reevaluate("cifar10_fast")
+  run = tmp_path / "runs" / "cifar10_fast"
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"dataset.name": "cifar10"}))
+  (run / "summary.json").write_text(json.dumps({**recorded["summary"], "test_accuracy": 0.5}))
+  with pytest.raises(SystemExit, match="is not the recorded run"):
+    experiments.reevaluate("cifar10_fast")
+  (run / "summary.json").write_text(json.dumps(recorded["summary"]))
+  again = experiments.reevaluate("cifar10_fast")
+  assert {k: v for k, v in again.items() if k != "evaluated"} == recorded
+  assert again["evaluated"]["date"] and json.loads((tmp_path / "records" / "cifar10_fast.json").read_text()) == again
