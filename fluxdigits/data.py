@@ -186,15 +186,14 @@ def pen_traced(dataset: Dataset, share: float, use_cache: bool, log=print) -> Da
   key.update(train.labels.tobytes())
   key.update(f"{share!r} {skimage_version}".encode() + pathlib.Path(image_files.__file__).read_bytes())
   cache_file = _cache_root() / "pen-traced" / f"{key.hexdigest()[:16]}.npz" if use_cache else None
-  cached = _read_cache(cache_file, len(train)) if cache_file and cache_file.exists() else None
-  if cached is not None:
-    log(f"loading {count} training digits traced by pen from the cache {cache_file}")
-    return dataclasses.replace(dataset, train=cached)
-  cached_note = " (cached for later runs)" if cache_file else ""
-  log(f"tracing {count} training digits by pen, as photos are prepared{cached_note}")
-  traced = Split(image_files.pen_traced(train.images, share), train.labels)
-  if cache_file:
-    _write_cache(cache_file, traced)
+  traced = _through_cache(
+    cache_file,
+    len(train),
+    lambda: Split(image_files.pen_traced(train.images, share), train.labels),
+    log,
+    f"loading {count} training digits traced by pen from the cache",
+    f"tracing {count} training digits by pen, as photos are prepared",
+  )
   return dataclasses.replace(dataset, train=traced)
 
 
@@ -311,33 +310,47 @@ def read_tfds_split(name: str, split: str, data_dir: str | None, use_cache: bool
 
   source = _tfds_source(tfds, name, split, data_dir)
   cache_file = _cache_file(tfds, name, split, data_dir) if use_cache else None
-  cached = _read_cache(cache_file, len(source)) if cache_file and cache_file.exists() else None
+
+  def decode() -> Split:
+    absl = logging.getLogger("absl")
+    absl.addFilter(_OPENCV_ADVICE)
+    try:
+      # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
+      examples = [source[i] for i in range(len(source))]
+    finally:
+      absl.removeFilter(_OPENCV_ADVICE)
+    shapes = {e["image"].shape for e in examples[:1000]}
+    if len(shapes) > 1:
+      raise UserError(
+        f"{name}'s images differ in size ({', '.join(map(str, sorted(shapes)[:3]))}, ...); set "
+        "dataset.image_size to bring them to one"
+      )
+    images = np.stack([e["image"] for e in examples]).astype(np.uint8)
+    return Split(images, np.array([e["label"] for e in examples], np.int32))
+
+  return _through_cache(
+    cache_file,
+    len(source),
+    decode,
+    log,
+    f"loading {name} {split}: {len(source)} examples from the decoded-array cache",
+    f"loading {name} {split}: decoding {len(source)} examples from {data_dir or 'the tfds data dir'}",
+  )
+
+
+def _through_cache(cache_file: pathlib.Path | None, expected: int, build, log, loading: str, building: str) -> Split:
+  """The split `build()` makes, or the one `cache_file` holds when it is there and has `expected` examples; one line to
+  `log` says which (`loading`, then the file; or `building`), and a built split is written there for later runs. No
+  file, no cache."""
+  cached = _read_cache(cache_file, expected) if cache_file and cache_file.exists() else None
   if cached is not None:
-    log(f"loading {name} {split}: {len(cached)} examples from the decoded-array cache {cache_file}")
+    log(f"{loading} {cache_file}")
     return cached
-  log(
-    f"loading {name} {split}: decoding {len(source)} examples from {data_dir or 'the tfds data dir'}"
-    f"{' (cached for later runs)' if cache_file else ''}"
-  )
-  absl = logging.getLogger("absl")
-  absl.addFilter(_OPENCV_ADVICE)
-  try:
-    # The mock data source of tfds.testing cannot fetch a list of items at once: index one by one.
-    examples = [source[i] for i in range(len(source))]
-  finally:
-    absl.removeFilter(_OPENCV_ADVICE)
-  shapes = {e["image"].shape for e in examples[:1000]}
-  if len(shapes) > 1:
-    raise UserError(
-      f"{name}'s images differ in size ({', '.join(map(str, sorted(shapes)[:3]))}, ...); set "
-      "dataset.image_size to bring them to one"
-    )
-  result = Split(
-    np.stack([e["image"] for e in examples]).astype(np.uint8), np.array([e["label"] for e in examples], np.int32)
-  )
+  log(building + (" (cached for later runs)" if cache_file else ""))
+  split = build()
   if cache_file:
-    _write_cache(cache_file, result)
-  return result
+    _write_cache(cache_file, split)
+  return split
 
 
 def _read_cache(cache_file: pathlib.Path, expected: int) -> Split | None:
@@ -480,35 +493,38 @@ def read_folder_split(
   stats = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in files]
   key = hashlib.sha256(json.dumps([str(root.resolve()), size, channels, stats]).encode()).hexdigest()[:16]
   cache_file = _cache_root() / f"folder-{key}" / f"{split}.npz" if use_cache else None
-  cached = _read_cache(cache_file, len(files)) if cache_file and cache_file.exists() else None
-  if cached is not None:
-    log(f"loading {root} {split}: {len(cached)} images from the decoded-array cache {cache_file}")
-    return cached
-  log(f"loading {root} {split}: decoding {len(files)} images{' (cached for later runs)' if cache_file else ''}")
-  opened = [image_files.load_image(path) for path, _ in files]
-  channels = channels or _agreed(
-    root / split,
-    {"L": 1, "RGB": 3, "RGBA": 3},
-    [i.mode for i in opened],
-    "grayscale and colour images",
-    "dataset.channels=1 or 3",
+
+  def decode() -> Split:
+    opened = [image_files.load_image(path) for path, _ in files]
+    depth = channels or _agreed(
+      root / split,
+      {"L": 1, "RGB": 3, "RGBA": 3},
+      [i.mode for i in opened],
+      "grayscale and colour images",
+      "dataset.channels=1 or 3",
+    )
+    side = size or _agreed(
+      root / split,
+      {},
+      [i.size for i in opened],
+      "images of different sizes",
+      "dataset.image_size=N (images are cropped to square and resized)",
+    )
+    images = np.stack([image_files.fitted(image, side, side, depth) for image in opened])
+    labels = np.array([label for _, label in files], np.int32)
+    if split == "train":
+      order = np.random.default_rng(0).permutation(len(labels))
+      images, labels = images[order], labels[order]
+    return Split(images, labels)
+
+  return _through_cache(
+    cache_file,
+    len(files),
+    decode,
+    log,
+    f"loading {root} {split}: {len(files)} images from the decoded-array cache",
+    f"loading {root} {split}: decoding {len(files)} images",
   )
-  size = size or _agreed(
-    root / split,
-    {},
-    [i.size for i in opened],
-    "images of different sizes",
-    "dataset.image_size=N (images are cropped to square and resized)",
-  )
-  images = np.stack([image_files.fitted(image, size, size, channels) for image in opened])
-  labels = np.array([label for _, label in files], np.int32)
-  if split == "train":
-    order = np.random.default_rng(0).permutation(len(labels))
-    images, labels = images[order], labels[order]
-  result = Split(images, labels)
-  if cache_file:
-    _write_cache(cache_file, result)
-  return result
 
 
 def _agreed(folder, meaning: dict, values: list, what: str, fix: str):
