@@ -46,7 +46,8 @@ PAPER_SPREAD = 4  # contrast within this many of the paper's robust standard dev
 STAND_OUT = 10  # ink stands out from the contrast around it by this many of its robust standard deviations
 PAGE_SHARE = 0.4  # ink lies on paper at least this bright, as a share of the image's brighter paper (not a table)
 MIN_PAPER = 0.1  # paper darker than this (a table, deep shadow) is taken as this bright, so noise is not ink
-RULE_SHARE = 0.6  # a ruled or squared paper's printed line is faint ink along at least this share of the image
+RULE_SHARE = 0.4  # a ruled or squared paper's printed line is faint ink along at least this share of the image
+RULE_REACH = 0.8  # and reaches across this share of it, however much of it a digit hides
 RULE_SPREAD = 2  # it stands out from the paper either side by this many of the paper's robust standard deviations
 RULE_TILT = 12  # degrees from the image's axes it may lie at (the page askew, or in perspective)
 RULE_WIDTH = 6  # pixels across, at most, at the working size
@@ -300,7 +301,7 @@ def _ink_mask(contrast: np.ndarray) -> np.ndarray:
 def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
   """The printed lines of ruled or squared paper, as (rho, theta) (x cos theta + y sin theta = rho): straight, faint
   (a ridge above the paper's noise) along RULE_SHARE of the image, at most RULE_TILT from one of its axes, clear of
-  its edge, thin (`_is_thin`), alike, and at least two of one direction, so that a digit's one long stroke (a
+  its edge, printed (`_is_printed`), alike, and at least two of one direction, so that a digit's one long stroke (a
   tightly cropped 1) is never taken for one."""
   from skimage.transform import hough_line, hough_line_peaks  # 0.4 s to import, which predict's start need not pay
 
@@ -320,7 +321,7 @@ def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
     lines = [
       (float(rho), float(theta))
       for theta, rho in zip(angles, distances)
-      if abs(centre(theta) - rho) <= across / 2 - band and _is_thin(faint, rho, theta)
+      if abs(centre(theta) - rho) <= across / 2 - band and _is_printed(faint, rho, theta)
     ]
     # Printed lines are alike: one standing out from the others (a long straight stroke of the digit) is ink.
     strengths = [np.median(contrast[_bands(contrast.shape, rho, theta, 0) == 1]) for rho, theta in lines]
@@ -330,14 +331,20 @@ def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
   return rules
 
 
-def _is_thin(faint: np.ndarray, rho: float, theta: float) -> bool:
-  """Whether the faint pixels along the line (rho, theta) lie at most RULE_WIDTH across it: the run of distances across
-  it at which most pixels are faint, through the one most are, is no wider."""
+def _is_printed(faint: np.ndarray, rho: float, theta: float) -> bool:
+  """Whether the faint pixels along the line (rho, theta) are a printed line: at most RULE_WIDTH across it (the run of
+  distances across it at which most pixels are faint, through the one most are, is no wider), and reaching across
+  RULE_REACH of the image along it, however much of it a digit hides."""
   reach = RULE_WIDTH + 2
-  bands = _bands(faint.shape, rho, theta, reach).ravel()
-  profile = (np.bincount(bands, faint.ravel(), 2 * reach + 2) / np.maximum(np.bincount(bands), 1))[1:]
+  bands = _bands(faint.shape, rho, theta, reach)
+  profile = (np.bincount(bands.ravel(), faint.ravel(), 2 * reach + 2) / np.maximum(np.bincount(bands.ravel()), 1))[1:]
   runs, _ = ndimage.label(profile >= 0.5)
-  return bool(profile.max() >= 0.5 and (runs == runs[np.argmax(profile)]).sum() <= RULE_WIDTH)
+  if profile.max() < 0.5 or (runs == runs[np.argmax(profile)]).sum() > RULE_WIDTH:
+    return False
+  rows, cols = np.nonzero((bands > 0) & (np.abs(bands - reach - 1) <= 1))
+  along = rows * np.cos(theta) - cols * np.sin(theta)
+  inked = faint[rows, cols]
+  return bool(inked.any() and np.ptp(along[inked]) >= RULE_REACH * np.ptp(along))
 
 
 def _bands(shape, rho: float, theta: float, reach: int, per_pixel: int = 1) -> np.ndarray:
@@ -378,7 +385,9 @@ def _keep_marks(mask: np.ndarray) -> np.ndarray:
   labels *= mask
   areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
   marks = [i for i in range(1, n + 1) if i not in edge]
-  if max((_span(labels == i) for i in marks), default=0) < MIN_SPAN * min(mask.shape):
+  boxes = ndimage.find_objects(labels, max_label=n)
+  span = lambda i: max(s.stop - s.start for s in boxes[i - 1]) if boxes[i - 1] else 0
+  if max(map(span, marks), default=0) < MIN_SPAN * min(mask.shape):
     inner = np.zeros(mask.shape, bool)
     inner[band:-band, band:-band] = True
     marks.append(int(np.argmax(ndimage.sum(inner, labels, index=np.arange(1, n + 1)))) + 1)
@@ -391,11 +400,6 @@ def _marks(mask: np.ndarray) -> tuple[np.ndarray, int]:
   line broken by the camera holds together), and their count; the labels cover the gaps too."""
   gap = max(1, round(MARK_GAP * min(mask.shape)))
   return ndimage.label(ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=gap), np.ones((3, 3)))
-
-
-def _span(mask: np.ndarray) -> int:
-  rows, cols = np.nonzero(mask)
-  return int(max(np.ptp(rows), np.ptp(cols))) + 1
 
 
 def ink_mask(pixels: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 from conftest import IDX_DIR, REPO
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 from scipy import ndimage
 
 from fluxdigits import images
@@ -291,11 +291,18 @@ def mnist_test_digits(n: int) -> np.ndarray:
 @pytest.mark.fast
 @pytest.mark.parametrize(
   "kind, least_mean, least_median",
-  [("drawing_area", 0.95, 0.95), ("transparent", 0.95, 0.95), ("ballpoint", 0.8, 0.9), ("page_edge", 0.9, 0.95)],
+  [
+    ("drawing_area", 0.95, 0.95),
+    ("transparent", 0.95, 0.95),
+    ("ballpoint", 0.8, 0.9),
+    ("page_edge", 0.9, 0.95),
+    ("ruled_paper", 0.95, 0.95),
+  ],
 )
 def test_test_digits_photographed_and_drawn_keep_their_strokes(tmp_path, kind, least_mean, least_median):
   """Transparent margins around an opaque drawing area, dark strokes on a clear canvas, a thin coloured pen under a
-  shadow and a page's edges in a photo: the prepared 28x28 overlaps the digit's own strokes (benchmarks/photos.py)."""
+  shadow, a page's edges and ruled or squared paper in a photo: the prepared 28x28 overlaps the digit's own strokes
+  (benchmarks/photos.py)."""
   digits = mnist_test_digits(10)
   kept = [
     renderings.stroke_overlap(images.read_mnist(path), digit)
@@ -371,3 +378,37 @@ def test_a_digit_against_the_frame_is_kept_over_specks_clear_of_it(tmp_path):
   image.save(specked)
   a, b = images.read_mnist(plain).astype(int), images.read_mnist(specked).astype(int)
   assert np.abs(a - b).mean() < 12
+
+
+def printed_lines(paper: str, size=(300, 400), step=40, at=80) -> Image.Image:
+  """Light paper, plain, ruled (a light blue line every `step` px, one of them at row `at`) or squared."""
+  image = Image.new("L", size, 235)
+  draw = ImageDraw.Draw(image)
+  for y in range(at % step, size[1], step) if paper in ("ruled", "squared") else ():
+    draw.line([(0, y), (size[0], y)], fill=175, width=2)
+  for x in range(at % step, size[0], step) if paper == "squared" else ():
+    draw.line([(x, 0), (x, size[1])], fill=175, width=2)
+  return image
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("paper", ["ruled", "squared"])
+def test_the_printed_lines_of_ruled_and_squared_paper_are_not_ink(tmp_path, paper):
+  """A seven written on ruled or squared paper, its bar lying along a printed line: prepared as on plain paper (before,
+  the lines joined the digit and the 28x28 was a grid)."""
+  plain = images.read_mnist(_save(tmp_path / "plain.png", drawn_seven())).astype(int)
+  on_lines = ImageChops.darker(printed_lines(paper), drawn_seven())  # the seven's bar is at row 80
+  assert np.abs(images.read_mnist(_save(tmp_path / f"{paper}.png", on_lines)).astype(int) - plain).mean() < 12
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("paper", ["plain", "ruled", "squared"])
+def test_a_long_thin_stroke_is_ink_on_any_paper(tmp_path, paper):
+  """A 1 drawn with a thin pen down most of a clean canvas, on plain, ruled and squared paper: it is ink, all of it.
+  Its strokes are under 1% of the image (once judged as paper, so no ink was found), and on squared paper it is as
+  long and straight as the printed lines (but far darker than they are)."""
+  image = printed_lines(paper)
+  ImageDraw.Draw(image).line([(150, 30), (152, 370)], fill=20, width=3)
+  ink = images.read_mnist(_save(tmp_path / f"{paper}.png", image))[..., 0] >= 128
+  rows, cols = np.nonzero(ink)
+  assert np.ptp(rows) + 1 >= 19 and np.ptp(cols) + 1 <= 4 and ink.sum() >= 19
