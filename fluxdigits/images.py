@@ -303,7 +303,7 @@ def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
   (a ridge above the paper's noise) along RULE_SHARE of the image, at most RULE_TILT from one of its axes, clear of
   its edge, printed (`_is_printed`), alike, and at least two of one direction, so that a digit's one long stroke (a
   tightly cropped 1) is never taken for one."""
-  from skimage.transform import hough_line, hough_line_peaks  # 0.4 s to import, which predict's start need not pay
+  from skimage.transform import hough_line, hough_line_peaks  # 0.4 s to import: at the first photo, not every start
 
   h, w = contrast.shape
   band = max(1, round(EDGE_BAND * min(h, w)))
@@ -359,6 +359,8 @@ def _without_rules(contrast: np.ndarray, rules: list[tuple[float, float]]) -> np
   """The contrast with the printed lines `rules` taken out: along each, the line's own contrast at each half pixel
   across it (its median along the whole line, which a digit crosses or lies on for only part of its length) is
   subtracted, so ink crossing or lying on a line keeps what it adds to the line."""
+  if not rules:
+    return contrast
   reach = RULE_WIDTH + 4  # half pixels either side: the line, found to within a pixel
   cleaned = contrast.copy()
   for rho, theta in rules:
