@@ -381,7 +381,7 @@ def test_a_digit_against_the_frame_is_kept_over_specks_clear_of_it(tmp_path):
 
 
 def printed_lines(paper: str, size=(300, 400), step=40, at=80) -> Image.Image:
-  """Light paper, plain, ruled (a light blue line every `step` px, one of them at row `at`) or squared."""
+  """Light paper, plain, ruled (a light grey line every `step` px, one of them at row `at`) or squared."""
   image = Image.new("L", size, 235)
   draw = ImageDraw.Draw(image)
   for y in range(at % step, size[1], step) if paper in ("ruled", "squared") else ():
