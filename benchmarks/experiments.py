@@ -68,7 +68,7 @@ def record(name: str, real_digits: pathlib.Path = REAL_DIGITS, keep: bool = Fals
       "summary": summary,
       "source": f"python benchmarks/experiments.py {name}",
     }
-    result.update(_measures(workdir, real_digits))
+    result.update(_measures(workdir, summary, real_digits))
   return _write(result)
 
 
@@ -87,15 +87,14 @@ def reevaluate(name: str, real_digits: pathlib.Path = REAL_DIGITS) -> dict:
     sys.exit(
       f"experiments.py: {workdir} is not the recorded run (its summary differs); record {name} again with --keep"
     )
-  result.update(_measures(str(workdir), real_digits))
+  result.update(_measures(str(workdir), result["summary"], real_digits))
   result["evaluated"] = {"date": datetime.date.today().isoformat(), "machine": device_name(), "commit": _commit()}
   return _write(result)
 
 
-def _measures(workdir: str, real_digits: pathlib.Path) -> dict:
+def _measures(workdir: str, summary: dict, real_digits: pathlib.Path) -> dict:
   """A digit run's (dataset mnist or idx) real-digit figures, and MNIST-C with the photo renderings; {} for others."""
   config = json.loads((pathlib.Path(workdir) / "config.json").read_text())  # flat: "dataset.name": "mnist"
-  summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
   if config.get("dataset.name", summary.get("dataset")) not in DIGIT_DATASETS:
     return {}
   import robustness

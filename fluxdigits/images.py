@@ -298,6 +298,11 @@ def _ink_mask(contrast: np.ndarray) -> np.ndarray:
   )
 
 
+def _robust_std(values: np.ndarray) -> float:
+  """The standard deviation a normal distribution would have with `values`' median absolute deviation."""
+  return 1.4826 * np.median(np.abs(values - np.median(values)))
+
+
 def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
   """The printed lines of ruled or squared paper, as (rho, theta) (x cos theta + y sin theta = rho): straight, faint
   (a ridge above the paper's noise) along RULE_SHARE of the image, at most RULE_TILT from one of its axes, clear of
@@ -307,7 +312,7 @@ def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
 
   h, w = contrast.shape
   band = max(1, round(EDGE_BAND * min(h, w)))
-  noise = 1.4826 * np.median(np.abs(contrast - np.median(contrast)))  # no MIN_CONTRAST: printed lines may be fainter
+  noise = _robust_std(contrast)  # the paper's, without MIN_CONTRAST: printed lines may be fainter than ink
   rules = []
   for normal, length, across in ((0.0, h, w), (np.pi / 2, w, h)):  # upright lines (x = rho), then lying ones
     # A line of this direction stands out from what lies either side of it, however dark that is (a top-hat across it).
@@ -318,25 +323,27 @@ def _rules(contrast: np.ndarray) -> list[tuple[float, float]]:
       *hough_line(faint, theta=thetas), min_distance=7, threshold=RULE_SHARE * length
     )
     centre = lambda theta: (w - 1) / 2 * np.cos(theta) + (h - 1) / 2 * np.sin(theta)
-    lines = [
-      (float(rho), float(theta))
-      for theta, rho in zip(angles, distances)
-      if abs(centre(theta) - rho) <= across / 2 - band and _is_printed(faint, rho, theta)
-    ]
+    lines, strengths = [], []
+    for theta, rho in zip(angles, distances):
+      if abs(centre(theta) - rho) > across / 2 - band:
+        continue
+      bands = _bands(contrast.shape, rho, theta, RULE_WIDTH + 2)
+      if _is_printed(faint, bands, theta):
+        lines.append((float(rho), float(theta)))
+        strengths.append(np.median(contrast[bands == RULE_WIDTH + 3]))  # along the line itself
     # Printed lines are alike: one standing out from the others (a long straight stroke of the digit) is ink.
-    strengths = [np.median(contrast[_bands(contrast.shape, rho, theta, 0) == 1]) for rho, theta in lines]
     printed = [line for line, strength in zip(lines, strengths) if strength <= 2 * np.median(strengths)]
     if len(printed) >= 2:
       rules += printed
   return rules
 
 
-def _is_printed(faint: np.ndarray, rho: float, theta: float) -> bool:
-  """Whether the faint pixels along the line (rho, theta) are a printed line: at most RULE_WIDTH across it (the run of
-  distances across it at which most pixels are faint, through the one most are, is no wider), and reaching across
-  RULE_REACH of the image along it, however much of it a digit hides."""
+def _is_printed(faint: np.ndarray, bands: np.ndarray, theta: float) -> bool:
+  """Whether the faint pixels along a line at angle theta, labelled by `_bands` out to RULE_WIDTH + 2 px either side,
+  are a printed line: at most RULE_WIDTH across it (the run of distances across it at which most pixels are faint,
+  through the one most are, is no wider), and reaching across RULE_REACH of the image along it, however much of it a
+  digit hides."""
   reach = RULE_WIDTH + 2
-  bands = _bands(faint.shape, rho, theta, reach)
   profile = (np.bincount(bands.ravel(), faint.ravel(), 2 * reach + 2) / np.maximum(np.bincount(bands.ravel()), 1))[1:]
   runs, _ = ndimage.label(profile >= 0.5)
   if profile.max() < 0.5 or (runs == runs[np.argmax(profile)]).sum() > RULE_WIDTH:
@@ -438,7 +445,7 @@ def _on_the_page(mask: np.ndarray, contrast: np.ndarray, gray: np.ndarray, size:
     around = ndimage.binary_dilation(mark, iterations=size) & clear
     if not around.any():
       continue
-    spread = 1.4826 * np.median(np.abs(contrast[around] - np.median(contrast[around])))
+    spread = _robust_std(contrast[around])
     if np.median(contrast[mark]) >= STAND_OUT * spread and np.median(gray[around]) >= PAGE_SHARE * page:
       kept.append(label)
   return np.isin(labels, kept) & mask if kept else mask
